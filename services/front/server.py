@@ -1,0 +1,98 @@
+"""The front process: the Envoy ext_proc gRPC server and the router's HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+import uvicorn
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+from fastapi import FastAPI
+
+from services.common.config import SwitchyardConfig
+from services.common.grpc_server import run_grpc_service
+from services.front.mesh_clients import MeshClients
+from services.front.metrics import FrontMetrics
+from services.front.processor import FrontContext, RequestProcessor
+
+log = logging.getLogger("switchyard.front")
+
+
+class ExternalProcessorServicer(ep_grpc.ExternalProcessorServicer):
+    """The server loop: one RequestProcessor per stream, one handler call per message."""
+
+    def __init__(self, context: FrontContext) -> None:
+        self.context = context
+
+    async def Process(self, request_iterator: AsyncIterator[ep.ProcessingRequest],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[ep.ProcessingResponse]:
+        processor = RequestProcessor(self.context)
+        handlers = {
+            "request_headers": processor.process_request_headers,
+            "request_body": processor.process_request_body,
+            "response_headers": processor.process_response_headers,
+            "response_body": processor.process_response_body,
+            "request_trailers": processor.process_request_trailers,
+            "response_trailers": processor.process_response_trailers,
+        }
+        async for message in request_iterator:
+            phase = message.WhichOneof("request")
+            if phase not in handlers:
+                log.warning("ignoring ext_proc message without a known phase: %s", phase)
+                continue
+            try:
+                response = await handlers[phase](getattr(message, phase))
+            except Exception:  # noqa: BLE001 - one bad request must never take the stream down
+                log.exception("ext_proc %s phase failed", phase)
+                response = processor.failure_response(phase)
+            yield response
+
+
+def build_http_app(config: SwitchyardConfig) -> FastAPI:
+    app = FastAPI(title="switchyard router API", version="0.1.0")
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+async def serve(config: SwitchyardConfig) -> None:
+    section = config.front
+    metrics = FrontMetrics()
+    clients = MeshClients(config)
+    await clients.start()
+    context = FrontContext(config=config, clients=clients, metrics=metrics)
+    http = uvicorn.Server(uvicorn.Config(build_http_app(config), host=section.host, port=section.http_port,
+                                         log_level="warning", lifespan="off"))
+    http.install_signal_handlers = lambda: None  # the gRPC bootstrap owns the signals
+    http_task: asyncio.Task[None] | None = None
+
+    async def start_http() -> None:
+        nonlocal http_task
+        http_task = asyncio.create_task(http.serve())
+        while not http.started:
+            if http_task.done():
+                raise RuntimeError(f"front: cannot serve HTTP on {section.host}:{section.http_port}; "
+                                   "is the port taken? change front.http_port")
+            await asyncio.sleep(0.02)
+
+    async def stop_http() -> None:
+        http.should_exit = True
+        if http_task is not None:
+            await http_task
+        await clients.close()
+
+    await run_grpc_service(
+        "front", section.host, section.grpc_port, section.metrics_port,
+        lambda server: ep_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessorServicer(context), server),
+        [ep.DESCRIPTOR.services_by_name["ExternalProcessor"].full_name],
+        on_shutdown=stop_http, registry=metrics.registry, on_started=start_http,
+        # Envoy sends whole buffered bodies in one message; allow the configured limit plus framing.
+        options=[("grpc.max_receive_message_length", section.max_body_bytes + (2 << 20)),
+                 ("grpc.max_send_message_length", section.max_body_bytes + (2 << 20))],
+    )

@@ -1,0 +1,221 @@
+"""`switchyard up`: starts every process of the local mesh, waits for health, streams logs, stops all."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import httpx
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.config import SwitchyardConfig
+from services.front.envoy_config import build_envoy_config, envoy_binary
+
+# Seconds a process gets to exit after SIGTERM before it is killed.
+STOP_GRACE_S = 10.0
+
+
+class MeshError(RuntimeError):
+    """The local mesh cannot start; the message says what to do."""
+
+
+@dataclass
+class ProcessSpec:
+    """One process of the mesh: how to start it and how to tell it is ready."""
+
+    name: str
+    argv: list[str]
+    ready: Callable[[], Awaitable[bool]]
+    endpoint: str
+    # (config key, host, port) that must be free before the start.
+    ports: list[tuple[str, str, int]] = field(default_factory=list)
+    env: dict[str, str] | None = None
+
+
+def _set_parent_death_signal() -> None:
+    # Children die with the supervisor even if it is killed with SIGKILL: no orphans.
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+async def http_ok(url: str, expect: str | None = None) -> bool:
+    try:
+        async with httpx.AsyncClient(timeout=1.0, trust_env=False) as client:
+            response = await client.get(url)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200 and (expect is None or expect in response.text)
+
+
+async def grpc_serving(address: str) -> bool:
+    async with grpc.aio.insecure_channel(address) as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+        except grpc.aio.AioRpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+class Mesh:
+    """The local mesh for one config file: specs, start, health wait, log streaming, stop."""
+
+    def __init__(self, config: SwitchyardConfig, config_path: Path, run_dir: Path,
+                 log_line: Callable[[str, str], None] | None = None,
+                 extra_specs: list[ProcessSpec] | None = None) -> None:
+        self.config = config
+        self.config_path = config_path.resolve()
+        self.run_dir = run_dir
+        self.log_line = log_line or (lambda name, line: print(f"[{name:>9}] {line}", flush=True))
+        self.extra_specs = extra_specs or []
+        self.processes: dict[str, asyncio.subprocess.Process] = {}
+        self._log_tasks: list[asyncio.Task[None]] = []
+
+    def _serve(self, service: str) -> list[str]:
+        return [sys.executable, "-m", "services.cli", "serve", service, "--config", str(self.config_path)]
+
+    def specs(self) -> list[ProcessSpec]:
+        c = self.config
+        specs: list[ProcessSpec] = list(self.extra_specs)
+        for name in ("decision", "guard", "cache"):
+            section = getattr(c, name)
+            if not section.enabled:
+                continue
+            specs.append(ProcessSpec(
+                name, self._serve(name),
+                ready=lambda a=f"{section.host}:{section.port}": grpc_serving(a),
+                endpoint=f"grpc://{section.host}:{section.port}  metrics :{section.metrics_port}",
+                ports=[(f"{name}.port", section.host, section.port),
+                       (f"{name}.metrics_port", section.host, section.metrics_port)]))
+        if c.simulator_wanted:
+            s = c.simulator
+            specs.append(ProcessSpec(
+                "simulator", self._serve("simulator"),
+                ready=lambda: http_ok(f"http://{s.host}:{s.port}/health"),
+                endpoint=f"http://{s.host}:{s.port}/v1", ports=[("simulator.port", s.host, s.port)]))
+        f = c.front
+        specs.append(ProcessSpec(
+            "front", self._serve("front"),
+            ready=lambda: http_ok(f"http://{f.host}:{f.http_port}/health"),
+            endpoint=f"ext_proc grpc://{f.host}:{f.grpc_port}  api http://{f.host}:{f.http_port}  "
+                     f"metrics :{f.metrics_port}",
+            ports=[("front.grpc_port", f.host, f.grpc_port), ("front.http_port", f.host, f.http_port),
+                   ("front.metrics_port", f.host, f.metrics_port)]))
+        if c.envoy.managed:
+            e = c.envoy
+            envoy_yaml = self.run_dir / "envoy.yaml"
+            specs.append(ProcessSpec(
+                "envoy",
+                [str(envoy_binary(c)), "-c", str(envoy_yaml), "--log-level", "warn", "--disable-hot-restart"],
+                ready=lambda: http_ok(f"http://{e.host}:{e.admin_port}/ready", "LIVE"),
+                endpoint=f"http://{e.host}:{e.listener_port}  (admin :{e.admin_port})",
+                ports=[("envoy.listener_port", e.host, e.listener_port), ("envoy.admin_port", e.host, e.admin_port)]))
+        return specs
+
+    def preflight(self, specs: list[ProcessSpec]) -> None:
+        for spec in specs:
+            binary = spec.argv[0]
+            if os.sep in binary and not Path(binary).is_file():
+                raise MeshError(f"{spec.name}: binary {binary} is missing; run `make setup`")
+            for key, host, port in spec.ports:
+                if port and not port_is_free(host, port):
+                    raise MeshError(f"{spec.name}: port {port} ({key}) is taken by another process; stop that "
+                                    f"process or change {key} in {self.config_path}")
+
+    async def start(self, timeout_s: float = 180.0) -> list[ProcessSpec]:
+        specs = self.specs()
+        self.preflight(specs)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "envoy.yaml").write_text(yaml.safe_dump(build_envoy_config(self.config), sort_keys=False))
+        for spec in specs:
+            env = {**os.environ, "PYTHONUNBUFFERED": "1", **(spec.env or {})}
+            process = await asyncio.create_subprocess_exec(
+                *spec.argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+                start_new_session=True, preexec_fn=_set_parent_death_signal)
+            self.processes[spec.name] = process
+            self._log_tasks.append(asyncio.create_task(self._pump(spec.name, process)))
+        try:
+            await self._wait_ready(specs, timeout_s)
+        except BaseException:
+            await self.stop()
+            raise
+        return specs
+
+    async def _pump(self, name: str, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        async for raw in process.stdout:
+            self.log_line(name, raw.decode("utf-8", "replace").rstrip())
+
+    async def _wait_ready(self, specs: list[ProcessSpec], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        waiting = {spec.name: spec for spec in specs}
+        while waiting:
+            for name, spec in list(waiting.items()):
+                process = self.processes[name]
+                if process.returncode is not None:
+                    raise MeshError(f"{name} exited with code {process.returncode} during start-up; "
+                                    "its log lines above say why")
+                if await spec.ready():
+                    del waiting[name]
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                raise MeshError(f"not healthy after {timeout_s:.0f}s: {', '.join(waiting)}; see the log lines above")
+            await asyncio.sleep(0.2)
+
+    async def wait_for_exit(self) -> str:
+        """Block until one process exits; return its name."""
+        waits = {asyncio.create_task(p.wait()): name for name, p in self.processes.items()}
+        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        return waits[next(iter(done))]
+
+    async def stop(self) -> None:
+        running = {n: p for n, p in self.processes.items() if p.returncode is None}
+        for process in running.values():
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for name, process in running.items():
+            try:
+                await asyncio.wait_for(process.wait(), STOP_GRACE_S)
+            except asyncio.TimeoutError:
+                self.log_line(name, f"did not stop within {STOP_GRACE_S:.0f}s; killing it")
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                await process.wait()
+        for task in self._log_tasks:
+            task.cancel()
+        await asyncio.gather(*self._log_tasks, return_exceptions=True)
+        self._log_tasks.clear()
+
+
+def endpoint_table(specs: list[ProcessSpec]) -> str:
+    width = max(len(s.name) for s in specs)
+    rows = [f"  {s.name:<{width}}  {s.endpoint}" for s in specs]
+    return "switchyard is up:\n" + "\n".join(rows)
