@@ -17,6 +17,14 @@ class ConfigError(Exception):
     """A config file that cannot be used; the message names the file, the key path and the fix."""
 
 
+class _PathProblems(ValueError):
+    """Problems found by a cross-field check, each already prefixed with its path inside the section."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
 def _unit_interval(value: float) -> float:
     if not 0.0 <= value <= 1.0:
         raise ValueError("must be between 0 and 1")
@@ -122,7 +130,7 @@ class RoutingConfig(_Section):
                     _unknown(f"models.{name}.reasoning_family", family, list(self.reasoning_families))
                 )
         if problems:
-            raise ValueError("; ".join(problems))
+            raise _PathProblems(problems)
         return self
 
 
@@ -244,7 +252,7 @@ class SwitchyardConfig(_Section):
             elif model.backend is not None and model.backend not in names:
                 problems.append(_unknown(f"routing.models.{model_name}.backend", model.backend, names))
         if problems:
-            raise ValueError("; ".join(problems))
+            raise _PathProblems(problems)
         return self
 
     def backend_for(self, model: str) -> BackendConfig:
@@ -294,11 +302,10 @@ def _friendly(error: dict[str, Any], data: Any) -> str:
         return f"{path}: unknown key" + _key_hint(loc, parent)
     if kind == "missing":
         return f"{path}: required key is missing"
-    if kind == "value_error" and not path:
-        return message
-    if kind == "value_error" and ": " in message and message.split(":")[0].replace(".", "").isidentifier():
-        # Model validators already name their own paths relative to the section.
-        return "; ".join(f"{path}.{m}" if path else m for m in message.split("; "))
+    original = (error.get("ctx") or {}).get("error")
+    if isinstance(original, _PathProblems):
+        # Cross-field checks name their own paths relative to the section they belong to.
+        return "\n".join(f"{path}.{p}" if path else p for p in original.problems)
     return f"{path}: {message}, got {error.get('input')!r}"
 
 
@@ -335,7 +342,7 @@ def parse_config(data: Any, source: str = "<config>") -> SwitchyardConfig:
     try:
         return SwitchyardConfig.model_validate(data)
     except ValidationError as exc:
-        lines = [_friendly(e, data) for e in exc.errors()]
+        lines = [line for e in exc.errors() for line in _friendly(e, data).split("\n")]
         raise ConfigError("\n".join(f"{source}: {line}" for line in lines)) from None
 
 

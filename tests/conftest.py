@@ -1,0 +1,64 @@
+"""Shared test helpers: free loopback ports and configs that use them."""
+
+from __future__ import annotations
+
+import copy
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE_CONFIG = REPO / "config" / "config.yaml"
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel hands out now; held open together so that they are distinct."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def example_config_data() -> dict[str, Any]:
+    return yaml.safe_load(EXAMPLE_CONFIG.read_text())
+
+
+def config_on_free_ports(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The example config with every port moved to a free one (tests run beside `make run`)."""
+    data = copy.deepcopy(example_config_data())
+    ports = iter(free_ports(16))
+    data["front"].update(grpc_port=next(ports), http_port=next(ports), metrics_port=next(ports))
+    for name in ("decision", "guard", "cache"):
+        data[name].update(port=next(ports), metrics_port=next(ports))
+    data["triton"].update(http_port=next(ports), grpc_port=next(ports), metrics_port=next(ports))
+    data["envoy"].update(listener_port=next(ports), admin_port=next(ports))
+    sim_port = next(ports)
+    data["simulator"].update(port=sim_port, first_token_ms=5, chunk_interval_ms=30)
+    for backend in data["backends"]:
+        backend["port"] = sim_port
+    data["triton"]["model_repository"] = str(REPO / "triton_models")
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key].update(value)
+        else:
+            data[key] = value
+    return data
+
+
+@pytest.fixture
+def write_config(tmp_path: Path):
+    def write(data: dict[str, Any], name: str = "config.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    return write

@@ -1,0 +1,230 @@
+"""The ext_proc processor phase by phase, with protobuf messages built by hand and scripted services."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from envoy.config.core.v3 import base_pb2 as core
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as pm
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+
+from services.common.config import parse_config
+from services.front.mesh_clients import ServiceCall
+from services.front.metrics import FrontMetrics
+from services.front.processor import FrontContext, RequestProcessor
+from switchyard.v1 import cache_pb2, decision_pb2, guard_pb2
+from tests.conftest import example_config_data
+
+
+class ScriptedClients:
+    """Stands in for MeshClients: each service answers what the test scripted."""
+
+    def __init__(self, decision=None, guard=None, cache=None, guard_delay=0.0, others_delay=0.0):
+        self.answers = {
+            "decision": decision or ServiceCall("decision", result=decision_pb2.DecideResponse()),
+            "guard": guard or ServiceCall("guard", result=guard_pb2.CheckResponse()),
+            "cache": cache or ServiceCall("cache", result=cache_pb2.LookupResponse()),
+        }
+        self.delays = {"guard": guard_delay, "decision": others_delay, "cache": others_delay}
+        self.cancelled: list[str] = []
+        self.contexts = []
+
+    async def _answer(self, name, context):
+        self.contexts.append(context)
+        try:
+            await asyncio.sleep(self.delays[name])
+        except asyncio.CancelledError:
+            self.cancelled.append(name)
+            raise
+        return self.answers[name]
+
+    async def decide(self, context):
+        return await self._answer("decision", context)
+
+    async def check(self, context):
+        return await self._answer("guard", context)
+
+    async def lookup(self, context):
+        return await self._answer("cache", context)
+
+
+def make_processor(clients=None, overrides=None) -> RequestProcessor:
+    data = example_config_data()
+    for section, values in (overrides or {}).items():
+        data[section].update(values)
+    config = parse_config(data)
+    return RequestProcessor(FrontContext(config, clients or ScriptedClients(), FrontMetrics()))
+
+
+def headers(method: str, path: str, end_of_stream: bool = False, **extra: str) -> ep.HttpHeaders:
+    pairs = {":method": method, ":path": path, "content-type": "application/json", **extra}
+    return ep.HttpHeaders(headers=core.HeaderMap(headers=[core.HeaderValue(key=k, raw_value=v.encode())
+                                                          for k, v in pairs.items()]),
+                          end_of_stream=end_of_stream)
+
+
+def body(value: object | bytes) -> ep.HttpBody:
+    raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+    return ep.HttpBody(body=raw, end_of_stream=True)
+
+
+def set_headers(mutation: ep.HeaderMutation) -> dict[str, str]:
+    return {h.header.key: h.header.raw_value.decode() for h in mutation.set_headers}
+
+
+CHAT = {"model": "MoM", "messages": [{"role": "user", "content": "Solve 3x+5=20"}], "temperature": 0.25,
+        "x_unknown_field": {"nested": [1, 2.5, "ünïcode ✓"]}}
+
+
+async def test_models_endpoint_is_answered_by_the_router() -> None:
+    response = await make_processor().process_request_headers(headers("GET", "/v1/models"))
+    assert response.WhichOneof("response") == "immediate_response"
+    listed = [m["id"] for m in json.loads(response.immediate_response.body)["data"]]
+    assert listed == ["MoM", "auto", "qwen3-8b", "llama-3.1-8b", "deepseek-r1"]
+
+
+async def test_non_chat_path_passes_through_and_skips_later_phases() -> None:
+    response = await make_processor().process_request_headers(headers("POST", "/v1/embeddings"))
+    assert response.WhichOneof("response") == "request_headers"
+    assert response.mode_override.request_body_mode == pm.ProcessingMode.NONE
+    assert response.mode_override.response_header_mode == pm.ProcessingMode.SKIP
+    assert "x-selected-model" in response.request_headers.response.header_mutation.remove_headers
+
+
+async def test_chat_without_body_is_a_400() -> None:
+    response = await make_processor().process_request_headers(
+        headers("POST", "/v1/chat/completions", end_of_stream=True))
+    assert response.immediate_response.status.code == 400
+    assert json.loads(response.immediate_response.body)["error"]["code"] == "empty_body"
+
+
+async def test_alias_routes_to_default_model_and_keeps_other_fields() -> None:
+    processor = make_processor()
+    await processor.process_request_headers(headers("POST", "/v1/chat/completions", **{"x-request-id": "abc"}))
+    response = await processor.process_request_body(body(CHAT))
+    common = response.request_body.response
+    assert common.clear_route_cache
+    new_body = json.loads(common.body_mutation.body)
+    assert new_body["model"] == "qwen3-8b"
+    assert new_body["temperature"] == 0.25 and new_body["x_unknown_field"] == CHAT["x_unknown_field"]
+    assert new_body["messages"] == CHAT["messages"]
+    mutated = set_headers(common.header_mutation)
+    assert mutated["x-selected-model"] == "qwen3-8b"
+    assert mutated["content-length"] == str(len(common.body_mutation.body))
+
+
+async def test_concrete_model_passes_through_without_decision() -> None:
+    processor = make_processor()
+    await processor.process_request_headers(headers("POST", "/v1/chat/completions"))
+    response = await processor.process_request_body(body({**CHAT, "model": "deepseek-r1"}))
+    assert json.loads(response.request_body.response.body_mutation.body)["model"] == "deepseek-r1"
+
+
+@pytest.mark.parametrize(("raw", "code", "status"), [
+    (b"{not json", "invalid_json", 400),
+    (b"[1, 2]", "invalid_body", 400),
+    (b'{"model": "MoM"}', "missing_messages", 400),
+    (b'{"messages": [{"role": "user", "content": "hi"}]}', "missing_model", 400),
+    (b'{"model": "MoM", "messages": [{"role": "user", "content": 5}]}', "invalid_content", 400),
+    (b'{"model": "MoM", "messages": ["hi"]}', "invalid_message", 400),
+])
+async def test_malformed_bodies_get_openai_errors(raw: bytes, code: str, status: int) -> None:
+    processor = make_processor()
+    await processor.process_request_headers(headers("POST", "/v1/chat/completions"))
+    response = await processor.process_request_body(body(raw))
+    reply = response.immediate_response
+    assert reply.status.code == status
+    error = json.loads(reply.body)["error"]
+    assert error["code"] == code and error["type"] == "invalid_request_error" and error["message"]
+
+
+async def test_body_over_the_limit_is_413() -> None:
+    processor = make_processor(overrides={"front": {"max_body_bytes": 100}})
+    await processor.process_request_headers(headers("POST", "/v1/chat/completions"))
+    response = await processor.process_request_body(body({**CHAT, "pad": "x" * 200}))
+    assert response.immediate_response.status.code == 413
+
+
+async def test_content_parts_are_flattened_for_the_services() -> None:
+    clients = ScriptedClients()
+    processor = make_processor(clients)
+    await processor.process_request_headers(headers("POST", "/v1/chat/completions", **{"x-user-id": "team-a"}))
+    parts = [{"type": "text", "text": "first"}, {"type": "image_url", "image_url": {"url": "x"}},
+             {"type": "text", "text": "second"}]
+    await processor.process_request_body(body({"model": "MoM", "messages": [{"role": "user", "content": parts}]}))
+    context = clients.contexts[0]
+    assert context.messages[0].text == "first\nsecond" and context.messages[0].from_parts
+    assert context.tenant == "team-a" and context.requested_model == "MoM"
+
+
+async def test_failed_service_fails_open_with_degraded_header() -> None:
+    clients = ScriptedClients(decision=ServiceCall("decision", failure="unavailable"))
+    processor = make_processor(clients)
+    await processor.process_request_headers(headers("POST", "/v1/chat/completions"))
+    response = await processor.process_request_body(body(CHAT))
+    assert json.loads(response.request_body.response.body_mutation.body)["model"] == "qwen3-8b"
+    reply = await processor.process_response_headers(ep.HttpHeaders(headers=core.HeaderMap(headers=[
+        core.HeaderValue(key=":status", raw_value=b"200")])))
+    assert set_headers(reply.response_headers.response.header_mutation)["x-vsr-degraded"] == "decision"
+
+
+async def test_failed_service_fails_closed_with_503() -> None:
+    clients = ScriptedClients(guard=ServiceCall("guard", failure="timeout"))
+    processor = make_processor(clients, overrides={"guard": {"on_failure": "closed"}})
+    await processor.process_request_headers(headers("POST", "/v1/chat/completions"))
+    response = await processor.process_request_body(body(CHAT))
+    assert response.immediate_response.status.code == 503
+    assert json.loads(response.immediate_response.body)["error"]["code"] == "guard_unavailable"
+
+
+async def test_guard_block_cancels_the_other_calls() -> None:
+    guard = ServiceCall("guard", result=guard_pb2.CheckResponse(
+        has_opinion=True, jailbreak=True, jailbreak_score=0.97, jailbreak_type="jailbreak"))
+    clients = ScriptedClients(guard=guard, others_delay=5.0)
+    processor = make_processor(clients)
+    await processor.process_request_headers(headers("POST", "/v1/chat/completions"))
+    response = await asyncio.wait_for(processor.process_request_body(body(CHAT)), 2.0)
+    reply = response.immediate_response
+    assert reply.status.code == 200
+    completion = json.loads(reply.body)
+    assert completion["choices"][0]["finish_reason"] == "content_filter"
+    assert set_headers(reply.headers)["x-vsr-jailbreak-blocked"] == "true"
+    assert sorted(clients.cancelled) == ["cache", "decision"]
+
+
+async def test_decision_candidates_reasoning_and_system_prompt_are_applied() -> None:
+    decision = ServiceCall("decision", result=decision_pb2.DecideResponse(
+        has_opinion=True, category="math", confidence=0.93,
+        candidates=[decision_pb2.Candidate(model="qwen3-8b", score=0.9, use_reasoning=True)],
+        system_prompt="You are a mathematician.", system_prompt_mode=decision_pb2.SYSTEM_PROMPT_MODE_REPLACE))
+    processor = make_processor(ScriptedClients(decision=decision))
+    await processor.process_request_headers(headers("POST", "/v1/chat/completions"))
+    request = {**CHAT, "reasoning_effort": "high",
+               "messages": [{"role": "system", "content": "old"}, *CHAT["messages"]]}
+    response = await processor.process_request_body(body(request))
+    sent = json.loads(response.request_body.response.body_mutation.body)
+    assert sent["chat_template_kwargs"] == {"enable_thinking": True}
+    assert "reasoning_effort" not in sent
+    assert sent["messages"][0] == {"role": "system", "content": "You are a mathematician."}
+    reply = await processor.process_response_headers(ep.HttpHeaders(headers=core.HeaderMap(headers=[
+        core.HeaderValue(key=":status", raw_value=b"200"),
+        core.HeaderValue(key="content-type", raw_value=b"text/event-stream")])))
+    assert reply.mode_override.response_body_mode == pm.ProcessingMode.STREAMED
+    added = set_headers(reply.response_headers.response.header_mutation)
+    assert added["x-vsr-selected-category"] == "math"
+    assert added["x-vsr-selected-reasoning"] == "on"
+    assert added["x-vsr-injected-system-prompt"] == "true"
+
+
+async def test_response_usage_is_counted_per_model() -> None:
+    processor = make_processor()
+    await processor.process_request_headers(headers("POST", "/v1/chat/completions"))
+    await processor.process_request_body(body(CHAT))
+    await processor.process_response_headers(ep.HttpHeaders(headers=core.HeaderMap(headers=[
+        core.HeaderValue(key=":status", raw_value=b"200")])))
+    await processor.process_response_body(body({"usage": {"prompt_tokens": 7, "completion_tokens": 3}}))
+    metrics = processor.metrics
+    assert metrics.prompt_tokens.labels("qwen3-8b")._value.get() == 7
+    assert metrics.completion_tokens.labels("qwen3-8b")._value.get() == 3
