@@ -46,6 +46,7 @@ def config_on_free_ports(overrides: dict[str, Any] | None = None) -> dict[str, A
     for backend in data["backends"]:
         backend["port"] = sim_port
     data["triton"]["model_repository"] = str(REPO / "triton_models")
+    data["cache"]["path"] = "cache-data"  # relative to the test's config file
     for key, value in (overrides or {}).items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
             data[key].update(value)

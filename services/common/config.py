@@ -159,6 +159,57 @@ class ServiceConfig(_Section):
         return self.address or f"{self.host}:{self.port}"
 
 
+class JailbreakPolicy(_Section):
+    enabled: bool = True
+    threshold: UnitInterval = 0.5
+    # Which messages are scored: the last user message, every user message, or also the
+    # system and tool messages the client supplied.
+    scope: Literal["last_user", "all_user", "all"] = "all_user"
+    # Long prompts are scored in overlapping windows (tokens) and the highest score counts.
+    chunk_tokens: int = Field(default=256, ge=16, le=512)
+    chunk_overlap_tokens: int = Field(default=64, ge=0, le=256)
+
+
+class PiiDetection(_Section):
+    enabled: bool = True
+    # Default confidence threshold for learned entities, and per-type overrides.
+    threshold: UnitInterval = 0.5
+    type_thresholds: dict[str, UnitInterval] = Field(default_factory=dict)
+    # Types that block the request whatever model is chosen.
+    block_types: list[str] = Field(default_factory=lambda: ["CREDIT_CARD", "US_SSN"])
+    # Types replaced by typed placeholders (<PERSON_1>) in the outgoing body instead of
+    # re-routing; a model's pii_policy is then checked only against the unmasked rest.
+    mask_types: list[str] = Field(default_factory=list)
+    # Which messages are scanned (same meaning as jailbreak.scope).
+    scope: Literal["last_user", "all_user", "all"] = "all_user"
+
+
+class GuardConfig(ServiceConfig):
+    jailbreak: JailbreakPolicy = Field(default_factory=JailbreakPolicy)
+    pii: PiiDetection = Field(default_factory=PiiDetection)
+
+
+class CacheConfig(ServiceConfig):
+    # "embedded": Qdrant's engine in-process, persisted under `path`; "server": a Qdrant server at `url`.
+    store: Literal["embedded", "server"] = "embedded"
+    path: Path = Path(".switchyard/cache")
+    url: str | None = None
+    collection: str = "switchyard_cache"
+    similarity_threshold: UnitInterval = 0.9
+    category_thresholds: dict[str, UnitInterval] = Field(default_factory=dict)
+    ttl_s: Positive = 3600
+    max_entries: int = Field(default=10000, gt=0)
+    eviction: Literal["lru", "fifo"] = "lru"
+    # A hit needs the same target model, or (for MoM traffic) the same category.
+    scope_by: Literal["model", "category"] = "model"
+    # Requests sampled above this temperature bypass the cache (their answers are meant to vary).
+    max_temperature: float = Field(default=0.0, ge=0)
+    # Models whose answers are cached; empty means every model.
+    models: list[str] = Field(default_factory=list)
+    # Writes waiting in the queue beyond this are dropped (and counted).
+    write_queue_size: int = Field(default=1000, gt=0)
+
+
 class BlockedResponseStyle(str, Enum):
     COMPLETION = "completion"  # HTTP 200 chat.completion with finish_reason content_filter
     ERROR = "error"  # 4xx OpenAI error body
@@ -227,8 +278,8 @@ class SwitchyardConfig(_Section):
     backends: list[BackendConfig] = Field(default_factory=lambda: [BackendConfig(name="simulator")])
     front: FrontConfig = Field(default_factory=FrontConfig)
     decision: ServiceConfig = Field(default_factory=lambda: ServiceConfig(port=50061, metrics_port=9191))
-    guard: ServiceConfig = Field(default_factory=lambda: ServiceConfig(port=50062, metrics_port=9192))
-    cache: ServiceConfig = Field(default_factory=lambda: ServiceConfig(port=50063, metrics_port=9193))
+    guard: GuardConfig = Field(default_factory=lambda: GuardConfig(port=50062, metrics_port=9192))
+    cache: CacheConfig = Field(default_factory=lambda: CacheConfig(port=50063, metrics_port=9193))
     triton: TritonConfig = Field(default_factory=TritonConfig)
     envoy: EnvoyConfig = Field(default_factory=EnvoyConfig)
     simulator: SimulatorConfig = Field(default_factory=SimulatorConfig)
@@ -363,10 +414,13 @@ def load_config(path: str | Path) -> SwitchyardConfig:
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{path}:{where}: not valid YAML: {problem}") from None
     config = parse_config(data, str(path))
+    # Relative paths are relative to the config file, so that `--config` works from anywhere.
     if not config.triton.model_repository.is_absolute():
-        # Relative paths are relative to the config file, so that `--config` works from anywhere.
         resolved = (path.parent / config.triton.model_repository).resolve()
         config = config.model_copy(
             update={"triton": config.triton.model_copy(update={"model_repository": resolved})}
         )
+    if not config.cache.path.is_absolute():
+        resolved = (path.parent / config.cache.path).resolve()
+        config = config.model_copy(update={"cache": config.cache.model_copy(update={"path": resolved})})
     return config
