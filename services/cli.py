@@ -51,7 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     module = __import__(f"services.{args.service}.server", fromlist=["serve"])
     try:
-        asyncio.run(module.serve(config))
+        asyncio.run(module.serve(config, Path(args.config)) if args.service == "decision" else module.serve(config))
     except RuntimeError as exc:  # port taken and similar start-up failures carry their own fix
         print(f"{args.service}: {exc}", file=sys.stderr)
         return 1

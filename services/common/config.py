@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -100,6 +101,45 @@ class Category(_Section):
     system_prompt_mode: SystemPromptMode = SystemPromptMode.REPLACE
 
 
+class KeywordRule(_Section):
+    """Matches words (or regexes) in the classified text; decides before the classifier runs."""
+
+    name: str
+    keywords: list[str] = Field(min_length=1)
+    operator: Literal["any", "all"] = "any"
+    # Keywords are regular expressions instead of words matched on word boundaries.
+    regex: bool = False
+    case_sensitive: bool = False
+    # Exactly one of category / model: a category routes through its model_scores.
+    category: str | None = None
+    model: str | None = None
+    priority: int = 0
+
+    @model_validator(mode="after")
+    def _one_target(self) -> KeywordRule:
+        if (self.category is None) == (self.model is None):
+            raise ValueError("set exactly one of category or model")
+        return self
+
+
+class HistoryPolicy(_Section):
+    """How much of the conversation the classifier reads."""
+
+    # Earlier user turns classified along with the last one (0 = the last user message only).
+    user_turns: int = Field(default=0, ge=0, le=10)
+    # Weight of each earlier turn relative to the one after it (latest = 1, previous = decay, ...).
+    decay: UnitInterval = 0.5
+
+
+class UncertaintyRule(_Section):
+    """When the classifier is unsure between its top categories, reasoning is decided by a vote."""
+
+    # Normalized entropy (0..1) of the category distribution above which the result is uncertain.
+    entropy: UnitInterval = 0.6
+    # ... or a top-1 / top-2 probability gap below this.
+    margin: UnitInterval = 0.15
+
+
 class RoutingConfig(_Section):
     """The decision service's policy: categories, models and their settings."""
 
@@ -112,6 +152,11 @@ class RoutingConfig(_Section):
     confidence_threshold: UnitInterval = 0.5
     # A concrete model name that is not configured: 400 ("reject") or send it on ("passthrough").
     unknown_model: Literal["reject", "passthrough"] = "reject"
+    # Effort used when a category turns reasoning on without naming an effort.
+    default_reasoning_effort: Literal["low", "medium", "high"] = "medium"
+    keyword_rules: list[KeywordRule] = Field(default_factory=list)
+    history: HistoryPolicy = Field(default_factory=HistoryPolicy)
+    uncertainty: UncertaintyRule = Field(default_factory=UncertaintyRule)
 
     @model_validator(mode="after")
     def _models_are_known(self) -> RoutingConfig:
@@ -123,6 +168,21 @@ class RoutingConfig(_Section):
             for j, entry in enumerate(category.model_scores):
                 if entry.model not in self.models:
                     problems.append(_unknown(f"categories[{i}].model_scores[{j}].model", entry.model, known))
+        categories = [c.name for c in self.categories]
+        for i, rule in enumerate(self.keyword_rules):
+            if rule.category is not None and rule.category not in categories:
+                problems.append(_unknown(f"keyword_rules[{i}].category", rule.category, categories))
+            if rule.model is not None and rule.model not in self.models:
+                problems.append(_unknown(f"keyword_rules[{i}].model", rule.model, known))
+            if rule.regex:
+                for j, pattern in enumerate(rule.keywords):
+                    try:
+                        re.compile(pattern)
+                    except re.error as exc:
+                        problems.append(f"keyword_rules[{i}].keywords[{j}]: not a valid regex ({exc}), got {pattern!r}")
+        duplicate_categories = sorted({c for c in categories if categories.count(c) > 1})
+        if duplicate_categories:
+            problems.append(f"categories: names must be unique, got {duplicate_categories} more than once")
         for name, model in self.models.items():
             family = model.reasoning_family
             if family is not None and family not in self.reasoning_families:

@@ -1,0 +1,53 @@
+"""The decision service's logic: requested model, keyword rules, then the domain classifier."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from services.common.config import HistoryPolicy
+from services.decision.policy import Decision, RoutingPolicy
+from switchyard.v1 import common_pb2
+
+
+class DomainClassifier(Protocol):
+    """Category probabilities for texts (one row per text, columns in `labels` order)."""
+
+    labels: Sequence[str]
+
+    async def classify(self, texts: list[str]) -> list[list[float]]: ...
+
+
+def classification_turns(messages: Sequence[common_pb2.ChatMessage], history: HistoryPolicy) -> list[tuple[str, float]]:
+    """(text, weight) of the user turns the classifier reads, latest first with weight 1."""
+    user_texts = [m.text for m in messages if m.role == "user" and m.text.strip()]
+    picked = list(reversed(user_texts))[: 1 + history.user_turns]
+    return [(text, history.decay ** i) for i, text in enumerate(picked)]
+
+
+def weighted_mean(rows: Sequence[Sequence[float]], weights: Sequence[float]) -> list[float]:
+    total = sum(weights)
+    return [sum(w * row[j] for row, w in zip(rows, weights)) / total for j in range(len(rows[0]))]
+
+
+class Decider:
+    """Turns one request into a Decision; holds no state between requests."""
+
+    def __init__(self, policy: RoutingPolicy, classifier: DomainClassifier) -> None:
+        self.policy = policy
+        self.classifier = classifier
+
+    async def decide(self, context: common_pb2.RequestContext) -> Decision:
+        # Raises UnknownModelError for an unconfigured concrete model (when configured to reject).
+        requested = self.policy.for_requested_model(context.requested_model)
+        if requested is not None:
+            return requested
+        turns = classification_turns(context.messages, self.policy.routing.history)
+        if not turns:
+            return self.policy.default("empty_prompt")
+        ruled = self.policy.for_rule(turns[0][0])
+        if ruled is not None:
+            return ruled
+        rows = await self.classifier.classify([text for text, _ in turns])
+        probabilities = weighted_mean(rows, [weight for _, weight in turns])
+        return self.policy.for_classification(self.classifier.labels, probabilities)
