@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 from enum import Enum
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from services.common.classic_config import convert_classic, is_classic
 
 MODEL_ALIASES_DEFAULT = ("MoM", "auto")
 
@@ -450,6 +453,11 @@ def parse_config(data: Any, source: str = "<config>") -> SwitchyardConfig:
     """Validate already-parsed YAML data; raise ConfigError naming every problem."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections (routing, backends, ...)")
+    if is_classic(data):
+        # A vLLM Semantic Router classic config.yaml: same meaning, switchyard's layout.
+        data, notes = convert_classic(data)
+        for note in notes:
+            logging.getLogger("switchyard.config").info("%s: classic config: %s", source, note)
     try:
         return SwitchyardConfig.model_validate(data)
     except ValidationError as exc:
