@@ -13,6 +13,7 @@ import yaml
 
 from services.common.config import ConfigError, SwitchyardConfig, load_config
 from services.common.logs import setup_logging
+from services.models.cli import register as register_model_commands
 
 DEFAULT_CONFIG = os.environ.get("SWITCHYARD_CONFIG", "config/config.yaml")
 SERVICES = ("front", "decision", "guard", "cache", "simulator")
@@ -71,7 +72,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         except (MeshError, EnvoyNotFoundError) as exc:
             print(f"switchyard up: {exc}", file=sys.stderr)
             return 1
-        print(endpoint_table(specs), flush=True)
+        print(endpoint_table(specs, mesh.notes), flush=True)
         print(f"try: curl -s http://{config.envoy.host}:{config.envoy.listener_port}/v1/chat/completions "
               "-H 'content-type: application/json' "
               "-d '{\"model\": \"MoM\", \"messages\": [{\"role\": \"user\", \"content\": \"Solve 3x+5=20\"}]}'",
@@ -117,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = config_sub.add_parser("check", help="validate a config file; exit 2 on error")
     check.add_argument("file")
     check.set_defaults(func=cmd_config_check)
+
+    register_model_commands(sub)
 
     envoy = sub.add_parser("envoy-config", help="print the Envoy configuration generated from a config")
     envoy.add_argument("--config", default=DEFAULT_CONFIG)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client.metrics import Histogram
 
 from services.common.config import TritonConfig
 from services.common.model_io import DOMAIN_LABELS
+from services.common.tokenizer import TokenizerNotFoundError
+from services.common.triton import TritonError, TritonModels
 
 
 class ClassifierUnavailableError(RuntimeError):
@@ -13,11 +17,34 @@ class ClassifierUnavailableError(RuntimeError):
 
 
 class TritonDomainClassifier:
+    """Adapts TritonModels.classify_domain to the decider's DomainClassifier protocol."""
+
     labels = DOMAIN_LABELS
 
     def __init__(self, triton: TritonConfig, latency: Histogram) -> None:
         self.triton = triton
         self.latency = latency
+        self._models: TritonModels | None = None
+
+    def _client(self) -> TritonModels:
+        # Built on first use: the service starts (and reports healthy) before Triton has loaded.
+        if self._models is None:
+            try:
+                self._models = TritonModels.from_config(self.triton)
+            except TokenizerNotFoundError as exc:
+                raise ClassifierUnavailableError(f"{exc}; run `make models`") from None
+        return self._models
 
     async def classify(self, texts: list[str]) -> list[list[float]]:
-        raise ClassifierUnavailableError("the Triton client is not wired yet")
+        started = time.perf_counter()
+        try:
+            _, probabilities = await self._client().classify_domain(texts)
+        except TritonError as exc:
+            raise ClassifierUnavailableError(f"domain classifier unavailable: {exc}") from None
+        finally:
+            self.latency.observe(time.perf_counter() - started)
+        return probabilities.tolist()
+
+    async def close(self) -> None:
+        if self._models is not None:
+            await self._models.close()

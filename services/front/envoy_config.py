@@ -109,6 +109,15 @@ def build_envoy_config(config: SwitchyardConfig) -> dict[str, Any]:
         "codec_type": "AUTO",
         "route_config": {"name": "switchyard_routes", "virtual_hosts": [
             {"name": "backends", "domains": ["*"], "routes": routes}]},
+        # A body larger than Envoy's buffer never reaches the front; answer it the OpenAI way too.
+        "local_reply_config": {"mappers": [{
+            "filter": {"status_code_filter": {"comparison": {
+                "op": "EQ", "value": {"default_value": 413, "runtime_key": "switchyard.local_reply.413"}}}},
+            "body_format_override": {"json_format": {"error": {
+                "message": f"the request body is larger than the router accepts ({config.front.max_body_bytes} "
+                           "bytes, front.max_body_bytes)",
+                "type": "invalid_request_error", "code": "request_too_large", "param": None}}},
+        }]},
         "http_filters": [
             ext_proc_filter(config),
             {"name": "envoy.filters.http.router",

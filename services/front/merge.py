@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from services.common.config import FailureMode, SwitchyardConfig
 from services.front.chat_request import ChatRequest, RequestError
 from services.front.mesh_clients import ServiceCall
-from services.front.replies import Reply, blocked_reply, error_reply
+from services.common.sse import completion_to_sse
+from services.front.chat_request import loads
+from services.front.replies import SSE, Reply, blocked_reply, error_reply
 from switchyard.v1 import cache_pb2, decision_pb2, guard_pb2
 
 
@@ -94,9 +96,17 @@ def merge(config: SwitchyardConfig, request: ChatRequest,
             if match.model == route.model:
                 return Outcome("cache_hit", route=route, degraded=degraded,
                                headers=[("x-vsr-cache-hit", "true"),
-                                        ("x-vsr-cache-similarity", f"{match.similarity:.4f}")],
-                               reply=Reply(200, match.body))
+                                        ("x-vsr-cache-similarity", f"{match.similarity:.4f}"),
+                                        ("x-vsr-selected-model", route.model)],
+                               reply=_cached_reply(match.body, request.stream))
     return Outcome("upstream", route=route, degraded=degraded)
+
+
+def _cached_reply(body: bytes, stream: bool) -> Reply:
+    if not stream:
+        return Reply(200, body)
+    # A streaming client gets the stored answer as the chunk stream a backend would have sent.
+    return Reply(200, completion_to_sse(loads(body)), SSE)
 
 
 def _blocked(config: SwitchyardConfig, request: ChatRequest, message: str,

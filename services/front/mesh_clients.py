@@ -86,6 +86,9 @@ class MeshClients:
     async def lookup(self, context: common_pb2.RequestContext) -> ServiceCall[cache_pb2.LookupResponse]:
         return await self._call("cache", self.cache.Lookup, cache_pb2.LookupRequest(request=context))
 
+    async def store(self, request: cache_pb2.StoreRequest) -> ServiceCall[cache_pb2.StoreResponse]:
+        return await self._call("cache", self.cache.Store, request)
+
 
 def _rejection_code(code: grpc.StatusCode) -> str:
     return "model_not_found" if code == grpc.StatusCode.NOT_FOUND else "invalid_request"

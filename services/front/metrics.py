@@ -32,5 +32,7 @@ class FrontMetrics:
                                          ["service"], buckets=LATENCY_BUCKETS, registry=r)
         self.prompt_tokens = Counter("llm_model_prompt_tokens", "Prompt tokens by model (from usage).",
                                      ["model"], registry=r)
+        self.cache_write_drops = Counter("switchyard_front_cache_write_drops",
+                                         "Cache writes dropped because too many were in flight.", registry=r)
         self.completion_tokens = Counter("llm_model_completion_tokens",
                                          "Completion tokens by model (from usage).", ["model"], registry=r)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2 as core
@@ -14,12 +14,14 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.type.v3 import http_status_pb2
 
 from services.common.config import SwitchyardConfig
+from services.common.sse import cacheable, reassemble_sse
 from services.front.body_rewrite import rewrite_body
 from services.front.chat_request import ChatRequest, RequestError, dumps, loads, parse_chat_request
 from services.front.merge import Outcome, merge
 from services.front.mesh_clients import MeshClients, ServiceCall
 from services.front.metrics import FrontMetrics
 from services.front.replies import Reply, error_reply, models_reply
+from switchyard.v1 import cache_pb2, common_pb2
 
 log = logging.getLogger("switchyard.front")
 
@@ -37,6 +39,8 @@ class FrontContext:
     config: SwitchyardConfig
     clients: MeshClients
     metrics: FrontMetrics
+    # Cache writes in flight; past `config.cache.write_queue_size` new ones are dropped (and counted).
+    pending_writes: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
 def header_option(key: str, value: str) -> core.HeaderValueOption:
@@ -67,7 +71,9 @@ class RequestProcessor:
         self.outcome: Outcome | None = None
         self.streaming_response = False
         self.response_status = 0
+        self.context_message: common_pb2.RequestContext | None = None
         self._response_chunks: list[bytes] = []
+        self._response_bytes = 0
 
     # -- request headers -------------------------------------------------------------------
     async def process_request_headers(self, headers: ep.HttpHeaders) -> ep.ProcessingResponse:
@@ -110,7 +116,7 @@ class RequestProcessor:
             self.request = parse_chat_request(body.body)
         except RequestError as exc:
             return self._error(exc)
-        context = self.request.to_context(
+        context = self.context_message = self.request.to_context(
             request_id=self.request_headers.get("x-request-id", ""),
             tenant=self.request_headers.get(self.config.front.tenant_header.lower(), ""),
             cache_directives=self._cache_directives(),
@@ -231,12 +237,41 @@ class RequestProcessor:
     # -- response body -------------------------------------------------------------------
     async def process_response_body(self, body: ep.HttpBody) -> ep.ProcessingResponse:
         if self.streaming_response:
-            self._response_chunks.append(body.body)
+            # Chunks pass through as they are; a copy is kept (up to the body limit) to account and cache.
+            self._response_bytes += len(body.body)
+            if self._response_bytes <= self.config.front.max_body_bytes:
+                self._response_chunks.append(body.body)
             if body.end_of_stream:
-                self._account(_usage_from_sse(b"".join(self._response_chunks)))
+                whole = b"".join(self._response_chunks) if self._response_bytes <= self.config.front.max_body_bytes \
+                    else b""
+                completion = reassemble_sse(whole) if whole else None
+                self._account(completion.get("usage") if completion else _usage_from_sse(whole))
+                self._write_cache(completion)
         else:
             self._account(_usage_from_json(body.body))
+            try:
+                completion = loads(body.body)
+            except (ValueError, UnicodeDecodeError):
+                completion = None
+            self._write_cache(completion if isinstance(completion, dict) else None)
         return ep.ProcessingResponse(response_body=ep.BodyResponse(response=ep.CommonResponse()))
+
+    def _write_cache(self, completion: dict[str, Any] | None) -> None:
+        """Send a finished answer to the cache without making the client wait for it."""
+        outcome, context = self.outcome, self.context_message
+        if (completion is None or outcome is None or outcome.kind != "upstream" or outcome.route is None
+                or context is None or self.response_status != 200 or not self.config.cache.enabled
+                or "no-store" in context.cache_directives or not cacheable(completion)):
+            return
+        pending = self.context.pending_writes
+        if len(pending) >= self.config.cache.write_queue_size:
+            self.metrics.cache_write_drops.inc()
+            return
+        request = cache_pb2.StoreRequest(request=context, model=outcome.route.model,
+                                         category=outcome.route.category, body=dumps(completion))
+        task = asyncio.create_task(self.context.clients.store(request))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
 
     def _account(self, usage: dict[str, Any] | None) -> None:
         if not usage or self.outcome is None or self.outcome.route is None:

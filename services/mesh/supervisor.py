@@ -18,7 +18,9 @@ import httpx
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common import model_io
 from services.common.config import SwitchyardConfig
+from services.common.triton_server import launch_spec, repository_problems
 from services.front.envoy_config import build_envoy_config, envoy_binary
 
 # Seconds a process gets to exit after SIGTERM before it is killed.
@@ -98,6 +100,29 @@ class Mesh:
     def specs(self) -> list[ProcessSpec]:
         c = self.config
         specs: list[ProcessSpec] = list(self.extra_specs)
+        self.notes: list[str] = []
+        if c.triton.managed:
+            problems = repository_problems(c.triton.model_repository)
+            if problems:
+                self.notes.append(f"Triton not started: the model repository is not built ({problems[0]}); "
+                                  "run `make models`. Services answer with their failure mode until it is.")
+            else:
+                t = c.triton
+                launch = launch_spec(t)
+                base = f"http://{t.host}:{t.http_port}/v2"
+
+                async def triton_ready() -> bool:
+                    checks = [f"{base}/health/ready", *(f"{base}/models/{m}/ready" for m in model_io.ENSEMBLE_NAMES)]
+                    for url in checks:
+                        if not await http_ok(url):
+                            return False
+                    return True
+
+                specs.append(ProcessSpec(
+                    "triton", launch.argv, ready=triton_ready, env=launch.env,
+                    endpoint=f"http://{t.host}:{t.http_port}  grpc :{t.grpc_port}  metrics :{t.metrics_port}",
+                    ports=[("triton.http_port", t.host, t.http_port), ("triton.grpc_port", t.host, t.grpc_port),
+                           ("triton.metrics_port", t.host, t.metrics_port)]))
         for name in ("decision", "guard", "cache"):
             section = getattr(c, name)
             if not section.enabled:
@@ -149,7 +174,7 @@ class Mesh:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "envoy.yaml").write_text(yaml.safe_dump(build_envoy_config(self.config), sort_keys=False))
         for spec in specs:
-            env = {**os.environ, "PYTHONUNBUFFERED": "1", **(spec.env or {})}
+            env = {**(spec.env or os.environ), "PYTHONUNBUFFERED": "1"}
             process = await asyncio.create_subprocess_exec(
                 *spec.argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
                 start_new_session=True, preexec_fn=_set_parent_death_signal)
@@ -215,7 +240,7 @@ class Mesh:
         self._log_tasks.clear()
 
 
-def endpoint_table(specs: list[ProcessSpec]) -> str:
+def endpoint_table(specs: list[ProcessSpec], notes: list[str] = ()) -> str:  # type: ignore[assignment]
     width = max(len(s.name) for s in specs)
     rows = [f"  {s.name:<{width}}  {s.endpoint}" for s in specs]
-    return "switchyard is up:\n" + "\n".join(rows)
+    return "switchyard is up:\n" + "\n".join(rows) + "".join(f"\nnote: {n}" for n in notes)

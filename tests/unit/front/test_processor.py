@@ -30,6 +30,7 @@ class ScriptedClients:
         self.delays = {"guard": guard_delay, "decision": others_delay, "cache": others_delay}
         self.cancelled: list[str] = []
         self.contexts = []
+        self.stored = []
 
     async def _answer(self, name, context):
         self.contexts.append(context)
@@ -48,6 +49,10 @@ class ScriptedClients:
 
     async def lookup(self, context):
         return await self._answer("cache", context)
+
+    async def store(self, request):
+        self.stored.append(request)
+        return ServiceCall("cache", result=cache_pb2.StoreResponse(stored=True))
 
 
 def make_processor(clients=None, overrides=None) -> RequestProcessor:
@@ -228,3 +233,90 @@ async def test_response_usage_is_counted_per_model() -> None:
     metrics = processor.metrics
     assert metrics.prompt_tokens.labels("qwen3-8b")._value.get() == 7
     assert metrics.completion_tokens.labels("qwen3-8b")._value.get() == 3
+
+
+COMPLETION = {"id": "c1", "object": "chat.completion", "created": 1, "model": "qwen3-8b",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "x = 5"}, "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}
+
+
+def cache_hit(model: str = "qwen3-8b") -> ServiceCall:
+    return ServiceCall("cache", result=cache_pb2.LookupResponse(has_opinion=True, matches=[
+        cache_pb2.CacheMatch(model="deepseek-r1", similarity=0.99, body=b'{"wrong": true}'),
+        cache_pb2.CacheMatch(model=model, similarity=0.95, body=json.dumps(COMPLETION).encode())]))
+
+
+async def test_cache_hit_for_the_routed_model_is_answered_by_the_router() -> None:
+    processor = make_processor(ScriptedClients(cache=cache_hit()))
+    await processor.process_request_headers(headers("POST", "/v1/chat/completions"))
+    reply = (await processor.process_request_body(body(CHAT))).immediate_response
+    assert reply.status.code == 200 and json.loads(reply.body) == COMPLETION
+    added = set_headers(reply.headers)
+    assert added["x-vsr-cache-hit"] == "true" and added["x-vsr-cache-similarity"] == "0.9500"
+
+
+async def test_cache_hit_for_another_model_is_not_used() -> None:
+    processor = make_processor(ScriptedClients(cache=cache_hit(model="llama-3.1-8b")))
+    await processor.process_request_headers(headers("POST", "/v1/chat/completions"))
+    response = await processor.process_request_body(body(CHAT))
+    assert response.WhichOneof("response") == "request_body"
+
+
+async def test_streaming_cache_hit_is_replayed_as_sse() -> None:
+    processor = make_processor(ScriptedClients(cache=cache_hit()))
+    await processor.process_request_headers(headers("POST", "/v1/chat/completions"))
+    reply = (await processor.process_request_body(body({**CHAT, "stream": True}))).immediate_response
+    assert set_headers(reply.headers)["content-type"] == "text/event-stream"
+    events = [e for e in reply.body.decode().split("\n\n") if e]
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(e[len("data: "):]) for e in events[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == "x = 5" and chunks[-1]["usage"]["total_tokens"] == 8
+
+
+async def _respond(processor: RequestProcessor, status: bytes, content_type: bytes, chunks: list[bytes]) -> None:
+    await processor.process_response_headers(ep.HttpHeaders(headers=core.HeaderMap(headers=[
+        core.HeaderValue(key=":status", raw_value=status), core.HeaderValue(key="content-type", raw_value=content_type)])))
+    for i, chunk in enumerate(chunks):
+        await processor.process_response_body(ep.HttpBody(body=chunk, end_of_stream=i == len(chunks) - 1))
+    await asyncio.sleep(0)  # let the fire-and-forget write run
+
+
+async def test_finished_answers_are_written_to_the_cache() -> None:
+    clients = ScriptedClients()
+    processor = make_processor(clients)
+    await processor.process_request_headers(headers("POST", "/v1/chat/completions", **{"x-user-id": "t1"}))
+    await processor.process_request_body(body(CHAT))
+    await _respond(processor, b"200", b"application/json", [json.dumps(COMPLETION).encode()])
+    assert len(clients.stored) == 1
+    stored = clients.stored[0]
+    assert stored.model == "qwen3-8b" and stored.request.tenant == "t1"
+    assert json.loads(stored.body)["choices"][0]["message"]["content"] == "x = 5"
+
+
+async def test_streamed_answers_are_reassembled_for_the_cache() -> None:
+    clients = ScriptedClients()
+    processor = make_processor(clients)
+    await processor.process_request_headers(headers("POST", "/v1/chat/completions"))
+    await processor.process_request_body(body({**CHAT, "stream": True}))
+    from services.common.sse import completion_to_sse
+    stream = completion_to_sse(COMPLETION)
+    await _respond(processor, b"200", b"text/event-stream", [stream[:40], stream[40:120], stream[120:]])
+    assert len(clients.stored) == 1
+    assert json.loads(clients.stored[0].body)["choices"][0]["message"]["content"] == "x = 5"
+    assert processor.metrics.completion_tokens.labels("qwen3-8b")._value.get() == 3
+
+
+@pytest.mark.parametrize(("status", "completion", "directive"), [
+    (b"500", COMPLETION, None),
+    (b"200", {**COMPLETION, "choices": [{**COMPLETION["choices"][0], "finish_reason": "content_filter"}]}, None),
+    (b"200", COMPLETION, "no-store"),
+])
+async def test_unfit_answers_are_not_cached(status, completion, directive) -> None:
+    clients = ScriptedClients()
+    processor = make_processor(clients)
+    extra = {"cache-control": directive} if directive else {}
+    await processor.process_request_headers(headers("POST", "/v1/chat/completions", **extra))
+    await processor.process_request_body(body(CHAT))
+    await _respond(processor, status, b"application/json", [json.dumps(completion).encode()])
+    assert clients.stored == []
