@@ -10,10 +10,10 @@ import grpc
 import uvicorn
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
-from fastapi import FastAPI
 
 from services.common.config import SwitchyardConfig
 from services.common.grpc_server import run_grpc_service
+from services.front.api import build_http_app
 from services.front.mesh_clients import MeshClients
 from services.front.metrics import FrontMetrics
 from services.front.processor import FrontContext, RequestProcessor
@@ -51,23 +51,13 @@ class ExternalProcessorServicer(ep_grpc.ExternalProcessorServicer):
             yield response
 
 
-def build_http_app(config: SwitchyardConfig) -> FastAPI:
-    app = FastAPI(title="switchyard router API", version="0.1.0")
-
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    return app
-
-
 async def serve(config: SwitchyardConfig) -> None:
     section = config.front
     metrics = FrontMetrics()
     clients = MeshClients(config)
     await clients.start()
     context = FrontContext(config=config, clients=clients, metrics=metrics)
-    http = uvicorn.Server(uvicorn.Config(build_http_app(config), host=section.host, port=section.http_port,
+    http = uvicorn.Server(uvicorn.Config(build_http_app(context), host=section.host, port=section.http_port,
                                          log_level="warning", lifespan="off"))
     http.install_signal_handlers = lambda: None  # the gRPC bootstrap owns the signals
     http_task: asyncio.Task[None] | None = None
