@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from services.common.config import FailureMode, SwitchyardConfig
 from services.front.chat_request import ChatRequest, RequestError
 from services.front.mesh_clients import ServiceCall
+from services.common.pii_masking import masked_types, routing_types
 from services.common.sse import completion_to_sse
 from services.front.chat_request import loads
 from services.front.replies import SSE, Reply, blocked_reply, error_reply
@@ -37,6 +38,8 @@ class Outcome:
     reply: Reply | None = None
     degraded: list[str] = field(default_factory=list)
     headers: list[tuple[str, str]] = field(default_factory=list)
+    # Entities to replace by placeholders in the outgoing body (types in guard.pii.mask_types).
+    mask_entities: list[guard_pb2.PiiEntity] = field(default_factory=list)
 
 
 BLOCK_MESSAGE_JAILBREAK = (
@@ -83,15 +86,20 @@ def merge(config: SwitchyardConfig, request: ChatRequest,
 
     # 3. candidates, filtered by the PII each model may see
     route_candidates = _candidates(config, request, decision.result)
-    found_types = sorted({e.type for e in verdict.pii}) if verdict is not None else []
+    entities = list(verdict.pii) if verdict is not None else []
+    mask_types = config.guard.pii.mask_types
+    # Masked types never reach the model, so only the rest must be allowed by its pii_policy.
+    found_types = routing_types(entities, mask_types)
     allowed = [c for c in route_candidates if _pii_allowed(config, c.model, found_types)]
     if not allowed:
         return Outcome("blocked", reply=_pii_blocked(config, request, found_types), degraded=degraded)
     route = allowed[0]
+    masking = [e for e in entities if e.type in masked_types(entities, mask_types)]
 
     # 2. cache hit for the model the request goes to
     lookup = cache.result
-    if lookup is not None and lookup.has_opinion:
+    # Answers to masked requests carry placeholders of another request: never served from or to the cache.
+    if lookup is not None and lookup.has_opinion and not masking:
         for match in lookup.matches:
             if match.model == route.model:
                 return Outcome("cache_hit", route=route, degraded=degraded,
@@ -99,7 +107,8 @@ def merge(config: SwitchyardConfig, request: ChatRequest,
                                         ("x-vsr-cache-similarity", f"{match.similarity:.4f}"),
                                         ("x-vsr-selected-model", route.model)],
                                reply=_cached_reply(match.body, request.stream))
-    return Outcome("upstream", route=route, degraded=degraded)
+    headers = [("x-vsr-pii-masked-types", ",".join(masked_types(entities, mask_types)))] if masking else []
+    return Outcome("upstream", route=route, degraded=degraded, mask_entities=masking, headers=headers)
 
 
 def _cached_reply(body: bytes, stream: bool) -> Reply:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import codecs
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -14,6 +16,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.type.v3 import http_status_pb2
 
 from services.common.config import SwitchyardConfig
+from services.common.pii_masking import MaskMapping, StreamUnmasker, mask_body, unmask_text
 from services.common.sse import cacheable, reassemble_sse
 from services.front.body_rewrite import rewrite_body
 from services.front.chat_request import ChatRequest, RequestError, dumps, loads, parse_chat_request
@@ -74,6 +77,10 @@ class RequestProcessor:
         self.context_message: common_pb2.RequestContext | None = None
         self._response_chunks: list[bytes] = []
         self._response_bytes = 0
+        # Placeholder -> JSON-escaped original value, when the outgoing body was masked.
+        self._unmask: MaskMapping | None = None
+        self._stream_unmasker: StreamUnmasker | None = None
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
 
     # -- request headers -------------------------------------------------------------------
     async def process_request_headers(self, headers: ep.HttpHeaders) -> ep.ProcessingResponse:
@@ -131,7 +138,12 @@ class RequestProcessor:
             return immediate(outcome.reply, [*outcome.headers, *degraded_headers])
         assert outcome.route is not None
         decided = self._decided(calls)
-        new_body = dumps(rewrite_body(self.request.body, outcome.route, self.config.routing, decided))
+        outgoing = self.request.body
+        if outcome.mask_entities:
+            # Before the rewrite: entity offsets refer to the messages as the client sent them.
+            outgoing, mapping = mask_body(outgoing, outcome.mask_entities, set(self.config.guard.pii.mask_types))
+            self._unmask = _json_escaped(mapping)
+        new_body = dumps(rewrite_body(outgoing, outcome.route, self.config.routing, decided))
         mutation = ep.HeaderMutation(set_headers=[
             header_option(SELECTED_MODEL_HEADER, outcome.route.model),
             header_option("content-length", str(len(new_body))),
@@ -225,6 +237,7 @@ class RequestProcessor:
         headers: list[tuple[str, str]] = []
         if outcome.degraded:
             headers.append(("x-vsr-degraded", ",".join(outcome.degraded)))
+        headers += outcome.headers
         route = outcome.route
         if route is not None and 200 <= self.response_status < 300:
             headers.append(("x-vsr-selected-model", route.model))
@@ -236,6 +249,8 @@ class RequestProcessor:
 
     # -- response body -------------------------------------------------------------------
     async def process_response_body(self, body: ep.HttpBody) -> ep.ProcessingResponse:
+        if self._unmask is not None:
+            return self._unmasked_response_body(body)
         if self.streaming_response:
             # Chunks pass through as they are; a copy is kept (up to the body limit) to account and cache.
             self._response_bytes += len(body.body)
@@ -255,6 +270,23 @@ class RequestProcessor:
                 completion = None
             self._write_cache(completion if isinstance(completion, dict) else None)
         return ep.ProcessingResponse(response_body=ep.BodyResponse(response=ep.CommonResponse()))
+
+    def _unmasked_response_body(self, body: ep.HttpBody) -> ep.ProcessingResponse:
+        """Put the client's own values back where the backend's answer repeats a placeholder."""
+        assert self._unmask is not None
+        if self.streaming_response:
+            if self._stream_unmasker is None:
+                self._stream_unmasker = StreamUnmasker(self._unmask)
+            text = self._stream_unmasker.feed(self._utf8.decode(body.body, final=body.end_of_stream))
+            if body.end_of_stream:
+                text += self._stream_unmasker.flush()
+            return ep.ProcessingResponse(response_body=ep.BodyResponse(response=ep.CommonResponse(
+                body_mutation=ep.BodyMutation(body=text.encode()))))
+        self._account(_usage_from_json(body.body))
+        restored = unmask_text(body.body.decode("utf-8", "replace"), self._unmask).encode()
+        return ep.ProcessingResponse(response_body=ep.BodyResponse(response=ep.CommonResponse(
+            header_mutation=ep.HeaderMutation(set_headers=[header_option("content-length", str(len(restored)))]),
+            body_mutation=ep.BodyMutation(body=restored))))
 
     def _write_cache(self, completion: dict[str, Any] | None) -> None:
         """Send a finished answer to the cache without making the client wait for it."""
@@ -303,6 +335,11 @@ class RequestProcessor:
         if phase == "request_trailers":
             return ep.ProcessingResponse(request_trailers=ep.TrailersResponse())
         return ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
+
+
+def _json_escaped(mapping: MaskMapping) -> MaskMapping:
+    # Placeholders sit inside JSON strings of the answer, so the values must go back JSON-escaped.
+    return MaskMapping({p: json.dumps(mapping.original(p), ensure_ascii=False)[1:-1] for p in mapping.placeholders})
 
 
 def _usage_from_json(raw: bytes) -> dict[str, Any] | None:

@@ -320,3 +320,69 @@ async def test_unfit_answers_are_not_cached(status, completion, directive) -> No
     await processor.process_request_body(body(CHAT))
     await _respond(processor, status, b"application/json", [json.dumps(completion).encode()])
     assert clients.stored == []
+
+
+def pii_guard(*entities: tuple[str, int, int, int]) -> ServiceCall:
+    return ServiceCall("guard", result=guard_pb2.CheckResponse(has_opinion=True, pii=[
+        guard_pb2.PiiEntity(type=t, message_index=m, start=s, end=e, confidence=0.9) for t, m, s, e in entities]))
+
+
+async def test_pii_re_routes_to_a_model_whose_policy_allows_it() -> None:
+    # law: llama-3.1-8b (allows only DATE_TIME, NRP) then qwen3-8b (allows everything).
+    decision = ServiceCall("decision", result=decision_pb2.DecideResponse(has_opinion=True, category="law", candidates=[
+        decision_pb2.Candidate(model="llama-3.1-8b", score=0.8), decision_pb2.Candidate(model="qwen3-8b", score=0.7)]))
+    processor = make_processor(ScriptedClients(decision=decision, guard=pii_guard(("EMAIL_ADDRESS", 0, 0, 5))))
+    await processor.process_request_headers(headers("POST", "/v1/chat/completions"))
+    response = await processor.process_request_body(body(CHAT))
+    assert json.loads(response.request_body.response.body_mutation.body)["model"] == "qwen3-8b"
+
+
+async def test_pii_no_model_may_see_is_blocked_without_echoing_it() -> None:
+    decision = ServiceCall("decision", result=decision_pb2.DecideResponse(has_opinion=True, category="law", candidates=[
+        decision_pb2.Candidate(model="llama-3.1-8b", score=0.8)]))
+    chat = {"model": "MoM", "messages": [{"role": "user", "content": "mail bob@example.com please"}]}
+    processor = make_processor(ScriptedClients(decision=decision, guard=pii_guard(("EMAIL_ADDRESS", 0, 5, 20))))
+    await processor.process_request_headers(headers("POST", "/v1/chat/completions"))
+    reply = (await processor.process_request_body(body(chat))).immediate_response
+    assert set_headers(reply.headers)["x-vsr-pii-violation"] == "true"
+    assert set_headers(reply.headers)["x-vsr-pii-types"] == "EMAIL_ADDRESS"
+    assert json.loads(reply.body)["choices"][0]["finish_reason"] == "content_filter"
+    assert b"bob@example.com" not in reply.body
+
+
+async def test_masked_pii_leaves_as_placeholders_and_comes_back_in_the_answer() -> None:
+    text = 'Write to Zoë "Z" Müller about Zoë "Z" Müller\'s visit'
+    first = text.index("Zoë")
+    second = text.index("Zoë", first + 1)
+    name_len = len('Zoë "Z" Müller')
+    guard = pii_guard(("PERSON", 0, first, first + name_len), ("PERSON", 0, second, second + name_len))
+    clients = ScriptedClients(guard=guard)
+    processor = make_processor(clients, overrides={"guard": {"pii": {"mask_types": ["PERSON"]}}})
+    await processor.process_request_headers(headers("POST", "/v1/chat/completions"))
+    response = await processor.process_request_body(body({"model": "MoM", "messages": [{"role": "user", "content": text}]}))
+    sent = json.loads(response.request_body.response.body_mutation.body)
+    assert sent["messages"][-1]["content"] == "Write to <PERSON_1> about <PERSON_1>'s visit"
+    await processor.process_response_headers(ep.HttpHeaders(headers=core.HeaderMap(headers=[
+        core.HeaderValue(key=":status", raw_value=b"200"), core.HeaderValue(key="content-type", raw_value=b"application/json")])))
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "Dear <PERSON_1>,"}, "finish_reason": "stop"}]}
+    reply = await processor.process_response_body(body(answer))
+    restored = reply.response_body.response.body_mutation.body
+    assert json.loads(restored)["choices"][0]["message"]["content"] == 'Dear Zoë "Z" Müller,'
+    assert set_headers(reply.response_body.response.header_mutation)["content-length"] == str(len(restored))
+    assert clients.stored == []  # masked exchanges are not cached
+
+
+async def test_masked_stream_is_unmasked_across_chunk_boundaries() -> None:
+    guard = pii_guard(("PERSON", 0, 6, 11))
+    processor = make_processor(ScriptedClients(guard=guard), overrides={"guard": {"pii": {"mask_types": ["PERSON"]}}})
+    await processor.process_request_headers(headers("POST", "/v1/chat/completions"))
+    await processor.process_request_body(body({"model": "MoM", "stream": True,
+                                               "messages": [{"role": "user", "content": "Greet Alice now"}]}))
+    await processor.process_response_headers(ep.HttpHeaders(headers=core.HeaderMap(headers=[
+        core.HeaderValue(key=":status", raw_value=b"200"), core.HeaderValue(key="content-type", raw_value=b"text/event-stream")])))
+    pieces = [b'data: {"c": "Hi <PER', b'SON_1>!"}\n\n', b"data: [DONE]\n\n"]
+    out = b""
+    for i, piece in enumerate(pieces):
+        reply = await processor.process_response_body(ep.HttpBody(body=piece, end_of_stream=i == len(pieces) - 1))
+        out += reply.response_body.response.body_mutation.body
+    assert out == b'data: {"c": "Hi Alice!"}\n\ndata: [DONE]\n\n'
