@@ -278,6 +278,16 @@ class BlockedResponseStyle(str, Enum):
     ERROR = "error"  # 4xx OpenAI error body
 
 
+class ApiConfig(_Section):
+    """Limits of the classification HTTP API."""
+
+    max_batch_size: int = Field(default=100, gt=0)
+    # Batch requests processed at once; more get 429.
+    max_concurrent_batches: int = Field(default=4, gt=0)
+    # Texts of one batch sent to the services at the same time.
+    batch_concurrency: int = Field(default=8, gt=0)
+
+
 class FrontConfig(_Section):
     host: str = "127.0.0.1"
     grpc_port: Port = 50051
@@ -288,6 +298,7 @@ class FrontConfig(_Section):
     blocked_status: int = Field(default=403, ge=400, le=499)
     # Header that names the tenant/user for cache scoping.
     tenant_header: str = "x-user-id"
+    api: ApiConfig = Field(default_factory=ApiConfig)
 
 
 class TritonConfig(_Section):

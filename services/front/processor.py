@@ -62,6 +62,15 @@ def immediate(reply: Reply, extra_headers: list[tuple[str, str]] = ()) -> ep.Pro
     ))
 
 
+@dataclass
+class Routed:
+    """The routing verdict for one request body, and the body that goes to the backend."""
+
+    outcome: Outcome
+    calls: dict[str, ServiceCall]
+    body: bytes | None = None
+
+
 class RequestProcessor:
     """Processes one HTTP request; state between phases lives on this object."""
 
@@ -114,15 +123,35 @@ class RequestProcessor:
 
     # -- request body ----------------------------------------------------------------------
     async def process_request_body(self, body: ep.HttpBody) -> ep.ProcessingResponse:
-        started = time.perf_counter()
-        if len(body.body) > self.config.front.max_body_bytes:
-            return self._error(RequestError(
-                413, f"the request body is {len(body.body)} bytes; the limit is "
-                f"{self.config.front.max_body_bytes} (front.max_body_bytes)", "request_too_large"))
         try:
-            self.request = parse_chat_request(body.body)
+            routed = await self.route(body.body)
         except RequestError as exc:
             return self._error(exc)
+        outcome = routed.outcome
+        degraded_headers = [("x-vsr-degraded", ",".join(outcome.degraded))] if outcome.degraded else []
+        if outcome.reply is not None:
+            return immediate(outcome.reply, [*outcome.headers, *degraded_headers])
+        assert outcome.route is not None and routed.body is not None
+        mutation = ep.HeaderMutation(set_headers=[
+            header_option(SELECTED_MODEL_HEADER, outcome.route.model),
+            header_option("content-length", str(len(routed.body))),
+        ])
+        return ep.ProcessingResponse(request_body=ep.BodyResponse(response=ep.CommonResponse(
+            header_mutation=mutation,
+            body_mutation=ep.BodyMutation(body=routed.body),
+            clear_route_cache=True,
+        )))
+
+    async def route(self, raw: bytes, dry_run: bool = False) -> Routed:
+        """Parse, ask the services, merge, and build the outgoing body; RequestError for bad input.
+
+        Shared by the ext_proc path and the HTTP API's dry run (`dry_run` leaves the traffic metrics alone).
+        """
+        started = time.perf_counter()
+        if len(raw) > self.config.front.max_body_bytes:
+            raise RequestError(413, f"the request body is {len(raw)} bytes; the limit is "
+                               f"{self.config.front.max_body_bytes} (front.max_body_bytes)", "request_too_large")
+        self.request = parse_chat_request(raw)
         context = self.context_message = self.request.to_context(
             request_id=self.request_headers.get("x-request-id", ""),
             tenant=self.request_headers.get(self.config.front.tenant_header.lower(), ""),
@@ -131,28 +160,18 @@ class RequestProcessor:
         )
         calls = await self._fan_out(context)
         self.outcome = outcome = merge(self.config, self.request, calls["decision"], calls["guard"], calls["cache"])
-        self.metrics.routing_latency.observe(time.perf_counter() - started)
-        self._count(outcome, calls)
-        degraded_headers = [("x-vsr-degraded", ",".join(outcome.degraded))] if outcome.degraded else []
-        if outcome.reply is not None:
-            return immediate(outcome.reply, [*outcome.headers, *degraded_headers])
-        assert outcome.route is not None
-        decided = self._decided(calls)
+        if not dry_run:
+            self.metrics.routing_latency.observe(time.perf_counter() - started)
+            self._count(outcome, calls)
+        if outcome.reply is not None or outcome.route is None:
+            return Routed(outcome, calls)
         outgoing = self.request.body
         if outcome.mask_entities:
             # Before the rewrite: entity offsets refer to the messages as the client sent them.
             outgoing, mapping = mask_body(outgoing, outcome.mask_entities, set(self.config.guard.pii.mask_types))
             self._unmask = _json_escaped(mapping)
-        new_body = dumps(rewrite_body(outgoing, outcome.route, self.config.routing, decided))
-        mutation = ep.HeaderMutation(set_headers=[
-            header_option(SELECTED_MODEL_HEADER, outcome.route.model),
-            header_option("content-length", str(len(new_body))),
-        ])
-        return ep.ProcessingResponse(request_body=ep.BodyResponse(response=ep.CommonResponse(
-            header_mutation=mutation,
-            body_mutation=ep.BodyMutation(body=new_body),
-            clear_route_cache=True,
-        )))
+        new_body = dumps(rewrite_body(outgoing, outcome.route, self.config.routing, self._decided(calls)))
+        return Routed(outcome, calls, new_body)
 
     @staticmethod
     def _decided(calls: dict[str, ServiceCall]) -> bool:
@@ -208,6 +227,30 @@ class RequestProcessor:
                 source = self.request.model if self.request.model in self.config.routing.aliases or \
                     self.request.model in self.config.routing.models else "other"
                 self.metrics.routing_modifications.labels(source, outcome.route.model).inc()
+        self._count_protection(outcome, calls)
+
+    def _count_protection(self, outcome: Outcome, calls: dict[str, ServiceCall]) -> None:
+        headers = {name for name, _ in outcome.headers}
+        block_reason = ("jailbreak" if "x-vsr-jailbreak-blocked" in headers
+                        else "pii" if "x-vsr-pii-violation" in headers else None)
+        if outcome.kind == "blocked" and block_reason:
+            self.metrics.blocks.labels(block_reason).inc()
+        guard = calls["guard"].result
+        if guard is None or not guard.has_opinion or not guard.pii or block_reason == "jailbreak":
+            return
+        decision = calls["decision"].result
+        first = decision.candidates[0].model if self._decided(calls) and decision is not None else None
+        if block_reason == "pii":
+            action = "block"
+        elif outcome.route is not None and first is not None and outcome.route.model != first:
+            action = "reroute"
+        else:
+            action = "allow"
+        self.metrics.pii_actions.labels(action).inc()
+
+    def set_request_headers(self, headers: dict[str, str]) -> None:
+        """For callers other than Envoy (the HTTP API): the request headers, lower-cased."""
+        self.request_headers = {k.lower(): v for k, v in headers.items()}
 
     def _error(self, error: RequestError) -> ep.ProcessingResponse:
         self.metrics.errors.labels(error.code).inc()
@@ -314,6 +357,7 @@ class RequestProcessor:
             value = usage.get(key)
             if isinstance(value, int) and value >= 0:
                 counter.labels(model).inc(value)
+                self.metrics.tokens.labels(model).inc(value)
 
     async def process_request_trailers(self, trailers: ep.HttpTrailers) -> ep.ProcessingResponse:
         return ep.ProcessingResponse(request_trailers=ep.TrailersResponse())
