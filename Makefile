@@ -11,7 +11,7 @@ PROTO_STAMP := proto/switchyard/v1/.generated
 # The CPU build of torch lies on this machine's disk; plain `torch` would pull a multi-GB CUDA build.
 WHEELS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: setup protos models run test test-unit bench clean help
+.PHONY: setup protos models system-deps run test test-unit bench clean help
 
 help:
 	@echo "make run    set everything up and start the local router (Envoy on :8801)"
@@ -37,13 +37,24 @@ $(PROTO_STAMP): $(PROTOS) $(INSTALLED)
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=proto --pyi_out=proto --grpc_python_out=proto $(PROTOS)
 	touch $@
 
+# Debian packages the tests need (Prometheus and promtool for the observability tests).
+system-deps:
+	@if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian package prometheus"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
+	  else \
+	    echo "prometheus/promtool missing: run 'sudo apt-get install -y prometheus'" >&2; exit 1; \
+	  fi; \
+	fi
+
 models: setup
 	$(SWITCHYARD) models build
 
 run: setup models
 	$(SWITCHYARD) up --config $(CONFIG)
 
-test: setup models
+test: system-deps setup models
 	$(PY) -m pytest -ra
 
 test-unit: setup
