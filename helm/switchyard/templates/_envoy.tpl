@@ -1,0 +1,124 @@
+{{/*
+Envoy pieces shared by the plain-Envoy variant and the AI Gateway hook. They mirror
+services/front/envoy_config.py (tests/unit/helm compares the two), with the cluster addresses
+pointing at Kubernetes Services instead of loopback.
+*/}}
+
+{{/* The router config as a dict, after wiring. */}}
+{{- define "switchyard.routerConfig" -}}
+{{- include "switchyard.routerConfigData" . -}}
+{{- end -}}
+
+{{/* The ext_proc HTTP filter (ext_proc_filter() in envoy_config.py): switchyard.extProcFilter (dict "root" $ "cluster" NAME ["name" FILTER]) */}}
+{{- define "switchyard.extProcFilter" -}}
+{{- $config := include "switchyard.routerConfigData" .root | fromYaml -}}
+{{- $envoy := $config.envoy | default dict -}}
+{{- $timeoutMs := $envoy.message_timeout_ms | default 5000 -}}
+{{- $timeoutS := divf $timeoutMs 1000 -}}
+{{- $grpcTimeout := maxf (mulf $timeoutS 6) 30 -}}
+{{- $filter := dict
+      "name" (.name | default "envoy.filters.http.ext_proc")
+      "typed_config" (dict
+          "@type" "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+          "grpc_service" (dict "envoy_grpc" (dict "cluster_name" .cluster) "timeout" (printf "%.0fs" $grpcTimeout))
+          "failure_mode_allow" (ternary $envoy.failure_mode_allow false (hasKey $envoy "failure_mode_allow"))
+          "message_timeout" (printf "%.3fs" $timeoutS)
+          "allow_mode_override" true
+          "processing_mode" (dict
+              "request_header_mode" "SEND"
+              "request_body_mode" "BUFFERED"
+              "response_header_mode" "SEND"
+              "response_body_mode" "BUFFERED"
+              "request_trailer_mode" "SKIP"
+              "response_trailer_mode" "SKIP"))
+-}}
+{{- toYaml $filter -}}
+{{- end -}}
+
+{{/* One STRICT_DNS cluster (_cluster() in envoy_config.py). */}}
+{{- define "switchyard.envoyCluster" -}}
+{{- $cluster := dict
+      "name" .name
+      "type" "STRICT_DNS"
+      "dns_lookup_family" "V4_PREFERRED"
+      "connect_timeout" .connectTimeout
+      "per_connection_buffer_limit_bytes" .bufferLimit
+      "load_assignment" (dict
+          "cluster_name" .name
+          "endpoints" (list (dict "lb_endpoints" (list (dict "endpoint" (dict "address" (dict
+              "socket_address" (dict "address" .address "port_value" (int .port))))))))) -}}
+{{- if .http2 -}}
+{{- $_ := set $cluster "typed_extension_protocol_options" (dict
+      "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" (dict
+          "@type" "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+          "explicit_http_config" (dict "http2_protocol_options" dict))) -}}
+{{- end -}}
+{{- toYaml $cluster -}}
+{{- end -}}
+
+{{/* Body buffer limit: front.max_body_bytes + 1 MiB headroom (BUFFER_HEADROOM in envoy_config.py). */}}
+{{- define "switchyard.bufferLimit" -}}
+{{- $config := include "switchyard.routerConfigData" . | fromYaml -}}
+{{- $front := $config.front | default dict -}}
+{{- add (int64 ($front.max_body_bytes | default 10485760)) 1048576 -}}
+{{- end -}}
+
+{{/* The backend that serves a model (backend_for() in config.py). */}}
+{{- define "switchyard.backendFor" -}}
+{{- $model := index .config.routing.models .model | default dict -}}
+{{- $first := index .config.backends 0 -}}
+{{- $model.backend | default $first.name -}}
+{{- end -}}
+
+{{/* The whole static Envoy bootstrap (build_envoy_config() in envoy_config.py). */}}
+{{- define "switchyard.envoyBootstrap" -}}
+{{- $root := . -}}
+{{- $config := include "switchyard.routerConfigData" . | fromYaml -}}
+{{- $envoy := $config.envoy -}}
+{{- $bufferLimit := include "switchyard.bufferLimit" . | int64 -}}
+{{- $upstreamTimeout := printf "%.0fs" (float64 ($envoy.upstream_timeout_s | default 300)) -}}
+{{- $routes := list -}}
+{{- range $model, $_ := $config.routing.models -}}
+{{- $backend := include "switchyard.backendFor" (dict "config" $config "model" $model) -}}
+{{- $routes = append $routes (dict
+      "match" (dict "prefix" "/" "headers" (list (dict "name" "x-selected-model" "string_match" (dict "exact" $model))))
+      "route" (dict "cluster" (printf "backend_%s" $backend) "timeout" $upstreamTimeout)) -}}
+{{- end -}}
+{{- $first := index $config.backends 0 -}}
+{{- $routes = append $routes (dict "match" (dict "prefix" "/") "route" (dict "cluster" (printf "backend_%s" $first.name) "timeout" $upstreamTimeout)) -}}
+{{- $hcm := dict
+      "@type" "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+      "stat_prefix" "switchyard"
+      "codec_type" "AUTO"
+      "route_config" (dict "name" "switchyard_routes" "virtual_hosts" (list (dict "name" "backends" "domains" (list "*") "routes" $routes)))
+      "local_reply_config" (dict "mappers" (list (dict
+          "filter" (dict "status_code_filter" (dict "comparison" (dict
+              "op" "EQ" "value" (dict "default_value" 413 "runtime_key" "switchyard.local_reply.413"))))
+          "body_format_override" (dict "json_format" (dict "error" (dict
+              "message" (printf "the request body is larger than the router accepts (%d bytes, front.max_body_bytes)" (int64 ($config.front.max_body_bytes | default 10485760)))
+              "type" "invalid_request_error" "code" "request_too_large" "param" nil))))))
+      "http_filters" (list
+          (include "switchyard.extProcFilter" (dict "root" . "cluster" "switchyard_front") | fromYaml)
+          (dict "name" "envoy.filters.http.router" "typed_config" (dict "@type" "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router")))
+-}}
+{{- $clusters := list (include "switchyard.envoyCluster" (dict
+      "name" "switchyard_front"
+      "address" (include "switchyard.component" (dict "root" . "component" "front"))
+      "port" $config.front.grpc_port "http2" true "bufferLimit" $bufferLimit "connectTimeout" "1s") | fromYaml) -}}
+{{- range $config.backends -}}
+{{- $clusters = append $clusters (include "switchyard.envoyCluster" (dict
+      "name" (printf "backend_%s" .name) "address" .address "port" .port "http2" false
+      "bufferLimit" $bufferLimit "connectTimeout" "5s") | fromYaml) -}}
+{{- end -}}
+{{- $bootstrap := dict
+      "admin" (dict "address" (dict "socket_address" (dict "address" "127.0.0.1" "port_value" (int $envoy.admin_port))))
+      "static_resources" (dict
+          "listeners" (list (dict
+              "name" "switchyard"
+              "address" (dict "socket_address" (dict "address" "0.0.0.0" "port_value" (int $envoy.listener_port)))
+              "per_connection_buffer_limit_bytes" $bufferLimit
+              "filter_chains" (list (dict "filters" (list (dict "name" "envoy.filters.network.http_connection_manager" "typed_config" $hcm))))))
+          "clusters" $clusters)
+-}}
+{{- toYaml $bootstrap -}}
+{{- end -}}
