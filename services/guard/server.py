@@ -2,29 +2,66 @@
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 
 from services.common.config import SwitchyardConfig
 from services.common.grpc_server import run_grpc_service
+from services.common.triton import TritonError, TritonModels, TritonTimeoutError
+from services.guard.check import RequestGuard
+from services.guard.chunking import TokenChunker
+from services.guard.metrics import GuardMetrics
 from switchyard.v1 import guard_pb2, guard_pb2_grpc
+
+log = logging.getLogger("switchyard.guard")
 
 
 class GuardServicer(guard_pb2_grpc.GuardServicer):
-    """Answers "no opinion" until jailbreak and PII detection land."""
+    """Check = RequestGuard.check; a Triton failure becomes a gRPC error so the front applies
+    guard.on_failure, never a made-up "clean" verdict."""
+
+    def __init__(self, guard: RequestGuard, metrics: GuardMetrics) -> None:
+        self._guard = guard
+        self._metrics = metrics
 
     async def Check(
         self, request: guard_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> guard_pb2.CheckResponse:
-        return guard_pb2.CheckResponse(has_opinion=False)
+        request_id = request.request.request_id
+        try:
+            verdict = await self._guard.check(request.request.messages)
+        except TritonError as exc:
+            # The client's messages name the model, the address and the fix; they carry no request text.
+            self._metrics.checks.labels("error").inc()
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if isinstance(exc, TritonTimeoutError) else (
+                grpc.StatusCode.UNAVAILABLE)
+            log.warning("request %s: guard check failed: %s", request_id, exc)
+            await context.abort(code, f"guard: {exc}")
+        log.debug("request %s: %s", request_id, verdict.summary())
+        return verdict.to_proto()
+
+
+def build_chunker(config: SwitchyardConfig) -> TokenChunker:
+    """Token windows from the tokenizer.json the Triton client uses (see services.guard.chunking)."""
+    policy = config.guard.jailbreak
+    return TokenChunker.from_repository(config.triton.model_repository, policy.chunk_tokens,
+                                        policy.chunk_overlap_tokens)
 
 
 async def serve(config: SwitchyardConfig) -> None:
     section = config.guard
+    metrics = GuardMetrics()
+    chunker = build_chunker(config)
+    models = TritonModels.from_config(config.triton)
+    guard = RequestGuard(section, models, models, chunker, metrics)
     await run_grpc_service(
         "guard",
         section.host,
         section.port,
         section.metrics_port,
-        lambda server: guard_pb2_grpc.add_GuardServicer_to_server(GuardServicer(), server),
+        lambda server: guard_pb2_grpc.add_GuardServicer_to_server(GuardServicer(guard, metrics), server),
         [guard_pb2.DESCRIPTOR.services_by_name["Guard"].full_name],
+        on_shutdown=models.close,
+        registry=metrics.registry,
     )

@@ -1,0 +1,176 @@
+"""Pattern recognizers: valid values are found with their exact span, invalid look-alikes are not."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.guard import patterns as p
+from services.guard.spans import merge_overlapping
+
+DEFAULT_THRESHOLD = 0.5
+
+
+def found(text: str, kind: str) -> list[str]:
+    """Values of `kind` that pass the default threshold after merging."""
+    entities = merge_overlapping(e for e in p.recognize(text) if e.confidence >= DEFAULT_THRESHOLD)
+    return [text[e.start:e.end] for e in entities if e.type == kind]
+
+
+@pytest.mark.parametrize("text, value", [
+    ("write to john.doe+news@mail.example.co.uk today", "john.doe+news@mail.example.co.uk"),
+    ("ANN_LEE@ACME.COM", "ANN_LEE@ACME.COM"),
+])
+def test_email_found(text: str, value: str) -> None:
+    assert found(text, p.EMAIL_ADDRESS) == [value]
+
+
+@pytest.mark.parametrize("text", ["john..doe@acme.com", "user@localhost", "a@b.c", "@acme.com", "name@-acme.com"])
+def test_email_rejected(text: str) -> None:
+    assert found(text, p.EMAIL_ADDRESS) == []
+
+
+@pytest.mark.parametrize("text, value", [
+    ("call me at (415) 555-2671.", "(415) 555-2671"),
+    ("phone: 415-555-2671", "415-555-2671"),
+    ("+1 415.555.2671 is the desk", "+1 415.555.2671"),
+    ("London office +44 20 7946 0958", "+44 20 7946 0958"),
+    ("my phone 4155552671", "4155552671"),
+])
+def test_phone_found(text: str, value: str) -> None:
+    assert found(text, p.PHONE_NUMBER) == [value]
+
+
+@pytest.mark.parametrize("text", [
+    "order 4155552671 shipped",  # bare digits without context: an id, not a phone
+    "(123) 456-7890",  # NANP area codes never start with 1
+    "+12 345",  # too few digits
+    "2023-10-12",
+])
+def test_phone_rejected(text: str) -> None:
+    assert found(text, p.PHONE_NUMBER) == []
+
+
+@pytest.mark.parametrize("text, value", [
+    ("card 4111 1111 1111 1111 exp 12/29", "4111 1111 1111 1111"),
+    ("4111-1111-1111-1111", "4111-1111-1111-1111"),
+    ("amex 378282246310005", "378282246310005"),
+    ("mc 5555555555554444.", "5555555555554444"),
+])
+def test_credit_card_found(text: str, value: str) -> None:
+    assert found(text, p.CREDIT_CARD) == [value]
+
+
+@pytest.mark.parametrize("text", [
+    "4111 1111 1111 1112",  # 16 digits failing Luhn
+    "4111111111111112",
+    "0000 0000 0000 0000",  # Luhn-valid but one repeated digit
+    "4111 1111-1111 1111",  # mixed separators
+    "1234 5678 9012 3456 7890 1234",  # longer digit run than any card
+    "reference 1000000000000008",  # Luhn-valid but no issuer prefix and no context
+])
+def test_credit_card_rejected(text: str) -> None:
+    assert found(text, p.CREDIT_CARD) == []
+
+
+def test_luhn() -> None:
+    assert p.luhn_valid("4111111111111111")
+    assert p.luhn_valid("79927398713")
+    assert not p.luhn_valid("79927398710")
+
+
+@pytest.mark.parametrize("text, value", [
+    ("My SSN is 123-45-6789", "123-45-6789"),
+    ("ssn 078 05 1120", "078 05 1120"),
+    ("social security number 219099999", "219099999"),
+])
+def test_ssn_found(text: str, value: str) -> None:
+    assert found(text, p.US_SSN) == [value]
+
+
+@pytest.mark.parametrize("text", [
+    "000-12-3456", "666-12-3456", "912-34-5678", "123-00-4567", "123-45-0000", "111-11-1111",
+    "123-45 6789",  # mixed separators
+    "order 219099999",  # nine bare digits without context
+])
+def test_ssn_rejected(text: str) -> None:
+    assert found(text, p.US_SSN) == []
+
+
+@pytest.mark.parametrize("text, value", [
+    ("host 192.168.10.1 is down", "192.168.10.1"),
+    ("ping 2001:db8::8a2e:370:7334.", "2001:db8::8a2e:370:7334"),
+    ("from fe80::1", "fe80::1"),
+    ("mapped ::ffff:10.0.0.1", "::ffff:10.0.0.1"),
+])
+def test_ip_found(text: str, value: str) -> None:
+    assert found(text, p.IP_ADDRESS) == [value]
+
+
+@pytest.mark.parametrize("text", ["256.1.1.1", "1.2.3", "01.2.3.4", "version 1.2.3.4", "at 12:30:45",
+                                  "std::vector", "a::b", "1.2.3.4.5"])
+def test_ip_rejected(text: str) -> None:
+    assert found(text, p.IP_ADDRESS) == []
+
+
+@pytest.mark.parametrize("text, value", [
+    ("IBAN DE89 3704 0044 0532 0130 00 please", "DE89 3704 0044 0532 0130 00"),
+    ("GB82WEST12345698765432", "GB82WEST12345698765432"),
+    ("to FR1420041010050500013M02606.", "FR1420041010050500013M02606"),
+])
+def test_iban_found(text: str, value: str) -> None:
+    assert found(text, p.IBAN_CODE) == [value]
+
+
+@pytest.mark.parametrize("text", [
+    "DE89 3704 0044 0532 0130 01",  # mod-97 fails
+    "GB82WEST1234569876543",  # one character short for GB
+    "ZZ82WEST12345698765432",  # no such country
+])
+def test_iban_rejected(text: str) -> None:
+    assert found(text, p.IBAN_CODE) == []
+
+
+def test_iban_mod97() -> None:
+    assert p.iban_valid("GB82WEST12345698765432")
+    assert not p.iban_valid("GB83WEST12345698765432")
+
+
+def test_url_and_domain() -> None:
+    text = "see https://example.com/a?b=1. and www.foo.org, or github.com"
+    assert found(text, p.URL) == ["https://example.com/a?b=1", "www.foo.org"]
+    assert found(text, p.DOMAIN_NAME) == ["github.com"]
+
+
+@pytest.mark.parametrize("text", ["self.app.run()", "edit main.rs and setup.py", "os.path.join", "obj.com()"])
+def test_code_is_not_a_domain(text: str) -> None:
+    assert found(text, p.DOMAIN_NAME) == [] and found(text, p.URL) == []
+
+
+@pytest.mark.parametrize("text, value", [
+    ("San Jose, CA 95131", "95131"),
+    ("zip code 02139-4307", "02139-4307"),
+])
+def test_zip_found(text: str, value: str) -> None:
+    assert found(text, p.ZIP_CODE) == [value]
+
+
+@pytest.mark.parametrize("text", ["we sold 12345 units", "$12345", "12345.67"])
+def test_zip_rejected(text: str) -> None:
+    assert found(text, p.ZIP_CODE) == []
+
+
+def test_driver_license_needs_context() -> None:
+    assert found("my driver's license number is D1234567", p.US_DRIVER_LICENSE) == ["D1234567"]
+    assert found("DL# 123456789", p.US_DRIVER_LICENSE) == ["123456789"]
+    assert found("the part D1234567 is in stock", p.US_DRIVER_LICENSE) == []
+
+
+def test_email_domain_is_one_entity() -> None:
+    entities = merge_overlapping(p.recognize("mail ann@acme.com"))
+    assert [(e.type, e.start, e.end) for e in entities] == [(p.EMAIL_ADDRESS, 5, 17)]
+
+
+def test_offsets_are_code_points() -> None:
+    text = "😀 Ünïcødé ✓ SSN 123-45-6789 ✓"
+    [value] = found(text, p.US_SSN)
+    assert value == "123-45-6789"
