@@ -82,7 +82,7 @@ def merge(config: SwitchyardConfig, request: ChatRequest,
                            degraded=degraded)
         if verdict.blocking_pii_types:
             types = sorted(set(verdict.blocking_pii_types))
-            return Outcome("blocked", reply=_pii_blocked(config, request, types), degraded=degraded)
+            return Outcome("blocked", reply=pii_blocked_reply(config, request, types), degraded=degraded)
 
     # 3. candidates, filtered by the PII each model may see
     route_candidates = _candidates(config, request, decision.result)
@@ -92,7 +92,7 @@ def merge(config: SwitchyardConfig, request: ChatRequest,
     found_types = routing_types(entities, mask_types)
     allowed = [c for c in route_candidates if _pii_allowed(config, c.model, found_types)]
     if not allowed:
-        return Outcome("blocked", reply=_pii_blocked(config, request, found_types), degraded=degraded)
+        return Outcome("blocked", reply=pii_blocked_reply(config, request, found_types), degraded=degraded)
     route = allowed[0]
     masking = [e for e in entities if e.type in masked_types(entities, mask_types)]
 
@@ -127,7 +127,7 @@ def _blocked(config: SwitchyardConfig, request: ChatRequest, message: str,
     return blocked_reply(request.model, message, request.stream, headers)
 
 
-def _pii_blocked(config: SwitchyardConfig, request: ChatRequest, types: list[str]) -> Reply:
+def pii_blocked_reply(config: SwitchyardConfig, request: ChatRequest, types: list[str]) -> Reply:
     headers = (("x-vsr-pii-violation", "true"), ("x-vsr-pii-types", ",".join(types)))
     return _blocked(config, request, _pii_block_message(types), headers)
 

@@ -16,11 +16,11 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.type.v3 import http_status_pb2
 
 from services.common.config import SwitchyardConfig
-from services.common.pii_masking import MaskMapping, StreamUnmasker, mask_body, unmask_text
+from services.common.pii_masking import MaskingError, MaskMapping, StreamUnmasker, mask_body, unmask_text
 from services.common.sse import cacheable, reassemble_sse
 from services.front.body_rewrite import rewrite_body
 from services.front.chat_request import ChatRequest, RequestError, dumps, loads, parse_chat_request
-from services.front.merge import Outcome, merge
+from services.front.merge import Outcome, merge, pii_blocked_reply
 from services.front.mesh_clients import MeshClients, ServiceCall
 from services.front.metrics import FrontMetrics
 from services.front.replies import Reply, error_reply, models_reply
@@ -168,7 +168,15 @@ class RequestProcessor:
         outgoing = self.request.body
         if outcome.mask_entities:
             # Before the rewrite: entity offsets refer to the messages as the client sent them.
-            outgoing, mapping = mask_body(outgoing, outcome.mask_entities, set(self.config.guard.pii.mask_types))
+            try:
+                outgoing, mapping = mask_body(outgoing, outcome.mask_entities, set(self.config.guard.pii.mask_types))
+            except MaskingError:
+                # Spans that do not fit the body: never send the text unmasked.
+                log.warning("masking failed; the request is blocked instead")
+                types = sorted({e.type for e in outcome.mask_entities})
+                self.outcome = outcome = Outcome("blocked", reply=pii_blocked_reply(self.config, self.request, types),
+                                                 degraded=outcome.degraded)
+                return Routed(outcome, calls)
             self._unmask = _json_escaped(mapping)
         new_body = dumps(rewrite_body(outgoing, outcome.route, self.config.routing, self._decided(calls)))
         return Routed(outcome, calls, new_body)
