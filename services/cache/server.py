@@ -2,34 +2,73 @@
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 
+from services.cache.backends import open_store
+from services.cache.embedder import EmbedderUnavailableError, TritonEmbedder
+from services.cache.metrics import CacheMetrics
+from services.cache.semantic_cache import LookupResult, SemanticCache
+from services.cache.store import StoreUnavailableError
 from services.common.config import SwitchyardConfig
 from services.common.grpc_server import run_grpc_service
 from switchyard.v1 import cache_pb2, cache_pb2_grpc
 
+log = logging.getLogger("switchyard.cache")
+
+
+def lookup_to_proto(result: LookupResult) -> cache_pb2.LookupResponse:
+    return cache_pb2.LookupResponse(
+        has_opinion=not result.bypass_reason,
+        bypass_reason=result.bypass_reason,
+        matches=[cache_pb2.CacheMatch(model=m.model, category=m.category, similarity=m.similarity, body=m.body,
+                                      entry_id=m.entry_id) for m in result.matches],
+    )
+
 
 class CacheServicer(cache_pb2_grpc.CacheServicer):
-    """Never hits and stores nothing until the semantic cache lands."""
+    """Thin adapter: proto in, SemanticCache, proto out; an unreachable embedder or store is UNAVAILABLE."""
 
-    async def Lookup(
-        self, request: cache_pb2.LookupRequest, context: grpc.aio.ServicerContext
-    ) -> cache_pb2.LookupResponse:
-        return cache_pb2.LookupResponse(has_opinion=False)
+    def __init__(self, cache: SemanticCache) -> None:
+        self.cache = cache
 
-    async def Store(
-        self, request: cache_pb2.StoreRequest, context: grpc.aio.ServicerContext
-    ) -> cache_pb2.StoreResponse:
-        return cache_pb2.StoreResponse(stored=False, reason="cache not enabled")
+    async def Lookup(self, request: cache_pb2.LookupRequest,
+                     context: grpc.aio.ServicerContext) -> cache_pb2.LookupResponse:
+        try:
+            return lookup_to_proto(await self.cache.lookup(request.request))
+        except EmbedderUnavailableError as exc:
+            self.cache.metrics.errors.labels("embedder").inc()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"cache: embedding model unavailable: {exc}")
+        except StoreUnavailableError as exc:
+            self.cache.metrics.errors.labels("store").inc()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"cache: vector store unavailable: {exc}")
+        raise AssertionError("unreachable: abort raises")
+
+    async def Store(self, request: cache_pb2.StoreRequest,
+                    context: grpc.aio.ServicerContext) -> cache_pb2.StoreResponse:
+        result = self.cache.submit(request.request, request.model, request.category, request.body)
+        return cache_pb2.StoreResponse(stored=result.queued, reason=result.reason)
 
 
 async def serve(config: SwitchyardConfig) -> None:
     section = config.cache
+    metrics = CacheMetrics()
+    embedder = TritonEmbedder(config.triton)
+    cache = SemanticCache(section, open_store(section, embedder), embedder, metrics)
+    await cache.start()
+
+    async def shutdown() -> None:
+        await cache.close()
+        await embedder.close()
+
     await run_grpc_service(
         "cache",
         section.host,
         section.port,
         section.metrics_port,
-        lambda server: cache_pb2_grpc.add_CacheServicer_to_server(CacheServicer(), server),
+        lambda server: cache_pb2_grpc.add_CacheServicer_to_server(CacheServicer(cache), server),
         [cache_pb2.DESCRIPTOR.services_by_name["Cache"].full_name],
+        on_shutdown=shutdown,
+        registry=metrics.registry,
     )

@@ -100,8 +100,11 @@ def merge(config: SwitchyardConfig, request: ChatRequest,
     lookup = cache.result
     # Answers to masked requests carry placeholders of another request: never served from or to the cache.
     if lookup is not None and lookup.has_opinion and not masking:
+        by_category = config.cache.scope_by == "category"
         for match in lookup.matches:
-            if match.model == route.model:
+            # scope_by: category lets MoM traffic share answers across the category's models.
+            if (match.category == route.category and bool(route.category)) if by_category \
+                    else match.model == route.model:
                 return Outcome("cache_hit", route=route, degraded=degraded,
                                headers=[("x-vsr-cache-hit", "true"),
                                         ("x-vsr-cache-similarity", f"{match.similarity:.4f}"),

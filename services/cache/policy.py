@@ -1,0 +1,97 @@
+"""Cache policy: when to bypass lookup or store, which threshold applies, what an entry may hold."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from services.common.config import CacheConfig
+from services.common.sse import cacheable, reassemble_sse
+from switchyard.v1 import common_pb2
+
+# Bypass / refusal reasons; they appear in LookupResponse.bypass_reason, StoreResponse.reason and metrics.
+NO_CACHE = "no-cache"
+NO_STORE = "no-store"
+TEMPERATURE = "temperature"
+NO_USER_MESSAGE = "no-user-message"
+MODEL_DISABLED = "model-disabled"
+NOT_A_COMPLETION = "not-a-completion"
+NOT_FINISHED = "not-finished"
+
+
+class StoreRefusal(Exception):
+    """An answer the cache will not keep; `reason` is one of the reason constants above."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class CachePolicy:
+    """The CacheConfig rules as plain decisions; no I/O."""
+
+    def __init__(self, config: CacheConfig) -> None:
+        self.config = config
+        self._models = frozenset(config.models)
+
+    def _temperature_too_high(self, params: common_pb2.RequestParams) -> bool:
+        # An unset temperature counts as cacheable: most clients never send one, and the operator
+        # who wants them bypassed can make the front (or backend) default explicit.
+        return params.HasField("temperature") and params.temperature > self.config.max_temperature
+
+    def lookup_bypass(self, context: common_pb2.RequestContext) -> str | None:
+        """Why this request must not be looked up, or None."""
+        if NO_CACHE in context.cache_directives:
+            return NO_CACHE
+        if self._temperature_too_high(context.params):
+            return TEMPERATURE
+        return None
+
+    def store_bypass(self, context: common_pb2.RequestContext, model: str) -> str | None:
+        """Why an answer to this request must not be stored, or None."""
+        if NO_STORE in context.cache_directives:
+            return NO_STORE
+        if self._temperature_too_high(context.params):
+            return TEMPERATURE
+        if not self.model_enabled(model):
+            return MODEL_DISABLED
+        return None
+
+    def model_enabled(self, model: str) -> bool:
+        return not self._models or model in self._models
+
+    def threshold(self, category: str) -> float:
+        return self.config.category_thresholds.get(category, self.config.similarity_threshold)
+
+    @property
+    def lowest_threshold(self) -> float:
+        """The search cut-off: no category may hit below it."""
+        return min([self.config.similarity_threshold, *self.config.category_thresholds.values()])
+
+    @property
+    def eviction_order(self) -> str:
+        """The payload field whose smallest values are evicted first."""
+        return "last_used_at" if self.config.eviction == "lru" else "created_at"
+
+
+def completion_from_body(body: bytes) -> dict[str, Any]:
+    """The cacheable chat.completion in a Store body (JSON, or an SSE stream as a fallback).
+
+    Raises StoreRefusal when the body is not a finished chat.completion.
+    """
+    stripped = body.lstrip()
+    if stripped.startswith(b"data:"):
+        completion = reassemble_sse(stripped)
+        if completion is None:
+            raise StoreRefusal(NOT_A_COMPLETION, "the SSE body is not a complete chat.completion.chunk stream")
+    else:
+        try:
+            completion = json.loads(body)
+        except ValueError:
+            raise StoreRefusal(NOT_A_COMPLETION, "the body is not JSON") from None
+        if not isinstance(completion, dict) or completion.get("object") != "chat.completion":
+            raise StoreRefusal(NOT_A_COMPLETION, "the body is not a chat.completion object")
+    if not cacheable(completion):
+        raise StoreRefusal(NOT_FINISHED, "a choice did not finish with stop or length")
+    return completion

@@ -1,0 +1,279 @@
+"""The semantic cache: scoped similarity lookup, and a bounded write queue that embeds and stores answers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+from services.cache.embedder import Embedder, EmbedderUnavailableError
+from services.cache.metrics import CacheMetrics
+from services.cache.policy import NO_USER_MESSAGE, CachePolicy, StoreRefusal, completion_from_body
+from services.cache.scope import CacheScope, NoUserMessageError, scope_of
+from services.cache.store import CacheEntry, CacheStore, ScopeFilter, evict
+from services.common.config import CacheConfig
+from switchyard.v1 import common_pb2
+
+log = logging.getLogger("switchyard.cache")
+
+T = TypeVar("T")
+
+# Candidates fetched per lookup: enough for one match per model/category in a scope.
+SEARCH_LIMIT = 16
+# Writes embedded together in one Triton call.
+WRITE_BATCH = 32
+QUEUE_FULL = "queue-full"
+QUEUED = "queued"
+
+
+@dataclass(frozen=True)
+class Match:
+    """A stored answer that may serve the request, for one model/category."""
+
+    model: str
+    category: str
+    similarity: float
+    body: bytes
+    entry_id: str
+
+
+@dataclass(frozen=True)
+class LookupResult:
+    matches: list[Match]
+    # Why the cache did not look; empty when it did.
+    bypass_reason: str = ""
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    queued: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Write:
+    scope: CacheScope
+    model: str
+    category: str
+    body: str
+
+
+class SemanticCache:
+    """Lookups run on the caller's task; writes go through a bounded queue drained by one worker.
+
+    Hits are recorded (hit count, last use for LRU) in a small coalescing map that the worker applies
+    before its next write or purge, so that heavy hit traffic never takes room from writes.
+    """
+
+    def __init__(self, config: CacheConfig, store: CacheStore, embedder: Embedder, metrics: CacheMetrics,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.policy = CachePolicy(config)
+        self.store = store
+        self.embedder = embedder
+        self.metrics = metrics
+        self.clock = clock
+        self._queue: asyncio.Queue[_Write] = asyncio.Queue(maxsize=config.write_queue_size)
+        self._touches: dict[str, int] = {}  # entry id -> new hit count
+        # The store's calls block (disk, or HTTP for the server backend); keep them off the event loop.
+        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cache-store")
+        self._worker: asyncio.Task[None] | None = None
+        # Expired entries are already invisible to lookups (filtered by created_at); purging just frees space.
+        self._expire_every_s = min(60.0, max(1.0, config.ttl_s / 10))
+        # Deleted entries keep their disk space until a compaction; it briefly stalls the process
+        # (the embedded engine holds the GIL), so it runs at start and then once per this many deletions.
+        self._compact_after = max(10_000, config.max_entries)
+        self._deleted = 0
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
+
+    # Life cycle ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._run(self.store.compact)
+        self.metrics.entries.set(await self._run(self.store.count))
+        self._worker = asyncio.create_task(self._work(), name="cache-writes")
+
+    async def drain(self) -> None:
+        """Wait until every queued write and recorded hit is applied."""
+        await self._queue.join()
+        if self._touches:
+            await self._run(self._write, [], self._take_touches())
+
+    async def close(self, drain_timeout_s: float = 5.0) -> None:
+        """Apply what is queued (for at most `drain_timeout_s`), then flush and close the store."""
+        if self._worker is not None:
+            try:
+                await asyncio.wait_for(self._queue.join(), drain_timeout_s)
+            except TimeoutError:
+                log.warning("cache: %d queued writes lost at shutdown", self._queue.qsize())
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+        await self._run(self.store.close)
+        self._executor.shutdown(wait=True)
+
+    # Lookup --------------------------------------------------------------------------------------
+
+    async def lookup(self, context: common_pb2.RequestContext) -> LookupResult:
+        """Matches for every model whose stored answer is close enough and in the same scope.
+
+        Raises EmbedderUnavailableError when the embedding model cannot answer.
+        """
+        reason = self.policy.lookup_bypass(context)
+        scope: CacheScope | None = None
+        if reason is None:
+            try:
+                scope = scope_of(context)
+            except NoUserMessageError:
+                reason = NO_USER_MESSAGE
+        if reason is not None or scope is None:
+            self.metrics.bypasses.labels("lookup", reason).inc()
+            return LookupResult([], reason or NO_USER_MESSAGE)
+
+        started = time.perf_counter()
+        vector = (await self.embedder.embed([scope.query]))[0]
+        embedded = time.perf_counter()
+        where = ScopeFilter(scope.fields(), created_after=self.clock() - self.config.ttl_s)
+        hits = await self._run(self.store.search, vector, where, SEARCH_LIMIT, self.policy.lowest_threshold)
+        done = time.perf_counter()
+        self.metrics.lookup_latency.labels("embed").observe(embedded - started)
+        self.metrics.lookup_latency.labels("search").observe(done - embedded)
+        self.metrics.lookup_latency.labels("total").observe(done - started)
+
+        best: dict[tuple[str, str], Match] = {}
+        for hit in hits:  # best first
+            key = (hit.model, hit.category)
+            if key in best or not self.policy.model_enabled(hit.model):
+                continue
+            if hit.similarity < self.policy.threshold(hit.category):
+                continue
+            best[key] = Match(hit.model, hit.category, hit.similarity, hit.body.encode(), hit.id)
+            self._record_hit(hit.id, hit.hits + 1)
+        matches = sorted(best.values(), key=lambda m: -m.similarity)
+        (self.metrics.hits if matches else self.metrics.misses).inc()
+        return LookupResult(matches)
+
+    # Store ---------------------------------------------------------------------------------------
+
+    def submit(self, context: common_pb2.RequestContext, model: str, category: str, body: bytes) -> StoreResult:
+        """Check the answer and queue it for embedding + upsert; never waits."""
+        reason = self.policy.store_bypass(context, model)
+        if reason is None:
+            try:
+                scope = scope_of(context)
+                completion = completion_from_body(body)
+            except NoUserMessageError:
+                reason = NO_USER_MESSAGE
+            except StoreRefusal as refusal:
+                self.metrics.bypasses.labels("store", refusal.reason).inc()
+                return StoreResult(False, str(refusal))
+        if reason is not None:
+            self.metrics.bypasses.labels("store", reason).inc()
+            return StoreResult(False, reason)
+        write = _Write(scope, model or str(completion.get("model", "")), category,
+                       json.dumps(completion, separators=(",", ":"), ensure_ascii=False))
+        try:
+            self._queue.put_nowait(write)
+        except asyncio.QueueFull:
+            self.metrics.write_drops.inc()
+            return StoreResult(False, QUEUE_FULL)
+        return StoreResult(True, QUEUED)
+
+    def _record_hit(self, entry_id: str, hits: int) -> None:
+        # Bounded like the queue; beyond it a hit goes unrecorded, which only blurs the LRU order.
+        if entry_id in self._touches or len(self._touches) < self.config.write_queue_size:
+            self._touches[entry_id] = max(hits, self._touches.get(entry_id, 0))
+
+    def _take_touches(self) -> dict[str, int]:
+        touches, self._touches = self._touches, {}
+        return touches
+
+    # Write worker --------------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_expiry = loop.time()
+        while True:
+            writes: list[_Write] = []
+            try:
+                writes.append(await asyncio.wait_for(self._queue.get(), max(0.0, next_expiry - loop.time())))
+                while len(writes) < WRITE_BATCH and not self._queue.empty():
+                    writes.append(self._queue.get_nowait())
+            except TimeoutError:
+                pass
+            try:
+                if writes or self._touches:
+                    await self._apply(writes)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the worker must outlive one bad batch
+                log.exception("cache: applying %d queued writes failed", len(writes))
+                self.metrics.writes.labels("failed").inc(len(writes))
+            finally:
+                for _ in writes:
+                    self._queue.task_done()
+            if loop.time() >= next_expiry:
+                next_expiry = loop.time() + self._expire_every_s
+                try:
+                    await self._run(self._expire)
+                except Exception:  # noqa: BLE001
+                    log.exception("cache: purging expired entries failed")
+
+    async def _apply(self, writes: list[_Write]) -> None:
+        entries: list[CacheEntry] = []
+        if writes:
+            try:
+                vectors = await self.embedder.embed([w.scope.query for w in writes])
+            except EmbedderUnavailableError as exc:
+                log.warning("cache: %d answers not stored: %s", len(writes), exc)
+                self.metrics.writes.labels("embedder_unavailable").inc(len(writes))
+            else:
+                now = self.clock()
+                entries = [CacheEntry(id=w.scope.entry_id(w.model, w.category), vector=vector,
+                                      scope=w.scope.fields(), model=w.model, category=w.category,
+                                      query=w.scope.query, body=w.body, created_at=now)
+                           for w, vector in zip(writes, vectors)]
+        evicted, count = await self._run(self._write, entries, self._take_touches())
+        if entries:
+            self.metrics.writes.labels("stored").inc(len(entries))
+        self.metrics.evictions.inc(evicted)
+        self.metrics.entries.set(count)
+
+    def _write(self, entries: list[CacheEntry], touches: dict[str, int]) -> tuple[int, int]:
+        """In the store thread: record hits, upsert, keep the size bound; returns (evicted, count)."""
+        now = self.clock()
+        # Hits first, so that LRU eviction below sees them.
+        for entry_id, hits in touches.items():
+            try:
+                self.store.touch(entry_id, hits, now)
+            except Exception:  # noqa: BLE001 - the entry may have been evicted meanwhile
+                log.debug("cache: recording a hit on %s failed", entry_id, exc_info=True)
+        if entries:
+            self.store.upsert(entries)
+        evicted = evict(self.store, self.config.max_entries, self.policy.eviction_order) if entries else 0
+        self._note_deleted(evicted)
+        return evicted, self.store.count()
+
+    def _expire(self) -> None:
+        before = self.store.count()
+        self.store.expire(self.clock() - self.config.ttl_s)
+        after = self.store.count()
+        self._note_deleted(before - after)
+        self.metrics.entries.set(after)
+
+    def _note_deleted(self, count: int) -> None:
+        """In the store thread: compact once enough entries were deleted since the last time."""
+        self._deleted += count
+        if self._deleted >= self._compact_after:
+            started = time.perf_counter()
+            self.store.compact()
+            log.info("cache: compacted after %d deletions in %.2f s", self._deleted, time.perf_counter() - started)
+            self._deleted = 0
