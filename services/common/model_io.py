@@ -1,0 +1,128 @@
+"""Model names, tensor names, shapes and label sets shared by Triton configs, builders and clients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Every text is cut to this many tokens (special tokens included); all-MiniLM-L6-v2 was trained at 256.
+MAX_TOKENS = 256
+HIDDEN_SIZE = 384
+# Largest batch a model accepts; the client splits bigger requests.
+MAX_BATCH_SIZE = 64
+
+# Tensor names -------------------------------------------------------------------------------------
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+HIDDEN_STATES = "last_hidden_state"
+PROBABILITIES = "probabilities"
+EMBEDDING = "embedding"
+
+# Model names --------------------------------------------------------------------------------------
+ENCODER = "encoder"
+POOL_NORMALIZE = "pool_normalize"
+DOMAIN_HEAD = "domain_head"
+JAILBREAK_HEAD = "jailbreak_head"
+PII_HEAD = "pii_head"
+# The ensembles are the contract services call.
+DOMAIN_CLASSIFIER = "domain_classifier"
+JAILBREAK_CLASSIFIER = "jailbreak_classifier"
+PII_TAGGER = "pii_tagger"
+EMBEDDER = "embedder"
+
+# Label sets (order = output column order) ----------------------------------------------------------
+DOMAIN_LABELS: tuple[str, ...] = (
+    "biology",
+    "business",
+    "chemistry",
+    "computer science",
+    "economics",
+    "engineering",
+    "health",
+    "history",
+    "law",
+    "math",
+    "other",
+    "philosophy",
+    "physics",
+    "psychology",
+)
+JAILBREAK_LABELS: tuple[str, ...] = ("benign", "jailbreak")
+PII_ENTITY_TYPES: tuple[str, ...] = (
+    "PERSON",
+    "LOCATION",
+    "ORGANIZATION",
+    "DATE_TIME",
+    "NRP",
+    "TITLE",
+    "AGE",
+)
+PII_BIO_LABELS: tuple[str, ...] = ("O",) + tuple(f"{p}-{t}" for t in PII_ENTITY_TYPES for p in ("B", "I"))
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output as Triton sees it (dims exclude the batch dimension)."""
+
+    name: str
+    data_type: str  # Triton config spelling, e.g. "TYPE_INT64"
+    dims: tuple[int, ...]
+
+    @property
+    def numpy_dtype(self) -> str:
+        return {"TYPE_INT64": "int64", "TYPE_FP32": "float32"}[self.data_type]
+
+    @property
+    def wire_dtype(self) -> str:
+        """The tritonclient spelling, e.g. "INT64"."""
+        return self.data_type.removeprefix("TYPE_")
+
+
+_IDS = TensorSpec(INPUT_IDS, "TYPE_INT64", (-1,))
+_MASK = TensorSpec(ATTENTION_MASK, "TYPE_INT64", (-1,))
+_HIDDEN = TensorSpec(HIDDEN_STATES, "TYPE_FP32", (-1, HIDDEN_SIZE))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A Triton model: its name, inputs and outputs."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def input(self, name: str) -> TensorSpec:
+        return next(t for t in self.inputs if t.name == name)
+
+    def output(self, name: str) -> TensorSpec:
+        return next(t for t in self.outputs if t.name == name)
+
+
+ENCODER_SPEC = ModelSpec(ENCODER, (_IDS, _MASK), (_HIDDEN,))
+POOL_NORMALIZE_SPEC = ModelSpec(POOL_NORMALIZE, (_HIDDEN, _MASK), (TensorSpec(EMBEDDING, "TYPE_FP32", (HIDDEN_SIZE,)),))
+DOMAIN_HEAD_SPEC = ModelSpec(
+    DOMAIN_HEAD, (_HIDDEN, _MASK), (TensorSpec(PROBABILITIES, "TYPE_FP32", (len(DOMAIN_LABELS),)),)
+)
+JAILBREAK_HEAD_SPEC = ModelSpec(
+    JAILBREAK_HEAD, (_HIDDEN, _MASK), (TensorSpec(PROBABILITIES, "TYPE_FP32", (len(JAILBREAK_LABELS),)),)
+)
+PII_HEAD_SPEC = ModelSpec(PII_HEAD, (_HIDDEN,), (TensorSpec(PROBABILITIES, "TYPE_FP32", (-1, len(PII_BIO_LABELS))),))
+
+# Ensembles take token ids and answer with the head's output.
+DOMAIN_CLASSIFIER_SPEC = ModelSpec(DOMAIN_CLASSIFIER, (_IDS, _MASK), DOMAIN_HEAD_SPEC.outputs)
+JAILBREAK_CLASSIFIER_SPEC = ModelSpec(JAILBREAK_CLASSIFIER, (_IDS, _MASK), JAILBREAK_HEAD_SPEC.outputs)
+PII_TAGGER_SPEC = ModelSpec(PII_TAGGER, (_IDS, _MASK), PII_HEAD_SPEC.outputs)
+EMBEDDER_SPEC = ModelSpec(EMBEDDER, (_IDS, _MASK), POOL_NORMALIZE_SPEC.outputs)
+
+ENSEMBLE_SPECS: tuple[ModelSpec, ...] = (
+    DOMAIN_CLASSIFIER_SPEC,
+    JAILBREAK_CLASSIFIER_SPEC,
+    PII_TAGGER_SPEC,
+    EMBEDDER_SPEC,
+)
+
+# A task whose head needs a fine-tuned encoder gets its own encoder model inside its ensemble.
+DOMAIN_ENCODER = "domain_encoder"
+JAILBREAK_ENCODER = "jailbreak_encoder"
+PII_ENCODER = "pii_encoder"
+
+ENSEMBLE_NAMES: tuple[str, ...] = tuple(s.name for s in ENSEMBLE_SPECS)

@@ -1,0 +1,198 @@
+"""The one tokenizer every service uses: tokenizer.json from the model repository, fixed truncation policy.
+
+Truncation policy (a prompt longer than MAX_TOKENS=256 tokens, e.g. 3,000 tokens):
+- ``Truncation.HEAD_TAIL`` (domain, jailbreak): keep the first 127 and the last 127 word pieces,
+  so both the set-up and the actual ask at the end of a long prompt are seen.
+- ``Truncation.HEAD`` (embeddings): keep the first 254 word pieces, as sentence-transformers does.
+- ``Truncation.CHUNKS`` (PII): split into windows of 254 word pieces overlapping by 32, so every
+  token of the prompt is tagged; ``Batch.text_index`` says which text each row came from.
+Every row is ``[CLS] pieces [SEP]``, right-padded with 0 to the longest row of the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from services.common.model_io import ENCODER, MAX_TOKENS
+
+TOKENIZER_FILE = "tokenizer.json"
+CHUNK_OVERLAP = 32
+
+
+class TokenizerNotFoundError(FileNotFoundError):
+    """tokenizer.json is missing from the model repository."""
+
+
+class Truncation(str, Enum):
+    HEAD = "head"
+    HEAD_TAIL = "head_tail"
+    CHUNKS = "chunks"
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Token ids ready for Triton, plus what is needed to map predictions back to the texts."""
+
+    input_ids: np.ndarray  # [rows, T] int64
+    attention_mask: np.ndarray  # [rows, T] int64
+    # Character span (start, end) of every token in its text; (0, 0) for [CLS]/[SEP]/padding.
+    offsets: np.ndarray  # [rows, T, 2] int64
+    text_index: np.ndarray  # [rows] which input text a row belongs to
+    # Pre-tokenizer word of every token (word pieces of one word share it); -1 for special tokens/padding.
+    word_ids: np.ndarray  # [rows, T] int64
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+def tokenizer_path(model_repository: Path) -> Path:
+    """Where the build writes tokenizer.json: next to the encoder in the model repository."""
+    return Path(model_repository) / ENCODER / TOKENIZER_FILE
+
+
+class TextTokenizer:
+    """Turns texts into padded id batches under one of the truncation policies."""
+
+    def __init__(self, tokenizer: Tokenizer, max_tokens: int = MAX_TOKENS) -> None:
+        self._tokenizer = tokenizer
+        # Special tokens are added here, not by the file's post-processor, so truncation can cut the middle.
+        self._tokenizer.no_truncation()
+        self._tokenizer.no_padding()
+        self._cls = tokenizer.token_to_id("[CLS]")
+        self._sep = tokenizer.token_to_id("[SEP]")
+        self.max_tokens = max_tokens
+
+    @classmethod
+    def from_file(cls, path: str | Path, max_tokens: int = MAX_TOKENS) -> TextTokenizer:
+        path = Path(path)
+        if not path.is_file():
+            raise TokenizerNotFoundError(
+                f"{path}: tokenizer file not found; build the model repository first (`switchyard models build`)"
+            )
+        return cls(Tokenizer.from_file(str(path)), max_tokens)
+
+    @classmethod
+    def from_repository(cls, model_repository: str | Path, max_tokens: int = MAX_TOKENS) -> TextTokenizer:
+        return cls.from_file(tokenizer_path(Path(model_repository)), max_tokens)
+
+    def encode(
+        self, texts: list[str], truncation: Truncation = Truncation.HEAD_TAIL, window: int | None = None
+    ) -> Batch:
+        """Tokenize texts; CHUNKS may give several rows per text (rows of `window` tokens), the others one."""
+        budget = (min(window, self.max_tokens) if window and truncation is Truncation.CHUNKS else self.max_tokens) - 2
+        rows: list[tuple[list[int], list[tuple[int, int]], int, list[int]]] = []
+        for index, encoding in enumerate(self._tokenizer.encode_batch(list(texts), add_special_tokens=False)):
+            ids, offsets = encoding.ids, encoding.offsets
+            words = [-1 if w is None else w for w in encoding.word_ids]
+            for start, stop in _windows(len(ids), budget, truncation):
+                rows.append((ids[start:stop], offsets[start:stop], index, words[start:stop]))
+            if truncation is Truncation.HEAD_TAIL and len(ids) > budget:
+                head = budget // 2 + budget % 2
+                tail = budget - head
+                rows[-1] = (ids[:head] + ids[-tail:], offsets[:head] + offsets[-tail:], index, words[:head] + words[-tail:])
+        width = max((len(r[0]) for r in rows), default=0) + 2
+        n = len(rows)
+        input_ids = np.zeros((n, width), dtype=np.int64)
+        mask = np.zeros((n, width), dtype=np.int64)
+        spans = np.zeros((n, width, 2), dtype=np.int64)
+        word_ids = np.full((n, width), -1, dtype=np.int64)
+        for i, (ids, offs, _, words) in enumerate(rows):
+            length = len(ids) + 2
+            input_ids[i, :length] = [self._cls, *ids, self._sep]
+            mask[i, :length] = 1
+            if offs:
+                spans[i, 1 : length - 1] = offs
+                word_ids[i, 1 : length - 1] = words
+        return Batch(input_ids, mask, spans, np.array([r[2] for r in rows], dtype=np.int64), word_ids)
+
+
+def _windows(length: int, budget: int, truncation: Truncation) -> list[tuple[int, int]]:
+    if truncation is not Truncation.CHUNKS or length <= budget:
+        return [(0, min(length, budget))]
+    overlap = min(CHUNK_OVERLAP, budget // 4)
+    step = budget - overlap
+    starts = list(range(0, length - overlap, step))
+    return [(s, min(s + budget, length)) for s in starts]
+
+
+@dataclass(frozen=True)
+class EntitySpan:
+    """A merged PII entity: character offsets into the text, its type and mean token probability."""
+
+    start: int
+    end: int
+    label: str
+    score: float
+
+
+def decode_bio(
+    offsets: np.ndarray,
+    probabilities: np.ndarray,
+    mask: np.ndarray,
+    labels: tuple[str, ...],
+    word_ids: np.ndarray | None = None,
+) -> list[EntitySpan]:
+    """Merge per-token BIO predictions of one row into entity spans with character offsets.
+
+    Decoding is per word (the word pieces of one pre-tokenizer word, e.g. "jose ##fs ##en"; without
+    word_ids every token is its own word): the word takes the label with the most probability mass averaged over its pieces, so
+    a word is never split between entities. An I- word that does not continue an entity of the same
+    type starts one (lenient decoding).
+    """
+    kinds = sorted({label.partition("-")[2] for label in labels if label != "O"})
+    columns = {kind: ([labels.index(f"B-{kind}")], [labels.index(f"I-{kind}")]) for kind in kinds}
+    outside = labels.index("O")
+    length = int(mask.sum())
+    words: list[list[int]] = []
+    for t in range(1, length - 1):
+        if words and word_ids is not None and word_ids[t] >= 0 and word_ids[t] == word_ids[words[-1][-1]]:
+            words[-1].append(t)
+        else:
+            words.append([t])
+    spans: list[EntitySpan] = []
+    current: list | None = None  # [start, end, kind, [scores]]
+    for word in words:
+        mean = probabilities[word].mean(axis=0)
+        scores = {kind: float(mean[b].sum() + mean[i].sum()) for kind, (b, i) in columns.items()}
+        kind = max(scores, key=scores.__getitem__)
+        start, end = int(offsets[word[0]][0]), int(offsets[word[-1]][1])
+        is_entity = scores[kind] > float(mean[outside])
+        # A word glued to the open entity ("Mrs" + ".", "04" + "/") continues it whatever its entity tag.
+        if is_entity and current is not None and start == current[1]:
+            current[1] = end
+            current[3].append(scores[kind])
+            continue
+        if not is_entity:
+            if current is not None:
+                spans.append(EntitySpan(current[0], current[1], current[2], float(np.mean(current[3]))))
+                current = None
+            continue
+        first = probabilities[word[0]]
+        begins = float(first[columns[kind][0]].sum()) >= float(first[columns[kind][1]].sum())
+        if current is not None and current[2] == kind and not begins:
+            current[1] = end
+            current[3].append(scores[kind])
+            continue
+        if current is not None:
+            spans.append(EntitySpan(current[0], current[1], current[2], float(np.mean(current[3]))))
+        current = [start, end, kind, [scores[kind]]]
+    if current is not None:
+        spans.append(EntitySpan(current[0], current[1], current[2], float(np.mean(current[3]))))
+    return spans
+
+
+def merge_chunk_spans(spans: list[EntitySpan]) -> list[EntitySpan]:
+    """Drop duplicates that overlapping chunks found twice, keeping the higher-scoring one."""
+    kept: list[EntitySpan] = []
+    for span in sorted(spans, key=lambda s: (s.start, -s.score)):
+        if kept and span.start < kept[-1].end and span.label == kept[-1].label:
+            if span.end > kept[-1].end:
+                kept[-1] = EntitySpan(kept[-1].start, span.end, span.label, max(kept[-1].score, span.score))
+            continue
+        kept.append(span)
+    return kept

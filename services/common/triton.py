@@ -1,0 +1,170 @@
+"""Async Triton client (gRPC) with the small model API the services call: domain, jailbreak, PII, embeddings.
+
+Texts are tokenized here (services.common.tokenizer, truncation policy documented there), split into
+requests of at most MAX_BATCH_SIZE rows, sent concurrently, and reassembled in input order.
+Transient UNAVAILABLE errors are retried with backoff; every call has TritonConfig.timeout_ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from services.common import model_io as io
+from services.common.config import TritonConfig
+from services.common.tokenizer import Batch, EntitySpan, TextTokenizer, Truncation, decode_bio, merge_chunk_spans
+
+
+class TritonError(RuntimeError):
+    """A Triton call failed; subclasses say why."""
+
+
+class TritonUnavailableError(TritonError):
+    """Triton cannot be reached (not started, wrong host/port, or still starting)."""
+
+
+class ModelNotAvailableError(TritonError):
+    """Triton answers but the model is unknown or not ready (repository not built or not loaded)."""
+
+
+class TritonTimeoutError(TritonError):
+    """A call took longer than TritonConfig.timeout_ms."""
+
+
+class TritonModels:
+    """The switchyard models behind one Triton server. Create once per process; close() at shutdown."""
+
+    def __init__(
+        self,
+        config: TritonConfig,
+        tokenizer: TextTokenizer,
+        retries: int = 2,
+        retry_backoff_s: float = 0.05,
+    ) -> None:
+        self._config = config
+        self._tokenizer = tokenizer
+        self._retries = retries
+        self._backoff = retry_backoff_s
+        self._client = grpcclient.InferenceServerClient(url=config.grpc_url)
+
+    @classmethod
+    def from_config(cls, config: TritonConfig, model_repository: Path | None = None) -> TritonModels:
+        """Tokenizer from <model_repository>/encoder/tokenizer.json, so every service tokenizes alike."""
+        return cls(config, TextTokenizer.from_repository(model_repository or config.model_repository))
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> TritonModels:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # High-level API ------------------------------------------------------------------------------
+
+    async def classify_domain(self, texts: list[str]) -> tuple[list[str], np.ndarray]:
+        """Most likely MMLU-Pro category per text and the probabilities [n, 14] (columns: DOMAIN_LABELS)."""
+        probs = await self.infer(io.DOMAIN_CLASSIFIER_SPEC, self._tokenizer.encode(texts, Truncation.HEAD_TAIL))
+        return [io.DOMAIN_LABELS[i] for i in probs.argmax(axis=1)], probs
+
+    async def jailbreak_scores(self, texts: list[str]) -> np.ndarray:
+        """Probability [n] that each text is a jailbreak / prompt injection."""
+        probs = await self.infer(io.JAILBREAK_CLASSIFIER_SPEC, self._tokenizer.encode(texts, Truncation.HEAD_TAIL))
+        return probs[:, io.JAILBREAK_LABELS.index("jailbreak")]
+
+    async def tag_pii(self, texts: list[str]) -> list[list[EntitySpan]]:
+        """Entity spans (character offsets into each text) for the learned PII types; long texts are chunked."""
+        batch = self._tokenizer.encode(texts, Truncation.CHUNKS)
+        probs = await self.infer(io.PII_TAGGER_SPEC, batch)
+        found: list[list[EntitySpan]] = [[] for _ in texts]
+        for row in range(len(batch)):
+            spans = decode_bio(
+                batch.offsets[row], probs[row], batch.attention_mask[row], io.PII_BIO_LABELS, batch.word_ids[row]
+            )
+            found[int(batch.text_index[row])].extend(spans)
+        return [merge_chunk_spans(spans) for spans in found]
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        """L2-normalised sentence embeddings [n, 384] (all-MiniLM-L6-v2, first 254 word pieces)."""
+        return await self.infer(io.EMBEDDER_SPEC, self._tokenizer.encode(texts, Truncation.HEAD))
+
+    async def check_ready(self, models: tuple[str, ...] = io.ENSEMBLE_NAMES) -> None:
+        """Raise TritonUnavailableError / ModelNotAvailableError unless the server and models are ready."""
+        try:
+            live = await self._client.is_server_ready(client_timeout=self._timeout_s)
+        except InferenceServerException as exc:
+            raise self._translate(exc, "server") from None
+        if not live:
+            raise TritonUnavailableError(f"Triton at {self._config.grpc_url} is up but not ready yet")
+        for model in models:
+            if not await self._client.is_model_ready(model, client_timeout=self._timeout_s):
+                raise ModelNotAvailableError(
+                    f"model {model!r} is not ready on Triton at {self._config.grpc_url}; "
+                    "build the repository (`switchyard models build`) and check Triton's log"
+                )
+
+    # Low level -----------------------------------------------------------------------------------
+
+    async def infer(self, spec: io.ModelSpec, batch: Batch) -> np.ndarray:
+        """Run a batch through a model's first output; rows beyond MAX_BATCH_SIZE go in parallel requests."""
+        if len(batch) == 0:
+            shape = tuple(0 if d < 0 else d for d in spec.outputs[0].dims)
+            return np.zeros((0, *shape), dtype=spec.outputs[0].numpy_dtype)
+        step = io.MAX_BATCH_SIZE
+        parts = await asyncio.gather(
+            *(
+                self._infer_once(spec, batch.input_ids[i : i + step], batch.attention_mask[i : i + step])
+                for i in range(0, len(batch), step)
+            )
+        )
+        return np.concatenate(parts)
+
+    @property
+    def _timeout_s(self) -> float:
+        return self._config.timeout_ms / 1000.0
+
+    async def _infer_once(self, spec: io.ModelSpec, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        inputs = []
+        for tensor, value in ((spec.input(io.INPUT_IDS), input_ids), (spec.input(io.ATTENTION_MASK), mask)):
+            item = grpcclient.InferInput(tensor.name, list(value.shape), tensor.wire_dtype)
+            item.set_data_from_numpy(np.ascontiguousarray(value, dtype=tensor.numpy_dtype))
+            inputs.append(item)
+        output = spec.outputs[0].name
+        outputs = [grpcclient.InferRequestedOutput(output)]
+        attempt = 0
+        while True:
+            try:
+                result = await self._client.infer(
+                    spec.name, inputs, outputs=outputs, client_timeout=self._timeout_s
+                )
+                return result.as_numpy(output)
+            except InferenceServerException as exc:
+                error = self._translate(exc, spec.name)
+                if isinstance(error, TritonUnavailableError) and attempt < self._retries:
+                    attempt += 1
+                    await asyncio.sleep(self._backoff * 2 ** (attempt - 1))
+                    continue
+                raise error from None
+
+    def _translate(self, exc: InferenceServerException, model: str) -> TritonError:
+        status = str(exc.status() or "")
+        message = str(exc.message() or exc)
+        where = f"Triton at {self._config.grpc_url}"
+        if "DEADLINE_EXCEEDED" in status or "Deadline" in message:
+            return TritonTimeoutError(f"{model}: no answer from {where} within {self._config.timeout_ms:.0f} ms")
+        lowered = message.lower()
+        if "unknown model" in lowered or "not found" in lowered or "is not ready" in lowered or "NOT_FOUND" in status:
+            return ModelNotAvailableError(
+                f"{model}: {where} says {message!r}; build the repository (`switchyard models build`) "
+                "and check Triton's log for load errors"
+            )
+        if "UNAVAILABLE" in status:
+            return TritonUnavailableError(
+                f"{model}: cannot reach {where} ({message}); is tritonserver running (`switchyard up`)?"
+            )
+        return TritonError(f"{model}: {where} failed: {status} {message}")

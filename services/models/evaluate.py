@@ -1,0 +1,154 @@
+"""`switchyard eval`: dev-split metrics of the built ONNX models (run with onnxruntime, no Triton needed)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from services.common import model_io as io
+from services.common.tokenizer import TextTokenizer, Truncation
+from services.models import metrics
+from services.models.build import onnx_path, task_encoders
+from services.models.data import load_rows
+from services.models.paths import ModelPaths
+from services.models.runtime import encode_batches, session
+from services.models.train import gold_entities, pii_entities
+
+
+class OnnxPipeline:
+    """The ensembles of the model repository, chained in-process with onnxruntime."""
+
+    def __init__(self, repository: Path, threads: int = 2) -> None:
+        self._repository = repository
+        self._threads = threads
+        self._sessions: dict[str, object] = {}
+        self._encoders = task_encoders()
+        self.tokenizer = TextTokenizer.from_repository(repository)
+
+    def _session(self, model: str):
+        if model not in self._sessions:
+            path = onnx_path(self._repository, model)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} missing: run `switchyard models build` first")
+            self._sessions[model] = session(path, self._threads)
+        return self._sessions[model]
+
+    def _run(self, ensemble: str, head: str, texts: list[str], truncation: Truncation) -> list[np.ndarray]:
+        """Head output per text (per row for CHUNKS the caller re-tokenizes), in input order."""
+        encoder = self._session(self._encoders.get(ensemble, io.ENCODER))
+        head_session = self._session(head)
+        wants_mask = any(i.name == io.ATTENTION_MASK for i in head_session.get_inputs())
+        out: list[np.ndarray] = [None] * len(texts)  # type: ignore[list-item]
+        for chosen, batch, hidden in encode_batches(encoder, self.tokenizer, texts, truncation):
+            feeds = {io.HIDDEN_STATES: hidden}
+            if wants_mask:
+                feeds[io.ATTENTION_MASK] = batch.attention_mask
+            result = head_session.run(None, feeds)[0]
+            for row in range(len(batch)):
+                text = chosen[int(batch.text_index[row])]
+                if truncation is Truncation.CHUNKS:
+                    n = int(batch.attention_mask[row].sum())
+                    out[text] = result[row, 1 : n - 1]  # first chunk only: dev texts are short
+                else:
+                    out[text] = result[row]
+        return out
+
+    def domain_probabilities(self, texts: list[str]) -> np.ndarray:
+        return np.stack(self._run(io.DOMAIN_CLASSIFIER, io.DOMAIN_HEAD, texts, Truncation.HEAD_TAIL))
+
+    def jailbreak_scores(self, texts: list[str]) -> np.ndarray:
+        probs = np.stack(self._run(io.JAILBREAK_CLASSIFIER, io.JAILBREAK_HEAD, texts, Truncation.HEAD_TAIL))
+        return probs[:, io.JAILBREAK_LABELS.index("jailbreak")]
+
+    def pii_entities(self, texts: list[str]) -> list[list[tuple[int, int, str]]]:
+        token_probs = self._run(io.PII_TAGGER, io.PII_HEAD, texts, Truncation.CHUNKS)
+        return pii_entities(self.tokenizer, texts, token_probs)
+
+
+def evaluate_domain(pipeline: OnnxPipeline, paths: ModelPaths) -> dict:
+    rows, _ = load_rows(paths.data_dir, "domain", "dev", False)
+    index = {label: i for i, label in enumerate(io.DOMAIN_LABELS)}
+    y = np.array([index[r["label"]] for r in rows])
+    pred = pipeline.domain_probabilities([r["text"] for r in rows]).argmax(axis=1)
+    return {"dev": metrics.classification_report(y, pred, io.DOMAIN_LABELS)}
+
+
+def evaluate_jailbreak(pipeline: OnnxPipeline, paths: ModelPaths) -> dict:
+    rows, _ = load_rows(paths.data_dir, "jailbreak", "dev", False)
+    y = np.array([r["label"] == "jailbreak" for r in rows], dtype=np.int64)
+    lengths = np.array([len(r["text"]) for r in rows])
+    commercial = np.array([r["commercial_ok"] for r in rows])
+    scores = pipeline.jailbreak_scores([r["text"] for r in rows])
+    return {
+        "dev_commercial": metrics.binary_report(y[commercial], scores[commercial], lengths[commercial]),
+        "dev_all": metrics.binary_report(y, scores, lengths),
+    }
+
+
+def evaluate_pii(pipeline: OnnxPipeline, paths: ModelPaths) -> dict:
+    rows, _ = load_rows(paths.data_dir, "pii", "dev", False)
+    predicted = pipeline.pii_entities([r["text"] for r in rows])
+    return {"dev": metrics.entity_report(gold_entities(rows), predicted, io.PII_ENTITY_TYPES)}
+
+
+EVALUATORS = {"domain": evaluate_domain, "jailbreak": evaluate_jailbreak, "pii": evaluate_pii}
+
+
+def confusion_png(report: dict, target: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    confusion = np.array(report["confusion"])
+    fig, ax = plt.subplots(figsize=(9, 8))
+    ax.imshow(confusion, cmap="Blues")
+    ax.set_xticks(range(len(io.DOMAIN_LABELS)), io.DOMAIN_LABELS, rotation=60, ha="right")
+    ax.set_yticks(range(len(io.DOMAIN_LABELS)), io.DOMAIN_LABELS)
+    for (i, j), value in np.ndenumerate(confusion):
+        if value:
+            ax.text(j, i, str(value), ha="center", va="center", fontsize=7, color="black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"domain dev: accuracy {report['accuracy']}")
+    fig.tight_layout()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return target
+
+
+def run_eval(paths: ModelPaths, tasks: tuple[str, ...] = tuple(EVALUATORS), output: Path | None = None) -> dict:
+    pipeline = OnnxPipeline(paths.repository)
+    report = {task: EVALUATORS[task](pipeline, paths) for task in tasks}
+    output = output or paths.reports_dir / "eval.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if "domain" in report:
+        report["domain"]["confusion_png"] = str(confusion_png(report["domain"]["dev"], output.with_name("domain_confusion.png")))
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    print(summary(report))
+    print(f"report: {output}", file=sys.stderr)
+    return report
+
+
+def summary(report: dict) -> str:
+    lines = []
+    if "domain" in report:
+        dev = report["domain"]["dev"]
+        worst = min(dev["per_class"].items(), key=lambda kv: kv[1]["f1"])
+        lines.append(f"domain    accuracy {dev['accuracy']}  macro-F1 {dev['macro_f1']}  worst class {worst[0]} F1 {worst[1]['f1']}")
+        lines += [f"          {k:<17} P {v['precision']:.3f} R {v['recall']:.3f} F1 {v['f1']:.3f} n={v['support']}" for k, v in dev["per_class"].items()]
+    if "jailbreak" in report:
+        for name, r in report["jailbreak"].items():
+            lines.append(
+                f"jailbreak {name:<15} P {r['precision']} R {r['recall']} F1 {r['f1']} FPR {r['fpr']} "
+                f"FPR(long benign) {r['fpr_long_benign']}"
+            )
+    if "pii" in report:
+        for mode, per_type in report["pii"]["dev"].items():
+            cells = "  ".join(f"{k} {v['f1']:.3f}" for k, v in per_type.items())
+            lines.append(f"pii {mode:<7} F1  {cells}")
+    return "\n".join(lines)

@@ -1,0 +1,145 @@
+"""Small heads as numpy weights (committed) and their ONNX graphs (built from those weights)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from services.common.model_io import (
+    ATTENTION_MASK,
+    EMBEDDING,
+    HIDDEN_SIZE,
+    HIDDEN_STATES,
+    PROBABILITIES,
+)
+
+OPSET = 17
+# Added to padded positions before max pooling; hidden states are O(1), so padding never wins.
+_PAD_PENALTY = 1e4
+
+
+@dataclass(frozen=True)
+class MLP:
+    """Affine layers x @ W + b with ReLU between them; the input standardisation is folded into layer 0."""
+
+    layers: tuple[tuple[np.ndarray, np.ndarray], ...]
+
+    @property
+    def n_outputs(self) -> int:
+        return int(self.layers[-1][0].shape[1])
+
+    def save(self, path: Path, **metadata: np.ndarray) -> None:
+        arrays = {}
+        for i, (w, b) in enumerate(self.layers):
+            arrays[f"layer{i}_w"] = w.astype(np.float32)
+            arrays[f"layer{i}_b"] = b.astype(np.float32)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, **arrays, **metadata)
+
+    @classmethod
+    def load(cls, path: Path) -> MLP:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: head weights not found; train them with `switchyard train ...`")
+        data = np.load(path)
+        count = sum(1 for k in data.files if k.endswith("_w"))
+        return cls(tuple((data[f"layer{i}_w"], data[f"layer{i}_b"]) for i in range(count)))
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        for i, (w, b) in enumerate(self.layers):
+            x = x @ w + b
+            if i < len(self.layers) - 1:
+                x = np.maximum(x, 0)
+        return x
+
+
+def _hidden_input() -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(HIDDEN_STATES, TensorProto.FLOAT, ["batch", "tokens", HIDDEN_SIZE])
+
+
+def _mask_input() -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(ATTENTION_MASK, TensorProto.INT64, ["batch", "tokens"])
+
+
+def _pooling_nodes(with_max: bool) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
+    """Nodes computing masked mean (and masked max) over tokens; returns the name of the pooled tensor."""
+    init = [
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis_tokens"),
+        numpy_helper.from_array(np.array([-1], dtype=np.int64), "axis_last"),
+        numpy_helper.from_array(np.array(1e-9, dtype=np.float32), "eps"),
+        numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one"),
+        numpy_helper.from_array(np.array(_PAD_PENALTY, dtype=np.float32), "penalty"),
+    ]
+    nodes = [
+        helper.make_node("Cast", [ATTENTION_MASK], ["mask_f"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["mask_f", "axis_last"], ["mask_3d"]),
+        helper.make_node("Mul", [HIDDEN_STATES, "mask_3d"], ["masked"]),
+        helper.make_node("ReduceSum", ["masked", "axis_tokens"], ["summed"], keepdims=0),
+        helper.make_node("ReduceSum", ["mask_3d", "axis_tokens"], ["count"], keepdims=0),
+        helper.make_node("Max", ["count", "eps"], ["count_safe"]),
+        helper.make_node("Div", ["summed", "count_safe"], ["mean_pooled"]),
+    ]
+    if not with_max:
+        return nodes, init, "mean_pooled"
+    nodes += [
+        helper.make_node("Sub", ["mask_3d", "one"], ["pad_neg"]),
+        helper.make_node("Mul", ["pad_neg", "penalty"], ["pad_bias"]),
+        helper.make_node("Add", [HIDDEN_STATES, "pad_bias"], ["biased"]),
+        helper.make_node("ReduceMax", ["biased"], ["max_pooled"], axes=[1], keepdims=0),
+        helper.make_node("Concat", ["mean_pooled", "max_pooled"], ["pooled"], axis=-1),
+    ]
+    return nodes, init, "pooled"
+
+
+def _mlp_nodes(mlp: MLP, source: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
+    nodes, init, current = [], [], source
+    for i, (w, b) in enumerate(mlp.layers):
+        init += [
+            numpy_helper.from_array(w.astype(np.float32), f"w{i}"),
+            numpy_helper.from_array(b.astype(np.float32), f"b{i}"),
+        ]
+        nodes += [
+            helper.make_node("MatMul", [current, f"w{i}"], [f"mm{i}"]),
+            helper.make_node("Add", [f"mm{i}", f"b{i}"], [f"z{i}"]),
+        ]
+        current = f"z{i}"
+        if i < len(mlp.layers) - 1:
+            nodes.append(helper.make_node("Relu", [current], [f"a{i}"]))
+            current = f"a{i}"
+    nodes.append(helper.make_node("Softmax", [current], [PROBABILITIES], axis=-1))
+    return nodes, init, PROBABILITIES
+
+
+def _model(name: str, nodes, init, inputs, outputs) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, name, inputs, outputs, initializer=init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="switchyard")
+    # onnxruntime 1.19 (the oldest we support) reads IR version 9.
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model
+
+
+def pooled_head_model(name: str, mlp: MLP) -> onnx.ModelProto:
+    """(last_hidden_state, attention_mask) -> probabilities [B, classes] via mean+max pooling and the MLP."""
+    pool_nodes, pool_init, pooled = _pooling_nodes(with_max=True)
+    mlp_nodes, mlp_init, _ = _mlp_nodes(mlp, pooled)
+    output = helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, ["batch", mlp.n_outputs])
+    return _model(name, pool_nodes + mlp_nodes, pool_init + mlp_init, [_hidden_input(), _mask_input()], [output])
+
+
+def token_head_model(name: str, mlp: MLP) -> onnx.ModelProto:
+    """last_hidden_state -> probabilities [B, T, labels], one distribution per token."""
+    nodes, init, _ = _mlp_nodes(mlp, HIDDEN_STATES)
+    output = helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, ["batch", "tokens", mlp.n_outputs])
+    return _model(name, nodes, init, [_hidden_input()], [output])
+
+
+def pool_normalize_model(name: str) -> onnx.ModelProto:
+    """(last_hidden_state, attention_mask) -> L2-normalised mean pooling, the sentence-transformers embedding."""
+    nodes, init, pooled = _pooling_nodes(with_max=False)
+    nodes.append(helper.make_node("LpNormalization", [pooled], [EMBEDDING], axis=-1, p=2))
+    output = helper.make_tensor_value_info(EMBEDDING, TensorProto.FLOAT, ["batch", HIDDEN_SIZE])
+    return _model(name, nodes, init, [_hidden_input(), _mask_input()], [output])

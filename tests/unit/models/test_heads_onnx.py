@@ -1,0 +1,55 @@
+"""Head ONNX graphs compute what the numpy weights say, and pooling ignores padding."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+from services.common import model_io as io
+from services.models.heads import MLP, pool_normalize_model, pooled_head_model, token_head_model
+from services.models.mlp_training import softmax
+
+
+def _session(model) -> ort.InferenceSession:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _mlp(inputs: int, outputs: int) -> MLP:
+    rng = np.random.default_rng(0)
+    return MLP(
+        (
+            (rng.normal(size=(inputs, 8)).astype(np.float32), rng.normal(size=8).astype(np.float32)),
+            (rng.normal(size=(8, outputs)).astype(np.float32), rng.normal(size=outputs).astype(np.float32)),
+        )
+    )
+
+
+def test_pooled_head_matches_numpy_and_ignores_padding() -> None:
+    rng = np.random.default_rng(1)
+    hidden = rng.normal(size=(2, 5, io.HIDDEN_SIZE)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=np.int64)
+    mlp = _mlp(2 * io.HIDDEN_SIZE, 3)
+    out = _session(pooled_head_model("h", mlp)).run(None, {io.HIDDEN_STATES: hidden, io.ATTENTION_MASK: mask})[0]
+    first = hidden[0, :3]
+    features = np.concatenate([first.mean(0), first.max(0)])
+    np.testing.assert_allclose(out[0], softmax(mlp.logits(features[None]))[0], rtol=1e-4, atol=1e-5)
+
+
+def test_token_head_and_pool_normalize() -> None:
+    rng = np.random.default_rng(2)
+    hidden = rng.normal(size=(1, 4, io.HIDDEN_SIZE)).astype(np.float32)
+    mlp = _mlp(io.HIDDEN_SIZE, len(io.PII_BIO_LABELS))
+    out = _session(token_head_model("t", mlp)).run(None, {io.HIDDEN_STATES: hidden})[0]
+    np.testing.assert_allclose(out[0], softmax(mlp.logits(hidden[0])), rtol=1e-4, atol=1e-5)
+    mask = np.array([[1, 1, 0, 0]], dtype=np.int64)
+    emb = _session(pool_normalize_model("p")).run(None, {io.HIDDEN_STATES: hidden, io.ATTENTION_MASK: mask})[0]
+    expected = hidden[0, :2].mean(0)
+    np.testing.assert_allclose(emb[0], expected / np.linalg.norm(expected), rtol=1e-4, atol=1e-5)
+
+
+def test_mlp_round_trips_through_npz(tmp_path) -> None:
+    mlp = _mlp(4, 2)
+    mlp.save(tmp_path / "h.npz")
+    loaded = MLP.load(tmp_path / "h.npz")
+    x = np.ones((1, 4), dtype=np.float32)
+    np.testing.assert_allclose(loaded.logits(x), mlp.logits(x))

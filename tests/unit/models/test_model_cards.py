@@ -1,0 +1,37 @@
+"""The model cards' dev metrics are what the committed weights (built to ONNX) really score."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.common.triton_server import repository_problems
+from services.models import cards
+from services.models.evaluate import EVALUATORS, OnnxPipeline
+from services.models.paths import default_paths
+
+REPOSITORY = Path(__file__).resolve().parents[3] / "triton_models"
+TOLERANCE = 0.002  # thread scheduling may move a borderline row; more than that means a stale card
+
+
+def _flatten(value, prefix=""):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _flatten(item, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(value, float):
+        yield prefix, value
+
+
+@pytest.mark.parametrize("task", ["domain", "jailbreak", "pii"])
+def test_card_metrics_are_reproducible(task: str) -> None:
+    paths = default_paths()
+    if repository_problems(REPOSITORY):
+        pytest.fail("model repository not built (run `make models`)", pytrace=False)
+    if not paths.data_dir.is_dir():
+        pytest.fail(f"{paths.data_dir}: data folder missing; set SWITCHYARD_DATA_DIR", pytrace=False)
+    recorded = dict(_flatten(cards.load_metrics(task)["results"]))
+    measured = dict(_flatten(EVALUATORS[task](OnnxPipeline(paths.repository), paths)))
+    assert recorded.keys() == measured.keys()
+    off = {k: (recorded[k], measured[k]) for k in recorded if abs(recorded[k] - measured[k]) > TOLERANCE}
+    assert not off, f"card {task} is stale (card, measured): {off}; rerun `switchyard train {task}`"
