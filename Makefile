@@ -68,5 +68,9 @@ test: system-deps setup models tools
 test-unit: setup tools
 	$(PY) -m pytest -ra tests/unit
 
+# The benchmark harness: sets up like `make run`, measures, stops everything (BENCH_ARGS=--quick for a smoke run).
+bench: setup models
+	$(PY) -m bench.run $(BENCH_ARGS)
+
 clean:
 	rm -rf .switchyard build *.egg-info proto/switchyard/v1/*_pb2*.py proto/switchyard/v1/*_pb2.pyi $(PROTO_STAMP)
