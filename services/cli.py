@@ -50,6 +50,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         asyncio.run(serve_simulator(config.simulator))
         return 0
+    from services.common.telemetry import setup_tracing
+
+    # Before the service builds its gRPC channels and server: both are instrumented at creation.
+    setup_tracing(args.service, config.telemetry)
     module = __import__(f"services.{args.service}.server", fromlist=["serve"])
     try:
         asyncio.run(module.serve(config, Path(args.config)) if args.service == "decision" else module.serve(config))

@@ -231,6 +231,10 @@ class JailbreakPolicy(_Section):
     # Long prompts are scored in overlapping windows (tokens) and the highest score counts.
     chunk_tokens: int = Field(default=256, ge=16, le=512)
     chunk_overlap_tokens: int = Field(default=64, ge=0, le=256)
+    # Messages of fewer words are not scored: "hi", "ok" or "help" carry no instruction to
+    # override anything, and the classifier, trained on long attacks, scores such fragments
+    # unreliably (0.6-0.9 measured for "hi", "ok", "help").
+    min_words: int = Field(default=3, ge=1)
 
 
 class PiiDetection(_Section):

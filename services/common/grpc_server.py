@@ -9,7 +9,9 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, ProcessCollector, start_http_server
+
+from services.common.telemetry import server_interceptors
 
 log = logging.getLogger("switchyard.grpc")
 
@@ -32,9 +34,16 @@ async def run_grpc_service(
     registry: CollectorRegistry = REGISTRY,
     on_started: Callable[[], Awaitable[None]] | None = None,
     options: list[tuple[str, int]] | None = None,
+    trace_rpcs: bool = True,
 ) -> None:
-    """Serve until SIGINT/SIGTERM; health reports SERVING for each of `service_names` and "" once started."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *(options or [])])
+    """Serve until SIGINT/SIGTERM; health reports SERVING for each of `service_names` and "" once started.
+
+    With tracing on (setup_tracing), every RPC gets a server span in the caller's trace (W3C
+    `traceparent` metadata); `trace_rpcs=False` leaves that to the service (the front starts its span
+    from the HTTP request's own `traceparent`, not from the ext_proc stream).
+    """
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *(options or [])],
+                             interceptors=server_interceptors() if trace_rpcs else [])
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -46,6 +55,10 @@ async def run_grpc_service(
     if bound == 0:
         raise PortInUseError(f"{name}: cannot listen on {address}: the port is taken; free it or change {name}.port")
     if metrics_port:
+        if registry is not REGISTRY:
+            # process_cpu_seconds_total, process_resident_memory_bytes, ... for the per-service dashboard
+            # (the default registry has them already; a service's own registry does not).
+            ProcessCollector(registry=registry)
         try:
             start_http_server(metrics_port, addr=host, registry=registry)
         except OSError as exc:

@@ -140,7 +140,9 @@ class TritonModels:
         while True:
             try:
                 result = await self._client.infer(
-                    spec.name, inputs, outputs=outputs, client_timeout=self._timeout_s
+                    spec.name, inputs, outputs=outputs, client_timeout=self._timeout_s,
+                    # The same budget server-side: Triton drops the request from its queue after it.
+                    timeout=int(self._config.timeout_ms * 1000)
                 )
                 return result.as_numpy(output)
             except InferenceServerException as exc:

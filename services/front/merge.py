@@ -59,7 +59,8 @@ def merge(config: SwitchyardConfig, request: ChatRequest,
           cache: ServiceCall[cache_pb2.LookupResponse]) -> Outcome:
     degraded: list[str] = []
     for call in (guard, decision, cache):
-        if call.failed and call.failure != "disabled":
+        # "cancelled": the guard blocked first and the call was stopped; nothing was degraded.
+        if call.failed and call.failure not in ("disabled", "cancelled"):
             section = getattr(config, call.service)
             if section.on_failure is FailureMode.CLOSED:
                 error = RequestError(503, f"the {call.service} service is unavailable ({call.failure}); "

@@ -36,3 +36,10 @@ class FrontMetrics:
                                          "Cache writes dropped because too many were in flight.", registry=r)
         self.completion_tokens = Counter("llm_model_completion_tokens",
                                          "Completion tokens by model (from usage).", ["model"], registry=r)
+        # vLLM Semantic Router dashboards chart total tokens from this one.
+        self.tokens = Counter("llm_model_tokens", "Prompt plus completion tokens by model (from usage).",
+                              ["model"], registry=r)
+        self.blocks = Counter("switchyard_front_blocks", "Requests the router answered itself as blocked, "
+                              "by reason (jailbreak, pii).", ["reason"], registry=r)
+        self.pii_actions = Counter("switchyard_front_pii_actions", "Requests in which the guard found PII, by "
+                                   "what the router did (allow, mask, reroute, block).", ["action"], registry=r)

@@ -238,9 +238,7 @@ class RequestProcessor:
         self._count_protection(outcome, calls)
 
     def _count_protection(self, outcome: Outcome, calls: dict[str, ServiceCall]) -> None:
-        headers = {name for name, _ in outcome.headers}
-        block_reason = ("jailbreak" if "x-vsr-jailbreak-blocked" in headers
-                        else "pii" if "x-vsr-pii-violation" in headers else None)
+        block_reason = block_reason_of(outcome)
         if outcome.kind == "blocked" and block_reason:
             self.metrics.blocks.labels(block_reason).inc()
         guard = calls["guard"].result
@@ -250,6 +248,8 @@ class RequestProcessor:
         first = decision.candidates[0].model if self._decided(calls) and decision is not None else None
         if block_reason == "pii":
             action = "block"
+        elif outcome.mask_entities:
+            action = "mask"
         elif outcome.route is not None and first is not None and outcome.route.model != first:
             action = "reroute"
         else:
@@ -392,6 +392,18 @@ class RequestProcessor:
 def _json_escaped(mapping: MaskMapping) -> MaskMapping:
     # Placeholders sit inside JSON strings of the answer, so the values must go back JSON-escaped.
     return MaskMapping({p: json.dumps(mapping.original(p), ensure_ascii=False)[1:-1] for p in mapping.placeholders})
+
+
+def block_reason_of(outcome: Outcome) -> str | None:
+    """"jailbreak" or "pii" for a blocked request (read from the x-vsr-* headers its reply carries)."""
+    if outcome.kind != "blocked":
+        return None
+    names = {name for name, _ in outcome.headers}
+    if outcome.reply is not None:
+        names |= {name for name, _ in outcome.reply.headers}
+    if "x-vsr-jailbreak-blocked" in names:
+        return "jailbreak"
+    return "pii" if "x-vsr-pii-violation" in names else None
 
 
 def _usage_from_json(raw: bytes) -> dict[str, Any] | None:

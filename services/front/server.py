@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -10,15 +11,51 @@ import grpc
 import uvicorn
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from services.common import telemetry
 from services.common.config import SwitchyardConfig
 from services.common.grpc_server import run_grpc_service
 from services.front.api import build_http_app
 from services.front.mesh_clients import MeshClients
 from services.front.metrics import FrontMetrics
-from services.front.processor import FrontContext, RequestProcessor
+from services.front.processor import FrontContext, RequestProcessor, block_reason_of
 
 log = logging.getLogger("switchyard.front")
+
+
+def start_request_span(headers: ep.HttpHeaders) -> Span:
+    """The front's span for one HTTP request, a child of the client's/Envoy's `traceparent` when it has one."""
+    values = {h.key.lower(): (h.raw_value or h.value.encode()).decode("utf-8", "replace")
+              for h in headers.headers.headers if h.key.lower() in ("traceparent", "tracestate")}
+    return telemetry.tracer().start_span("switchyard.front", context=telemetry.context_from_headers(values),
+                                         kind=SpanKind.SERVER)
+
+
+def phase_span(phase: str) -> contextlib.AbstractContextManager[object]:
+    """Routing (the request body: fan-out + merge) gets its own child span; other phases are cheap."""
+    if phase == "request_body":
+        return telemetry.decision_span("switchyard.front.route")
+    return contextlib.nullcontext()
+
+
+def end_request_span(span: Span, processor: RequestProcessor) -> None:
+    """Record what was decided (never what was asked) and end the span."""
+    outcome = processor.outcome
+    if outcome is not None:
+        route = outcome.route
+        telemetry.set_decision_attributes(
+            span, outcome=outcome.kind, cache_hit=outcome.kind == "cache_hit",
+            block_reason=block_reason_of(outcome) or "",
+            degraded=",".join(outcome.degraded),
+            model=route.model if route else "", category=route.category if route else "",
+            reasoning=route.use_reasoning if route else None,
+            fallback_reason=route.fallback_reason if route else "")
+    # The backend's status, or the one of the router's own reply (block, cache hit, error).
+    status = processor.response_status or (outcome.reply.status if outcome and outcome.reply else 0)
+    if status:
+        telemetry.set_decision_attributes(span, status_code=status)
+    span.end()
 
 
 class ExternalProcessorServicer(ep_grpc.ExternalProcessorServicer):
@@ -38,17 +75,29 @@ class ExternalProcessorServicer(ep_grpc.ExternalProcessorServicer):
             "request_trailers": processor.process_request_trailers,
             "response_trailers": processor.process_response_trailers,
         }
-        async for message in request_iterator:
-            phase = message.WhichOneof("request")
-            if phase not in handlers:
-                log.warning("ignoring ext_proc message without a known phase: %s", phase)
-                continue
-            try:
-                response = await handlers[phase](getattr(message, phase))
-            except Exception:  # noqa: BLE001 - one bad request must never take the stream down
-                log.exception("ext_proc %s phase failed", phase)
-                response = processor.failure_response(phase)
-            yield response
+        span: Span | None = None
+        try:
+            async for message in request_iterator:
+                phase = message.WhichOneof("request")
+                if phase not in handlers:
+                    log.warning("ignoring ext_proc message without a known phase: %s", phase)
+                    continue
+                if phase == "request_headers" and span is None:
+                    span = start_request_span(message.request_headers)
+                try:
+                    # The span is current only around the await, never across the yield (another
+                    # stream's task may run in between).
+                    with telemetry.activated(span), phase_span(phase):
+                        response = await handlers[phase](getattr(message, phase))
+                except Exception as exc:  # noqa: BLE001 - one bad request must never take the stream down
+                    log.exception("ext_proc %s phase failed", phase)
+                    if span is not None:
+                        span.set_status(Status(StatusCode.ERROR, f"{phase}: {type(exc).__name__}"))
+                    response = processor.failure_response(phase)
+                yield response
+        finally:
+            if span is not None:
+                end_request_span(span, processor)
 
 
 async def serve(config: SwitchyardConfig) -> None:
@@ -82,6 +131,8 @@ async def serve(config: SwitchyardConfig) -> None:
         lambda server: ep_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessorServicer(context), server),
         [ep.DESCRIPTOR.services_by_name["ExternalProcessor"].full_name],
         on_shutdown=stop_http, registry=metrics.registry, on_started=start_http,
+        # The front's span starts from the HTTP request's `traceparent` (start_request_span), not the stream's.
+        trace_rpcs=False,
         # Envoy sends whole buffered bodies in one message; allow the configured limit plus framing.
         options=[("grpc.max_receive_message_length", section.max_body_bytes + (2 << 20)),
                  ("grpc.max_send_message_length", section.max_body_bytes + (2 << 20))],

@@ -93,7 +93,8 @@ class RequestGuard:
         # Both Triton calls go out together; if either fails the whole check fails, because half a
         # verdict would read as "clean" for the half that was not checked.
         jailbreak, tagged = await asyncio.gather(
-            self._score_jailbreak([(i, messages[i].text) for i in jailbreak_indices]),
+            self._score_jailbreak([(i, messages[i].text) for i in jailbreak_indices
+                                   if len(messages[i].text.split()) >= jailbreak_cfg.min_words]),
             self._tag([messages[i].text for i in pii_indices]),
         )
         verdict = GuardVerdict(checked=True, jailbreak=jailbreak)

@@ -10,6 +10,11 @@ from services.common.model_io import MAX_BATCH_SIZE, ModelSpec, TensorSpec
 BACKEND = "onnxruntime"
 # Short wait: the latency target is ~10 ms per request; batching mostly helps under concurrent load.
 MAX_QUEUE_DELAY_US = 500
+# Work whose caller has surely given up is dropped instead of computed: without a queue policy an
+# overload leaves minutes of stale requests in the queue (seen in the benchmarks). Clients pass their
+# own timeout per request (allow_timeout_override); this default covers the rest.
+QUEUE_TIMEOUT_US = 2_000_000
+MAX_QUEUE_SIZE = 256
 # Hidden states flowing between ensemble steps.
 _HIDDEN_TENSOR = "hidden"
 
@@ -39,7 +44,15 @@ def onnx_model_config(spec: ModelSpec, name: str | None = None) -> str:
         f'backend: "{BACKEND}"\n'
         f"max_batch_size: {MAX_BATCH_SIZE}\n"
         + _io(spec)
-        + f"dynamic_batching {{\n  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}\n}}\n"
+        + "dynamic_batching {\n"
+        f"  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}\n"
+        "  default_queue_policy {\n"
+        "    timeout_action: REJECT\n"
+        f"    default_timeout_microseconds: {QUEUE_TIMEOUT_US}\n"
+        "    allow_timeout_override: true\n"
+        f"    max_queue_size: {MAX_QUEUE_SIZE}\n"
+        "  }\n"
+        "}\n"
     )
 
 

@@ -52,7 +52,8 @@ def test_alias_is_routed_to_a_configured_model(client: httpx.Client, mesh: MeshR
 
 
 def test_concrete_model_passes_through(client: httpx.Client, mesh: MeshRunner) -> None:
-    response = client.post(CHAT, json={"model": "deepseek-r1", "messages": [{"role": "user", "content": "Hi"}]})
+    response = client.post(CHAT, json={"model": "deepseek-r1", "messages": [
+        {"role": "user", "content": "Say hello to the team"}]})
     assert response.status_code == 200
     assert response.json()["model"] == "deepseek-r1"
     assert last_backend_request(mesh)["body"]["model"] == "deepseek-r1"
@@ -126,9 +127,11 @@ def test_unreachable_service_fails_open_to_the_default_model(tmp_path: Path) -> 
     runner.start()
     try:
         with httpx.Client(base_url=runner.envoy_url, timeout=30, trust_env=False) as http:
-            response = http.post(CHAT, json={"model": "MoM", "messages": [{"role": "user", "content": "hi"}]})
+            response = http.post(CHAT, json={"model": "MoM", "messages": [
+                {"role": "user", "content": "What is the capital of France?"}]})
         assert response.status_code == 200
-        assert response.headers["x-vsr-degraded"] == "decision"
+        # A cold Triton may also make the cache miss its deadline; the dead decision must be named.
+        assert "decision" in response.headers["x-vsr-degraded"].split(",")
         assert response.json()["model"] == "qwen3-8b"
     finally:
         runner.stop()

@@ -197,6 +197,7 @@ async def test_guard_block_cancels_the_other_calls() -> None:
     assert completion["choices"][0]["finish_reason"] == "content_filter"
     assert set_headers(reply.headers)["x-vsr-jailbreak-blocked"] == "true"
     assert sorted(clients.cancelled) == ["cache", "decision"]
+    assert "x-vsr-degraded" not in set_headers(reply.headers)  # cancelled is not degraded
 
 
 async def test_decision_candidates_reasoning_and_system_prompt_are_applied() -> None:

@@ -82,8 +82,14 @@ async def test_injection_buried_in_a_long_document_is_found() -> None:
 
 async def test_short_text_is_scored_once() -> None:
     scorer = KeywordScorer()
-    await guard(scorer=scorer).check(msgs(("user", "hello there")))
-    assert scorer.calls == [["hello there"]]
+    await guard(scorer=scorer).check(msgs(("user", "hello there, friend")))
+    assert scorer.calls == [["hello there, friend"]]
+
+
+async def test_messages_under_min_words_are_not_scored() -> None:
+    scorer = KeywordScorer()
+    verdict = await guard(scorer=scorer).check(msgs(("user", "hi"), ("user", "ok thanks")))
+    assert scorer.calls == [] and not verdict.jailbreak_blocked
 
 
 async def test_benign_request_is_clean() -> None:

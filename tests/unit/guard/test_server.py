@@ -69,5 +69,5 @@ async def test_triton_down_is_unavailable(call, caplog: pytest.LogCaptureFixture
 
 async def test_triton_timeout_is_deadline_exceeded(call) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await call(SlowTriton(), NameTagger(), "hello")
+        await call(SlowTriton(), NameTagger(), "hello there, friend")
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
