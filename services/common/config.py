@@ -290,6 +290,9 @@ class ApiConfig(_Section):
     max_concurrent_batches: int = Field(default=4, gt=0)
     # Texts of one batch sent to the services at the same time.
     batch_concurrency: int = Field(default=8, gt=0)
+    # Deadline of the API's service calls: longer than the routing path's, since nobody's
+    # request is waiting on a backend here (long texts and batches on CPU take a while).
+    deadline_ms: Positive = 10000
 
 
 class FrontConfig(_Section):

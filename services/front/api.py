@@ -11,7 +11,7 @@ import platform
 import time
 from collections import Counter
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import grpc
 import httpx
@@ -141,7 +141,7 @@ class BatchRequest(_Model):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"texts": ["How do antitrust laws affect business competition?", "Calculate the area of a circle"],
          "task_type": "intent", "options": {"return_probabilities": False}}]})
-    texts: list[str] = Field(min_length=1)
+    texts: list[Annotated[str, Field(min_length=1, max_length=1_000_000)]] = Field(min_length=1)
     task_type: Literal["intent", "pii", "security", "all"] = "intent"
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -175,9 +175,28 @@ class RouteVerdict(BaseModel):
     reply: dict[str, Any] | str | None = None
 
 
+# What /api/v1/route accepts: an OpenAI chat completion body (the fields the router reads; others pass).
+CHAT_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object", "description": "an OpenAI chat completion request body",
+    "required": ["model", "messages"],
+    "properties": {
+        "model": {"type": "string", "minLength": 1},
+        "stream": {"type": "boolean"},
+        "messages": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "required": ["role"],
+            "properties": {
+                "role": {"type": "string", "minLength": 1},
+                "content": {"anyOf": [{"type": "string"}, {"type": "null"}, {"type": "array", "items": {
+                    "type": "object", "required": ["type"],
+                    "properties": {"type": {"type": "string"}, "text": {"type": "string"}}}}]},
+            }}},
+    },
+}
+
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"description": text, "content": {"application/json": {"example": error_body("EXAMPLE", text)}}}
-    for code, text in ((413, "request body too large"), (422, "request does not match the schema"),
+    for code, text in ((400, "not a valid chat completion request (the message names the field)"),
+                       (413, "request body too large"), (422, "request does not match the schema"),
                        (429, "too many batches in flight"), (503, "a service or Triton is unavailable"))
 }
 
@@ -190,6 +209,7 @@ class ClassificationApi:
         self.context = context
         self.config = context.config
         self.batches_in_flight = 0
+        self.deadline_s = context.config.front.api.deadline_ms / 1000.0
 
     def _context(self, text: str) -> common_pb2.RequestContext:
         return common_pb2.RequestContext(requested_model=self.config.routing.aliases[0],
@@ -205,7 +225,7 @@ class ClassificationApi:
     async def intent(self, request: IntentRequest) -> IntentResponse:
         started = time.perf_counter()
         decision: decision_pb2.DecideResponse = self._result(
-            await self.context.clients.decide(self._context(request.text)), "decision")
+            await self.context.clients.decide(self._context(request.text), self.deadline_s), "decision")
         options = request.options
         threshold = options.confidence_threshold if options.confidence_threshold is not None \
             else self.config.routing.confidence_threshold
@@ -233,7 +253,7 @@ class ClassificationApi:
     async def pii(self, request: PiiRequest) -> PiiResponse:
         started = time.perf_counter()
         verdict: guard_pb2.CheckResponse = self._result(
-            await self.context.clients.check(self._context(request.text)), "guard")
+            await self.context.clients.check(self._context(request.text), self.deadline_s), "guard")
         options = request.options
         wanted = None
         if options.entity_types and "ALL" not in [t.upper() for t in options.entity_types]:
@@ -254,7 +274,7 @@ class ClassificationApi:
     async def security(self, request: SecurityRequest) -> SecurityResponse:
         started = time.perf_counter()
         verdict: guard_pb2.CheckResponse = self._result(
-            await self.context.clients.check(self._context(request.text)), "guard")
+            await self.context.clients.check(self._context(request.text), self.deadline_s), "guard")
         threshold = min(0.99, max(0.01, self.config.guard.jailbreak.threshold
                                   + SENSITIVITY_SHIFT[request.options.sensitivity]))
         score = float(verdict.jailbreak_score)
@@ -275,8 +295,6 @@ class ClassificationApi:
         if len(request.texts) > limits.max_batch_size:
             raise ApiError(413, "BATCH_TOO_LARGE", f"{len(request.texts)} texts; the limit is "
                            f"{limits.max_batch_size} (front.api.max_batch_size): split the batch")
-        if any(not text for text in request.texts):
-            raise ApiError(422, "INVALID_INPUT", "texts: every text must be a non-empty string")
         if self.batches_in_flight >= limits.max_concurrent_batches:
             raise ApiError(429, "TOO_MANY_REQUESTS", f"{self.batches_in_flight} batches are being processed "
                            f"(front.api.max_concurrent_batches); retry shortly")
@@ -481,9 +499,9 @@ def build_http_app(context: FrontContext) -> FastAPI:
         return await api.batch(request)
 
     @app.post("/api/v1/route", response_model=RouteVerdict, tags=["route"],
-              responses={k: ERROR_RESPONSES[k] for k in (413, 422, 503)},
+              responses={k: ERROR_RESPONSES[k] for k in (400, 413, 422, 503)},
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                  "schema": {"type": "object", "description": "an OpenAI chat completion request body"},
+                  "schema": CHAT_REQUEST_SCHEMA,
                   "example": {"model": "MoM", "messages": [{"role": "user", "content": "Solve 3x+5=20"}]}}}}})
     async def route(request: Request) -> RouteVerdict:
         """The full routing verdict for a chat request, without calling a backend (a dry run)."""

@@ -55,12 +55,13 @@ class MeshClients:
     async def close(self) -> None:
         await asyncio.gather(*(channel.close() for channel in self._channels.values()))
 
-    async def _call(self, service: str, method, request) -> ServiceCall:  # type: ignore[no-untyped-def]
+    async def _call(self, service: str, method, request, timeout_s: float | None = None) -> ServiceCall:  # type: ignore[no-untyped-def]
         section = self.sections[service]
         if not section.enabled:
             return ServiceCall(service, failure="disabled")
         try:
-            result = await method(request, timeout=section.deadline_ms / 1000.0, wait_for_ready=False)
+            timeout = timeout_s if timeout_s is not None else section.deadline_ms / 1000.0
+            result = await method(request, timeout=timeout, wait_for_ready=False)
             return ServiceCall(service, result=result)
         except asyncio.CancelledError:
             raise
@@ -77,11 +78,13 @@ class MeshClients:
             log.exception("%s call raised", service)
             return ServiceCall(service, failure="error")
 
-    async def decide(self, context: common_pb2.RequestContext) -> ServiceCall[decision_pb2.DecideResponse]:
-        return await self._call("decision", self.decision.Decide, decision_pb2.DecideRequest(request=context))
+    async def decide(self, context: common_pb2.RequestContext,
+                     timeout_s: float | None = None) -> ServiceCall[decision_pb2.DecideResponse]:
+        return await self._call("decision", self.decision.Decide, decision_pb2.DecideRequest(request=context), timeout_s)
 
-    async def check(self, context: common_pb2.RequestContext) -> ServiceCall[guard_pb2.CheckResponse]:
-        return await self._call("guard", self.guard.Check, guard_pb2.CheckRequest(request=context))
+    async def check(self, context: common_pb2.RequestContext,
+                    timeout_s: float | None = None) -> ServiceCall[guard_pb2.CheckResponse]:
+        return await self._call("guard", self.guard.Check, guard_pb2.CheckRequest(request=context), timeout_s)
 
     async def lookup(self, context: common_pb2.RequestContext) -> ServiceCall[cache_pb2.LookupResponse]:
         return await self._call("cache", self.cache.Lookup, cache_pb2.LookupRequest(request=context))
