@@ -13,6 +13,7 @@ from services.cache.semantic_cache import LookupResult, SemanticCache
 from services.cache.store import StoreUnavailableError
 from services.common.config import SwitchyardConfig
 from services.common.grpc_server import run_grpc_service
+from services.common.triton import set_call_deadline
 from switchyard.v1 import cache_pb2, cache_pb2_grpc
 
 log = logging.getLogger("switchyard.cache")
@@ -35,6 +36,7 @@ class CacheServicer(cache_pb2_grpc.CacheServicer):
 
     async def Lookup(self, request: cache_pb2.LookupRequest,
                      context: grpc.aio.ServicerContext) -> cache_pb2.LookupResponse:
+        set_call_deadline(context.time_remaining())
         try:
             return lookup_to_proto(await self.cache.lookup(request.request))
         except EmbedderUnavailableError as exc:

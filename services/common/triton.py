@@ -8,6 +8,8 @@ Transient UNAVAILABLE errors are retried with backoff; every call has TritonConf
 from __future__ import annotations
 
 import asyncio
+import time
+from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,18 @@ from tritonclient.utils import InferenceServerException
 from services.common import model_io as io
 from services.common.config import TritonConfig
 from services.common.tokenizer import Batch, EntitySpan, TextTokenizer, Truncation, decode_bio, merge_chunk_spans
+
+
+# Monotonic time at which the gRPC call being served gives up (set per call by the services). Triton
+# work for a caller that has given up is wasted and delays everyone else, so no Triton call outlives it.
+CALL_DEADLINE: ContextVar[float | None] = ContextVar("switchyard_call_deadline", default=None)
+# Floor for a call's budget, so that a nearly spent deadline still gets a definite (fast) answer.
+MIN_CALL_TIMEOUT_S = 0.01
+
+
+def set_call_deadline(time_remaining_s: float | None) -> None:
+    """Bound this task's Triton calls by the served call's remaining time (grpc context.time_remaining())."""
+    CALL_DEADLINE.set(None if time_remaining_s is None else time.monotonic() + time_remaining_s)
 
 
 class TritonError(RuntimeError):
@@ -126,7 +140,11 @@ class TritonModels:
 
     @property
     def _timeout_s(self) -> float:
-        return self._config.timeout_ms / 1000.0
+        budget = self._config.timeout_ms / 1000.0
+        deadline = CALL_DEADLINE.get()
+        if deadline is not None:
+            budget = max(MIN_CALL_TIMEOUT_S, min(budget, deadline - time.monotonic()))
+        return budget
 
     async def _infer_once(self, spec: io.ModelSpec, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         inputs = []
@@ -138,11 +156,12 @@ class TritonModels:
         outputs = [grpcclient.InferRequestedOutput(output)]
         attempt = 0
         while True:
+            budget = self._timeout_s
             try:
                 result = await self._client.infer(
-                    spec.name, inputs, outputs=outputs, client_timeout=self._timeout_s,
+                    spec.name, inputs, outputs=outputs, client_timeout=budget,
                     # The same budget server-side: Triton drops the request from its queue after it.
-                    timeout=int(self._config.timeout_ms * 1000)
+                    timeout=int(budget * 1_000_000)
                 )
                 return result.as_numpy(output)
             except InferenceServerException as exc:
@@ -157,7 +176,8 @@ class TritonModels:
         status = str(exc.status() or "")
         message = str(exc.message() or exc)
         where = f"Triton at {self._config.grpc_url}"
-        if "DEADLINE_EXCEEDED" in status or "Deadline" in message:
+        # "Request timeout expired": Triton's queue policy dropped it (the caller's budget ran out).
+        if "DEADLINE_EXCEEDED" in status or "Deadline" in message or "timeout expired" in message.lower():
             return TritonTimeoutError(f"{model}: no answer from {where} within {self._config.timeout_ms:.0f} ms")
         lowered = message.lower()
         if "unknown model" in lowered or "not found" in lowered or "is not ready" in lowered or "NOT_FOUND" in status:

@@ -16,6 +16,7 @@ from services.decision.decider import Decider, DomainClassifier
 from services.decision.metrics import DecisionMetrics
 from services.decision.policy import Decision, RoutingPolicy, UnknownModelError
 from services.decision.reload import ConfigReloader
+from services.common.triton import set_call_deadline
 from switchyard.v1 import decision_pb2, decision_pb2_grpc
 
 log = logging.getLogger("switchyard.decision")
@@ -48,6 +49,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServicer):
 
     async def Decide(self, request: decision_pb2.DecideRequest,
                      context: grpc.aio.ServicerContext) -> decision_pb2.DecideResponse:
+        set_call_deadline(context.time_remaining())
         try:
             decision = await self.decider.decide(request.request)
         except UnknownModelError as exc:

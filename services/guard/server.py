@@ -8,7 +8,7 @@ import grpc
 
 from services.common.config import SwitchyardConfig
 from services.common.grpc_server import run_grpc_service
-from services.common.triton import TritonError, TritonModels, TritonTimeoutError
+from services.common.triton import TritonError, TritonModels, TritonTimeoutError, set_call_deadline
 from services.guard.check import RequestGuard
 from services.guard.chunking import TokenChunker
 from services.guard.metrics import GuardMetrics
@@ -28,6 +28,7 @@ class GuardServicer(guard_pb2_grpc.GuardServicer):
     async def Check(
         self, request: guard_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> guard_pb2.CheckResponse:
+        set_call_deadline(context.time_remaining())
         request_id = request.request.request_id
         try:
             verdict = await self._guard.check(request.request.messages)
