@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from services.common import model_io as io
-from services.common.tokenizer import TextTokenizer, Truncation
+from services.common.tokenizer import EntitySpan, TextTokenizer, Truncation
 from services.models import metrics
 from services.models.build import onnx_path, task_encoders
 from services.models.data import load_rows
 from services.models.paths import ModelPaths
 from services.models.runtime import encode_batches, session
-from services.models.train import gold_entities, pii_entities
+from services.models.train import gold_entities, pii_entities, pii_spans
 
 
 class OnnxPipeline:
@@ -67,6 +67,11 @@ class OnnxPipeline:
         token_probs = self._run(io.PII_TAGGER, io.PII_HEAD, texts, Truncation.CHUNKS)
         return pii_entities(self.tokenizer, texts, token_probs)
 
+    def pii_spans(self, texts: list[str]) -> list[list[EntitySpan]]:
+        """Tagger spans with their scores, as the Triton client returns them to the guard."""
+        token_probs = self._run(io.PII_TAGGER, io.PII_HEAD, texts, Truncation.CHUNKS)
+        return pii_spans(self.tokenizer, texts, token_probs)
+
 
 def evaluate_domain(pipeline: OnnxPipeline, paths: ModelPaths) -> dict:
     rows, _ = load_rows(paths.data_dir, "domain", "dev", False)
@@ -94,7 +99,30 @@ def evaluate_pii(pipeline: OnnxPipeline, paths: ModelPaths) -> dict:
     return {"dev": metrics.entity_report(gold_entities(rows), predicted, io.PII_ENTITY_TYPES)}
 
 
-EVALUATORS = {"domain": evaluate_domain, "jailbreak": evaluate_jailbreak, "pii": evaluate_pii}
+def evaluate_pii_guard(pipeline: OnnxPipeline, paths: ModelPaths) -> dict:
+    """The guard's whole PII detection — tagger plus validated patterns, thresholded and merged exactly
+    as services.guard does it with the default config — on every entity type of the dev split."""
+    from services.common.config import PiiDetection
+    from services.guard.pii import entities_in_text
+
+    rows, _ = load_rows(paths.data_dir, "pii", "dev", False)
+    texts = [r["text"] for r in rows]
+    tagged = pipeline.pii_spans(texts)
+    policy = PiiDetection()
+    # The dev labels follow Presidio's evaluator, which files URLs under DOMAIN_NAME.
+    predicted = [[(e.start, e.end, "DOMAIN_NAME" if e.type == "URL" else e.type)
+                  for e in entities_in_text(text, spans, policy.threshold, policy.type_thresholds)]
+                 for text, spans in zip(texts, tagged)]
+    gold = [[(s["start"], s["end"], s["label"]) for s in r["spans"]] for r in rows]
+    types = sorted({t for spans in gold for _, _, t in spans})
+    report = metrics.entity_report(gold, predicted, types)
+    for mode in ("exact", "overlap"):
+        report[mode]["overall"] = metrics.overall_report(gold, predicted, mode)
+    return {"dev": report}
+
+
+EVALUATORS = {"domain": evaluate_domain, "jailbreak": evaluate_jailbreak, "pii": evaluate_pii,
+              "pii_guard": evaluate_pii_guard}
 
 
 def confusion_png(report: dict, target: Path) -> Path:

@@ -88,3 +88,18 @@ def _match(a: tuple[int, int, str], b: tuple[int, int, str], mode: str) -> bool:
     if mode == "exact":
         return a[0] == b[0] and a[1] == b[1]
     return a[0] < b[1] and b[0] < a[1]
+
+
+
+def overall_report(gold: list[list[tuple[int, int, str]]], predicted: list[list[tuple[int, int, str]]],
+                   mode: str) -> dict:
+    """P/R/F1 over all entities of all types together (a match needs the same type)."""
+    tp_p = tp_g = n_p = n_g = 0
+    for g, p in zip(gold, predicted):
+        n_g += len(g)
+        n_p += len(p)
+        tp_p += sum(any(a[2] == b[2] and _match(a, b, mode) for b in g) for a in p)
+        tp_g += sum(any(a[2] == b[2] and _match(a, b, mode) for a in p) for b in g)
+    precision, recall = tp_p / max(n_p, 1), tp_g / max(n_g, 1)
+    return {"precision": round(precision, 4), "recall": round(recall, 4),
+            "f1": round(2 * precision * recall / max(precision + recall, 1e-12), 4), "support": n_g}

@@ -102,15 +102,20 @@ def pii_negatives(paths: ModelPaths, count: int = 1500) -> tuple[list[str], obje
 
 def pii_entities(tokenizer: TextTokenizer, texts: list[str], token_probs: list[np.ndarray]):
     """Entity spans per text from per-token probabilities of the real word pieces (no CLS/SEP)."""
+    return [[(s.start, s.end, s.label) for s in spans] for spans in pii_spans(tokenizer, texts, token_probs)]
+
+
+def pii_spans(tokenizer: TextTokenizer, texts: list[str], token_probs: list[np.ndarray]):
+    """EntitySpans (with scores) per text from per-token probabilities of the real word pieces."""
     batch = tokenizer.encode(texts, Truncation.CHUNKS)
-    out: list[list[tuple[int, int, str]]] = [[] for _ in texts]
+    out: list[list] = [[] for _ in texts]
     for row in range(len(batch)):
         i = int(batch.text_index[row])
         n = int(batch.attention_mask[row].sum())
         probs = np.zeros((batch.input_ids.shape[1], len(io.PII_BIO_LABELS)), dtype=np.float32)
         probs[1 : n - 1] = token_probs[i][: n - 2]
         spans = decode_bio(batch.offsets[row], probs, batch.attention_mask[row], io.PII_BIO_LABELS, batch.word_ids[row])
-        out[i] += [(s.start, s.end, s.label) for s in spans]
+        out[i] += spans
     return out
 
 
