@@ -8,8 +8,7 @@ import numpy as np
 
 from services.common import model_io as io
 from services.common.config import TritonConfig
-from services.common.tokenizer import TokenizerNotFoundError
-from services.common.triton import TritonError, TritonModels
+from services.common.triton import LazyTritonModels, TritonError
 
 
 class EmbedderUnavailableError(RuntimeError):
@@ -34,24 +33,13 @@ class TritonEmbedder:
     dimension = io.HIDDEN_SIZE
 
     def __init__(self, triton: TritonConfig) -> None:
-        self.triton = triton
-        self._models: TritonModels | None = None
-
-    def _client(self) -> TritonModels:
-        # Built on first use: the service starts (and reports healthy) before the repository is built.
-        if self._models is None:
-            try:
-                self._models = TritonModels.from_config(self.triton)
-            except TokenizerNotFoundError as exc:
-                raise EmbedderUnavailableError(f"{exc}; run `make models`") from None
-        return self._models
+        self._models = LazyTritonModels(triton)
 
     async def embed(self, texts: list[str]) -> np.ndarray:
         try:
-            return await self._client().embed(texts)
+            return await self._models.get().embed(texts)
         except TritonError as exc:
             raise EmbedderUnavailableError(str(exc)) from exc
 
     async def close(self) -> None:
-        if self._models is not None:
-            await self._models.close()
+        await self._models.close()

@@ -18,7 +18,8 @@ from tritonclient.utils import InferenceServerException
 
 from services.common import model_io as io
 from services.common.config import TritonConfig
-from services.common.tokenizer import Batch, EntitySpan, TextTokenizer, Truncation, decode_bio, merge_chunk_spans
+from services.common.tokenizer import (Batch, EntitySpan, TextTokenizer, TokenizerNotFoundError, Truncation,
+                                       decode_bio, merge_chunk_spans)
 
 
 # Monotonic time at which the gRPC call being served gives up (set per call by the services). Triton
@@ -190,3 +191,24 @@ class TritonModels:
                 f"{model}: cannot reach {where} ({message}); is tritonserver running (`switchyard up`)?"
             )
         return TritonError(f"{model}: {where} failed: {status} {message}")
+
+
+class LazyTritonModels:
+    """TritonModels built on first use: a service starts (and reports healthy) before Triton has
+    loaded or the repository is built; until then its calls fail with a TritonError saying why."""
+
+    def __init__(self, config: TritonConfig) -> None:
+        self._config = config
+        self._models: TritonModels | None = None
+
+    def get(self) -> TritonModels:
+        if self._models is None:
+            try:
+                self._models = TritonModels.from_config(self._config)
+            except TokenizerNotFoundError as exc:
+                raise ModelNotAvailableError(f"{exc}; run `make models`") from None
+        return self._models
+
+    async def close(self) -> None:
+        if self._models is not None:
+            await self._models.close()

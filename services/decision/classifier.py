@@ -8,8 +8,7 @@ from prometheus_client.metrics import Histogram
 
 from services.common.config import TritonConfig
 from services.common.model_io import DOMAIN_LABELS
-from services.common.tokenizer import TokenizerNotFoundError
-from services.common.triton import TritonError, TritonModels
+from services.common.triton import LazyTritonModels, TritonError
 
 
 class ClassifierUnavailableError(RuntimeError):
@@ -22,23 +21,13 @@ class TritonDomainClassifier:
     labels = DOMAIN_LABELS
 
     def __init__(self, triton: TritonConfig, latency: Histogram) -> None:
-        self.triton = triton
         self.latency = latency
-        self._models: TritonModels | None = None
-
-    def _client(self) -> TritonModels:
-        # Built on first use: the service starts (and reports healthy) before Triton has loaded.
-        if self._models is None:
-            try:
-                self._models = TritonModels.from_config(self.triton)
-            except TokenizerNotFoundError as exc:
-                raise ClassifierUnavailableError(f"{exc}; run `make models`") from None
-        return self._models
+        self._models = LazyTritonModels(triton)
 
     async def classify(self, texts: list[str]) -> list[list[float]]:
         started = time.perf_counter()
         try:
-            _, probabilities = await self._client().classify_domain(texts)
+            _, probabilities = await self._models.get().classify_domain(texts)
         except TritonError as exc:
             raise ClassifierUnavailableError(f"domain classifier unavailable: {exc}") from None
         finally:
@@ -46,5 +35,4 @@ class TritonDomainClassifier:
         return probabilities.tolist()
 
     async def close(self) -> None:
-        if self._models is not None:
-            await self._models.close()
+        await self._models.close()

@@ -13,17 +13,15 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-import grpc
-import httpx
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.common import model_io
+from services.common.health import grpc_serving, http_ok
 from services.front.chat_request import RequestError
 from services.front.mesh_clients import ServiceCall
 from services.front.processor import FrontContext, RequestProcessor
@@ -392,37 +390,17 @@ class ClassificationApi:
             if not section.enabled:
                 checks[name] = "disabled"
                 continue
-            checks[name] = "ok" if await _grpc_serving(section.dial_address) else "unavailable"
+            checks[name] = "ok" if await grpc_serving(section.dial_address) else "unavailable"
         triton = self.config.triton
         base = f"http://{triton.host}:{triton.http_port}/v2"
         urls = [f"{base}/health/ready", *(f"{base}/models/{m}/ready" for m in model_io.ENSEMBLE_NAMES)]
-        checks["triton"] = "ok" if await _all_ok(urls) else "unavailable"
+        checks["triton"] = "ok" if await http_ok(*urls) else "unavailable"
         return checks
 
     async def triton_models_ready(self) -> dict[str, bool]:
         triton = self.config.triton
         base = f"http://{triton.host}:{triton.http_port}/v2/models"
-        return {m: await _all_ok([f"{base}/{m}/ready"]) for m in model_io.ENSEMBLE_NAMES}
-
-
-async def _grpc_serving(address: str) -> bool:
-    async with grpc.aio.insecure_channel(address) as channel:
-        try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-        except grpc.aio.AioRpcError:
-            return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
-
-
-async def _all_ok(urls: list[str]) -> bool:
-    try:
-        async with httpx.AsyncClient(timeout=1.0, trust_env=False) as client:
-            for url in urls:
-                if (await client.get(url)).status_code != 200:
-                    return False
-    except httpx.HTTPError:
-        return False
-    return True
+        return {m: await http_ok(f"{base}/{m}/ready") for m in model_io.ENSEMBLE_NAMES}
 
 
 def _ms(started: float) -> int:

@@ -13,13 +13,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-import httpx
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import model_io
 from services.common.config import SwitchyardConfig
+from services.common.health import grpc_serving, http_ok
 from services.common.triton_server import launch_spec, repository_problems
 from services.front.envoy_config import build_envoy_config, envoy_binary
 
@@ -62,24 +60,6 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-async def http_ok(url: str, expect: str | None = None) -> bool:
-    try:
-        async with httpx.AsyncClient(timeout=1.0, trust_env=False) as client:
-            response = await client.get(url)
-    except httpx.HTTPError:
-        return False
-    return response.status_code == 200 and (expect is None or expect in response.text)
-
-
-async def grpc_serving(address: str) -> bool:
-    async with grpc.aio.insecure_channel(address) as channel:
-        try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-        except grpc.aio.AioRpcError:
-            return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
-
-
 class Mesh:
     """The local mesh for one config file: specs, start, health wait, log streaming, stop."""
 
@@ -112,11 +92,8 @@ class Mesh:
                 base = f"http://{t.host}:{t.http_port}/v2"
 
                 async def triton_ready() -> bool:
-                    checks = [f"{base}/health/ready", *(f"{base}/models/{m}/ready" for m in model_io.ENSEMBLE_NAMES)]
-                    for url in checks:
-                        if not await http_ok(url):
-                            return False
-                    return True
+                    return await http_ok(f"{base}/health/ready",
+                                         *(f"{base}/models/{m}/ready" for m in model_io.ENSEMBLE_NAMES))
 
                 specs.append(ProcessSpec(
                     "triton", launch.argv, ready=triton_ready, env=launch.env,
@@ -153,7 +130,7 @@ class Mesh:
             specs.append(ProcessSpec(
                 "envoy",
                 [str(envoy_binary(c)), "-c", str(envoy_yaml), "--log-level", "warn", "--disable-hot-restart"],
-                ready=lambda: http_ok(f"http://{e.host}:{e.admin_port}/ready", "LIVE"),
+                ready=lambda: http_ok(f"http://{e.host}:{e.admin_port}/ready", expect="LIVE"),
                 endpoint=f"http://{e.host}:{e.listener_port}  (admin :{e.admin_port})",
                 ports=[("envoy.listener_port", e.host, e.listener_port), ("envoy.admin_port", e.host, e.admin_port)]))
         return specs
