@@ -64,11 +64,21 @@ def find_emails(text: str) -> Iterator[Entity]:
 
 
 # PHONE_NUMBER -------------------------------------------------------------------------------------
+_EXTENSION = r"(?:\s?(?:x|ext\.?)\s?\d{1,5})?"
 _PHONE_NANP = re.compile(
-    r"(?<![\w+])(?:\+?1[\s.-]?)?(?:\((\d{3})\)|(\d{3}))[\s.-]?(\d{3})[\s.-]?(\d{4})(?![\w]|-\d)"
+    r"(?<![\w+])(?:\+?1[\s.-]?)?(?:\((\d{3})\)|(\d{3}))[\s.-]?(\d{3})[\s.-]?(\d{4})" + _EXTENSION + r"(?![\w]|-\d)"
 )
+# Local formats ("439 4166", "0380 7558505", "(72) 583-350"): digit groups only; accepted only with
+# phone context before or a label after, since bare digit groups are everywhere in prose and code.
+_PHONE_LOCAL = re.compile(r"(?<![\w+.,-])(?:\(\d{2,5}\)\s?|\d{2,5}[ .-])(?:\d{2,5}[ .-]){0,3}\d{3,8}(?![\w-]|[.,]\d)")
+_PHONE_LABEL_AFTER = re.compile(r"[ \t]{0,3}[(\[]?(?:office|fax|mobile|cell|home|work|tel|phone)\b", re.IGNORECASE)
 _PHONE_INTL = re.compile(r"(?<![\w+])\+[1-9]\d{0,2}(?:[\s.-]?\(?\d{1,4}\)?){2,6}(?!\w|-\d)")
 _PHONE_CONTEXT = _context(r"phone|call|tel\b|telephone|mobile|cell|fax|contact|reach|whatsapp|sms|text me")
+
+
+def _phone_context(text: str, start: int, end: int) -> bool:
+    """A phone word before the number, or a label such as "office" or "fax" right after it."""
+    return _has_context(text, start, _PHONE_CONTEXT) or _PHONE_LABEL_AFTER.match(text, end) is not None
 
 
 def find_phone_numbers(text: str) -> Iterator[Entity]:
@@ -80,7 +90,7 @@ def find_phone_numbers(text: str) -> Iterator[Entity]:
         # NANP: area code and exchange start with 2-9; others are placeholders or not phone numbers.
         valid = area[0] in "23456789" and exchange[0] in "23456789"
         confidence = (0.7 if formatted else 0.4) if valid else 0.3
-        if _has_context(text, m.start(), _PHONE_CONTEXT):
+        if _phone_context(text, m.start(), m.end()):
             confidence += 0.25
         seen.append((m.start(), m.end()))
         yield _entity(PHONE_NUMBER, m.start(), m.end(), confidence)
@@ -89,8 +99,15 @@ def find_phone_numbers(text: str) -> Iterator[Entity]:
         # E.164 allows at most 15 digits; fewer than 8 is an extension or a code, not a number.
         if not 8 <= len(digits) <= 15 or any(s <= m.start() < e for s, e in seen):
             continue
-        confidence = 0.75 + (0.2 if _has_context(text, m.start(), _PHONE_CONTEXT) else 0.0)
+        confidence = 0.75 + (0.2 if _phone_context(text, m.start(), m.end()) else 0.0)
+        seen.append((m.start(), m.end()))
         yield _entity(PHONE_NUMBER, m.start(), m.end(), confidence)
+    for m in _PHONE_LOCAL.finditer(text):
+        digits = re.sub(r"\D", "", m.group())
+        if not 7 <= len(digits) <= 12 or any(s < m.end() and m.start() < e for s, e in seen):
+            continue
+        if _phone_context(text, m.start(), m.end()):
+            yield _entity(PHONE_NUMBER, m.start(), m.end(), 0.7)
 
 
 # CREDIT_CARD --------------------------------------------------------------------------------------

@@ -35,6 +35,11 @@ def test_email_rejected(text: str) -> None:
     ("+1 415.555.2671 is the desk", "+1 415.555.2671"),
     ("London office +44 20 7946 0958", "+44 20 7946 0958"),
     ("my phone 4155552671", "4155552671"),
+    ("650-752-7354x549 office", "650-752-7354x549"),  # extension kept
+    ("723 813 266 office", "723 813 266"),  # local format, labelled after
+    ("0380 7558505 fax", "0380 7558505"),
+    ("call me on 439 4166 tonight", "439 4166"),  # local format, context before
+    ("(72) 583-350 office", "(72) 583-350"),
 ])
 def test_phone_found(text: str, value: str) -> None:
     assert found(text, p.PHONE_NUMBER) == [value]
@@ -45,6 +50,9 @@ def test_phone_found(text: str, value: str) -> None:
     "(123) 456-7890",  # NANP area codes never start with 1
     "+12 345",  # too few digits
     "2023-10-12",
+    "the total was 123 456 789 dollars",  # digit groups without phone context
+    "version 1.2.3 released 2024 05 06",
+    "see 439 4166 in the ledger",
 ])
 def test_phone_rejected(text: str) -> None:
     assert found(text, p.PHONE_NUMBER) == []
