@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import time
@@ -156,24 +155,6 @@ def wait_until_ready(
         if not is_alive():
             raise TritonNotReadyError("tritonserver exited before it became ready; see its log")
         time.sleep(0.25)
-    raise TritonNotReadyError(
-        f"tritonserver on {config.host}:{config.http_port} not ready after {timeout_s:.0f}s; see its log"
-    )
-
-
-async def wait_until_ready_async(
-    config: TritonConfig,
-    timeout_s: float = 120.0,
-    models: tuple[str, ...] = io.ENSEMBLE_NAMES,
-    is_alive=lambda: True,
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await asyncio.to_thread(_ready, config.host, config.http_port, models):
-            return
-        if not is_alive():
-            raise TritonNotReadyError("tritonserver exited before it became ready; see its log")
-        await asyncio.sleep(0.25)
     raise TritonNotReadyError(
         f"tritonserver on {config.host}:{config.http_port} not ready after {timeout_s:.0f}s; see its log"
     )

@@ -313,7 +313,7 @@ class ClassificationApi:
         except ValueError as exc:
             raise ApiError(422, "INVALID_INPUT", f"options: {exc}") from None
 
-        async def one(text: str) -> dict[str, Any]:
+        async def one(text: str) -> tuple[IntentResponse | None, dict[str, Any]]:
             async with gate:
                 tasks: dict[str, Any] = {}
                 if request.task_type in ("intent", "all"):
@@ -323,27 +323,24 @@ class ClassificationApi:
                 if request.task_type in ("security", "all"):
                     tasks["security"] = self.security(SecurityRequest(text=text, options=security_options))
                 answers = dict(zip(tasks, await asyncio.gather(*tasks.values())))
+            intent = answers.get("intent")
             if request.task_type == "intent":
-                intent = answers["intent"]
-                return {**intent.classification.model_dump(), "probabilities": intent.probabilities,
-                        "recommended_model": intent.recommended_model}
+                return intent, {**intent.classification.model_dump(), "probabilities": intent.probabilities,
+                                "recommended_model": intent.recommended_model}
             if request.task_type != "all":
-                return answers[request.task_type].model_dump(exclude_none=True)
-            return {name: answer.model_dump(exclude_none=True) for name, answer in answers.items()}
+                return None, answers[request.task_type].model_dump(exclude_none=True)
+            return intent, {name: answer.model_dump(exclude_none=True) for name, answer in answers.items()}
 
-        results = await asyncio.gather(*(one(text) for text in request.texts))
-        categories = [r.get("category") or (r.get("intent") or {}).get("classification", {}).get("category")
-                      for r in results]
-        confidences = [r.get("confidence") if "confidence" in r and "category" in r
-                       else (r.get("intent") or {}).get("classification", {}).get("confidence") for r in results]
-        known = [c for c in confidences if isinstance(c, (int, float))]
+        outcomes = await asyncio.gather(*(one(text) for text in request.texts))
+        # Statistics come from the typed intent answers, not from the shaped result dicts.
+        intents = [intent.classification for intent, _ in outcomes if intent is not None]
         threshold = self.config.routing.confidence_threshold
         return BatchResponse(
-            results=list(results), total_count=len(results), processing_time_ms=_ms(started),
+            results=[result for _, result in outcomes], total_count=len(outcomes), processing_time_ms=_ms(started),
             statistics=BatchStatistics(
-                category_distribution=dict(Counter(c for c in categories if c)),
-                avg_confidence=round(sum(known) / len(known), 6) if known else 0.0,
-                low_confidence_count=sum(1 for c in known if c < threshold)))
+                category_distribution=dict(Counter(c.category for c in intents)),
+                avg_confidence=round(sum(c.confidence for c in intents) / len(intents), 6) if intents else 0.0,
+                low_confidence_count=sum(1 for c in intents if c.confidence < threshold)))
 
     async def route(self, raw: bytes, headers: dict[str, str]) -> RouteVerdict:
         processor = RequestProcessor(self.context)

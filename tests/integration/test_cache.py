@@ -16,9 +16,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common import model_io as io
 from services.common.config import TritonConfig, load_config
-from services.common.triton_server import launch_spec, wait_until_ready
 from switchyard.v1 import cache_pb2, cache_pb2_grpc, common_pb2
 from tests.conftest import REPO, config_on_free_ports, free_ports
 
@@ -30,22 +28,9 @@ UNRELATED = "How do I bake sourdough bread?"
 
 
 @pytest.fixture(scope="module")
-def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonConfig]:
-    http, grpc_port, metrics = free_ports(3)
-    config = TritonConfig(http_port=http, grpc_port=grpc_port, metrics_port=metrics,
-                          model_repository=REPO / "triton_models")
-    spec = launch_spec(config)  # raises, naming the fix, when the repository is not built
-    log = tmp_path_factory.mktemp("triton") / "triton.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(spec.argv, env=spec.env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_until_ready(config, 180, models=(io.EMBEDDER,), is_alive=lambda: process.poll() is None)
-    except Exception as exc:
-        process.kill()
-        raise RuntimeError(f"Triton did not start: {exc}\n{log.read_text()[-4000:]}") from exc
-    yield config
-    process.terminate()
-    process.wait(30)
+def triton(triton_server: TritonConfig) -> TritonConfig:
+    """The session's Triton (tests/integration/conftest.py), shared instead of starting another."""
+    return triton_server
 
 
 class CacheProcess:
