@@ -18,8 +18,8 @@ import yaml
 
 KUBERNETES_VERSION = "1.35.0"
 
-# Custom resources: kubernetes-validate ships schemas for built-in kinds only, and the CRDs of
-# these projects are not on PyPI. tests/unit/helm checks their wiring field by field instead.
+# Custom resources: kubernetes-validate ships schemas for built-in kinds only. These are validated
+# against their upstream CRDs by helm/tools/validate_custom_resources.py instead.
 CUSTOM_KINDS = {
     "ServiceMonitor": "monitoring.coreos.com/v1 (Prometheus Operator)",
     "GatewayClass": "gateway.networking.k8s.io/v1 (Gateway API)",
@@ -28,8 +28,8 @@ CUSTOM_KINDS = {
     "EnvoyPatchPolicy": "gateway.envoyproxy.io/v1alpha1 (Envoy Gateway)",
     "EnvoyExtensionPolicy": "gateway.envoyproxy.io/v1alpha1 (Envoy Gateway)",
     "Backend": "gateway.envoyproxy.io/v1alpha1 (Envoy Gateway)",
-    "AIServiceBackend": "aigateway.envoyproxy.io/v1alpha1 (Envoy AI Gateway)",
-    "AIGatewayRoute": "aigateway.envoyproxy.io/v1alpha1 (Envoy AI Gateway)",
+    "AIServiceBackend": "aigateway.envoyproxy.io/v1beta1 (Envoy AI Gateway)",
+    "AIGatewayRoute": "aigateway.envoyproxy.io/v1beta1 (Envoy AI Gateway)",
 }
 
 

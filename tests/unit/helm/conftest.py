@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -35,11 +38,26 @@ def tool(name: str) -> Path:
     """A tool from .venv-tools; missing fails under CI (CI=true) and skips on a developer machine."""
     path = TOOLS_BIN / name
     if not path.exists():
-        message = f"{path} is missing: {INSTALL_HINT}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        or_skip(f"{path} is missing: {INSTALL_HINT}")
     return path
+
+
+def or_skip(message: str) -> None:
+    """Something the checks need is missing: a failure under CI (CI=true), a skip on a developer machine."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def chart_tool(name: str) -> ModuleType:
+    """A module of helm/tools (scripts run by path, not a package), imported for in-process checks."""
+    module_name = f"helm_tools_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, REPO / "helm" / "tools" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # dataclasses look their module up while the class is built
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
 
 
 def helm_template(*args: str, chart: Path = CHART) -> subprocess.CompletedProcess[str]:

@@ -22,7 +22,7 @@ CHECKOV_ACCEPTED = {
     # chart renders repository:tag verbatim) or let your CD tool pin them.
     "CKV_K8S_43": "Image should use digest",
 }
-# Kinds kubernetes-validate has no schema for (CRDs); tests/unit/helm/test_wiring.py checks their fields.
+# Kinds kubernetes-validate has no schema for (CRDs); test_custom_resources.py validates them against their CRDs.
 EXPECTED_CUSTOM_KINDS = {"ServiceMonitor", "GatewayClass", "Gateway", "ClientTrafficPolicy", "EnvoyPatchPolicy",
                          "EnvoyExtensionPolicy", "Backend", "AIServiceBackend", "AIGatewayRoute"}
 DOCKER_TARGETS = {"front", "decision", "guard", "cache", "simulator", "triton"}
