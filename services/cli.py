@@ -86,18 +86,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        exited = asyncio.create_task(mesh.wait_for_exit())
-        stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait({exited, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        code = 0
-        if exited.done():
-            print(f"switchyard up: {exited.result()} exited; stopping the rest", file=sys.stderr)
-            code = 1
-        else:
-            exited.cancel()
+        # A process that crashes is restarted by the mesh (with backoff); only Ctrl-C/SIGTERM stops all.
+        await stop.wait()
         print("stopping...", flush=True)
         await mesh.stop()
-        return code
+        return 0
 
     return asyncio.run(run())
 

@@ -205,6 +205,14 @@ class BackendConfig(_Section):
     port: Port = 8100
 
 
+class CircuitBreakerConfig(_Section):
+    """After `failures` failed calls in a row the front stops calling the service for `cooldown_ms`,
+    answering at once with the service's failure mode; then one probe call decides (half-open)."""
+
+    failures: int = Field(default=5, ge=1)
+    cooldown_ms: Positive = 1000
+
+
 class ServiceConfig(_Section):
     """A mesh service (decision, guard, cache): where it listens and how the front treats it."""
 
@@ -214,8 +222,13 @@ class ServiceConfig(_Section):
     metrics_port: Port
     # Where the front dials; defaults to host:port.
     address: str | None = None
-    deadline_ms: Positive = 250
+    # The deadline of one call is a budget: this floor, plus `deadline_per_token_ms` for every token of
+    # routing work in flight (this request's and the ones admitted before it, which share Triton's CPU),
+    # capped by front.max_routing_ms. Defaults measured on 2 CPU cores (README, "Deadlines").
+    deadline_ms: Positive = 300
+    deadline_per_token_ms: float = Field(default=1.0, ge=0)
     on_failure: FailureMode = FailureMode.OPEN
+    circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
 
     @property
     def dial_address(self) -> str:
@@ -233,7 +246,8 @@ class JailbreakPolicy(_Section):
     chunk_overlap_tokens: int = Field(default=64, ge=0, le=256)
     # Messages of fewer words are not scored: "hi", "ok" or "help" carry no instruction to
     # override anything, and the classifier, trained on long attacks, scores such fragments
-    # unreliably (0.6-0.9 measured for "hi", "ok", "help").
+    # unreliably (0.6-0.9 measured for "hi", "ok", "help"). Words as services.common.text_units
+    # counts them: every character of a script without spaces (Chinese, Japanese, Thai) is one.
     min_words: int = Field(default=3, ge=1)
 
 
@@ -252,6 +266,9 @@ class PiiDetection(_Section):
 
 
 class GuardConfig(ServiceConfig):
+    # No verdict, no backend call: a request the guard has not checked gets 503 guard_unavailable.
+    # "open" routes it anyway and marks the response `x-vsr-guard: unverified`.
+    on_failure: FailureMode = FailureMode.CLOSED
     jailbreak: JailbreakPolicy = Field(default_factory=JailbreakPolicy)
     pii: PiiDetection = Field(default_factory=PiiDetection)
 
@@ -295,6 +312,16 @@ class ApiConfig(_Section):
     deadline_ms: Positive = 10000
 
 
+class AdmissionConfig(_Section):
+    """How much routing work the front takes on at once; past it a request gets 429 + Retry-After."""
+
+    # Routed requests in flight (between the request body and the routing verdict).
+    max_inflight_requests: int = Field(default=64, gt=0)
+    # Fixed cost of one request in token-equivalents (tokenizing, gRPC, Triton's per-call overhead):
+    # a 5-token prompt is not free. The work of a request = its estimated tokens + this.
+    overhead_tokens: int = Field(default=32, ge=0)
+
+
 class FrontConfig(_Section):
     host: str = "127.0.0.1"
     grpc_port: Port = 50051
@@ -306,6 +333,13 @@ class FrontConfig(_Section):
     # Header that names the tenant/user for cache scoping.
     tenant_header: str = "x-user-id"
     api: ApiConfig = Field(default_factory=ApiConfig)
+    # Cap of every service deadline, so routing always answers before Envoy's message_timeout_ms.
+    # Work that cannot fit under it is refused at admission: 429 when the mesh is busy, 413 when the
+    # prompt alone is too long.
+    max_routing_ms: Positive = 4000
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
+    # Longer `model` values are refused (400) before any service is asked; no model is named so.
+    max_model_name_chars: int = Field(default=256, gt=0)
 
 
 class TritonConfig(_Section):
@@ -316,7 +350,8 @@ class TritonConfig(_Section):
     grpc_port: Port = 8001
     metrics_port: Port = 8002
     model_repository: Path = Path("triton_models")
-    timeout_ms: Positive = 2000
+    # Upper bound of one Triton call; the caller's own (shorter) deadline is sent along and wins.
+    timeout_ms: Positive = 4000
 
     @property
     def grpc_url(self) -> str:
@@ -383,6 +418,15 @@ class SwitchyardConfig(_Section):
                 )
             elif model.backend is not None and model.backend not in names:
                 problems.append(_unknown(f"routing.models.{model_name}.backend", model.backend, names))
+        if self.front.max_routing_ms >= self.envoy.message_timeout_ms:
+            problems.append(f"front.max_routing_ms: must be below envoy.message_timeout_ms "
+                            f"({self.envoy.message_timeout_ms:g}), or Envoy gives up before the router answers; "
+                            f"got {self.front.max_routing_ms:g}")
+        for name in ("decision", "guard", "cache"):
+            floor = getattr(self, name).deadline_ms
+            if floor >= self.front.max_routing_ms:
+                problems.append(f"{name}.deadline_ms: must be below front.max_routing_ms "
+                                f"({self.front.max_routing_ms:g}), got {floor:g}")
         if problems:
             raise _PathProblems(problems)
         return self

@@ -59,7 +59,9 @@ class RoutingPolicy:
             return None
         if requested not in self.routing.models and self.routing.unknown_model == "reject":
             known = ", ".join([*self.routing.aliases, *self.routing.models])
-            raise UnknownModelError(f"model {requested!r} is not served by this router; use one of: {known}")
+            # Only the head of the name: the message travels in gRPC metadata (16 KB at most).
+            shown = requested if len(requested) <= 64 else requested[:64] + "..."
+            raise UnknownModelError(f"model {shown!r} is not served by this router; use one of: {known}")
         return Decision(candidates=[Candidate(requested, 1.0, False)], fallback_reason="requested_model")
 
     def for_rule(self, text: str) -> Decision | None:

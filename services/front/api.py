@@ -388,6 +388,10 @@ class ClassificationApi:
                 checks[name] = "disabled"
                 continue
             checks[name] = "ok" if await grpc_serving(section.dial_address) else "unavailable"
+            circuit = self.context.clients.breakers[name].state
+            if circuit.value != "closed":
+                # The front is failing calls to it fast (its failure mode applies) until a probe succeeds.
+                checks[name] = f"circuit_{circuit.value}"
         triton = self.config.triton
         base = f"http://{triton.host}:{triton.http_port}/v2"
         urls = [f"{base}/health/ready", *(f"{base}/models/{m}/ready" for m in model_io.ENSEMBLE_NAMES)]

@@ -15,13 +15,15 @@ class RequestError(Exception):
     """A request the router answers itself with an OpenAI error body."""
 
     def __init__(self, status: int, message: str, code: str, param: str | None = None,
-                 error_type: str = "invalid_request_error") -> None:
+                 error_type: str = "invalid_request_error", headers: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
         self.param = param
         self.error_type = error_type
+        # Extra response headers of the error reply (Retry-After on 429/503).
+        self.headers = headers
 
 
 @dataclass

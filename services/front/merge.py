@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from services.common.config import FailureMode, SwitchyardConfig
@@ -40,7 +41,14 @@ class Outcome:
     headers: list[tuple[str, str]] = field(default_factory=list)
     # Entities to replace by placeholders in the outgoing body (types in guard.pii.mask_types).
     mask_entities: list[guard_pb2.PiiEntity] = field(default_factory=list)
+    # Why the guard did not verify this request ("" = it did): see guard_unverified_reason.
+    unverified: str = ""
 
+
+# Response header on everything that went on without a guard verdict (guard.on_failure: open, or the
+# guard disabled): the operator chose that, and the client is told.
+GUARD_HEADER = "x-vsr-guard"
+UNVERIFIED = "unverified"
 
 BLOCK_MESSAGE_JAILBREAK = (
     "This request was blocked because it looks like an attempt to bypass the assistant's safety "
@@ -63,12 +71,37 @@ def merge(config: SwitchyardConfig, request: ChatRequest,
         if call.failed and call.failure not in ("disabled", "cancelled"):
             section = getattr(config, call.service)
             if section.on_failure is FailureMode.CLOSED:
-                error = RequestError(503, f"the {call.service} service is unavailable ({call.failure}); "
-                                     "the router is configured to fail closed for it",
-                                     f"{call.service}_unavailable", error_type="service_unavailable")
+                retry_after = max(1, math.ceil(call.retry_after_s))
+                error = RequestError(503, f"the {call.service} service is unavailable ({call.failure}); the router "
+                                     f"does not route requests it has not checked ({call.service}.on_failure: closed)",
+                                     f"{call.service}_unavailable", error_type="service_unavailable",
+                                     headers=(("retry-after", str(retry_after)),))
                 return Outcome("error", reply=error_reply(error), degraded=[call.service])
             degraded.append(call.service)
+    # Whatever goes on without a guard verdict says so, to the client (header) and in the metrics.
+    unverified = guard_unverified_reason(guard)
+    marks = [(GUARD_HEADER, UNVERIFIED)] if unverified else []
+    outcome = _merge_verdicts(config, request, decision, guard, cache, degraded)
+    outcome.headers = [*outcome.headers, *marks]
+    outcome.unverified = unverified
+    return outcome
 
+
+def guard_unverified_reason(guard: ServiceCall[guard_pb2.CheckResponse]) -> str:
+    """Why the request has no guard verdict ("" when it has one): a failure, "disabled" or "no_opinion"."""
+    if guard.failure == "cancelled":
+        return ""
+    if guard.failed:
+        return guard.failure or "error"
+    if guard.rejection is not None:
+        return ""
+    return "" if guard.result is not None and guard.result.has_opinion else "no_opinion"
+
+
+def _merge_verdicts(config: SwitchyardConfig, request: ChatRequest,
+                    decision: ServiceCall[decision_pb2.DecideResponse],
+                    guard: ServiceCall[guard_pb2.CheckResponse],
+                    cache: ServiceCall[cache_pb2.LookupResponse], degraded: list[str]) -> Outcome:
     if decision.rejection is not None:
         return Outcome("error", reply=error_reply(decision.rejection), degraded=degraded)
 

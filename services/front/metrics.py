@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -43,3 +43,17 @@ class FrontMetrics:
                               "by reason (jailbreak, pii).", ["reason"], registry=r)
         self.pii_actions = Counter("switchyard_front_pii_actions", "Requests in which the guard found PII, by "
                                    "what the router did (allow, mask, reroute, block).", ["action"], registry=r)
+        self.admission_rejections = Counter(
+            "switchyard_front_admission_rejections", "Requests refused before any work: router_overloaded (429) "
+            "or prompt_too_long (413).", ["reason"], registry=r)
+        self.inflight_requests = Gauge("switchyard_front_inflight_requests", "Routed requests in flight.",
+                                       registry=r)
+        self.inflight_work = Gauge("switchyard_front_inflight_work_tokens",
+                                   "Routing work in flight, in token-equivalents (admission control).", registry=r)
+        self.unverified = Counter(
+            "switchyard_front_unverified", "Requests that went on without a guard verdict (guard.on_failure: "
+            "open or the guard disabled), by why: timeout, unavailable, error, circuit_open, disabled, no_opinion.",
+            ["reason"], registry=r)
+        self.circuit_state = Gauge("switchyard_front_circuit_state",
+                                   "Circuit breaker per service: 0 closed, 1 half-open, 2 open.", ["service"],
+                                   registry=r)

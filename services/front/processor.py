@@ -18,12 +18,15 @@ from envoy.type.v3 import http_status_pb2
 from services.common.config import SwitchyardConfig
 from services.common.pii_masking import MaskingError, MaskMapping, StreamUnmasker, mask_body, unmask_text
 from services.common.sse import cacheable, reassemble_sse
+from services.front.admission import Admission, Admitted, Overloaded
 from services.front.body_rewrite import rewrite_body
 from services.front.chat_request import ChatRequest, RequestError, dumps, loads, parse_chat_request
 from services.front.merge import Outcome, merge, pii_blocked_reply
 from services.front.mesh_clients import MeshClients, ServiceCall
 from services.front.metrics import FrontMetrics
 from services.front.replies import Reply, error_reply, models_reply
+from services.front.requested_model import check_requested_model
+from services.front.service_names import Service
 from switchyard.v1 import cache_pb2, common_pb2
 
 log = logging.getLogger("switchyard.front")
@@ -44,6 +47,12 @@ class FrontContext:
     metrics: FrontMetrics
     # Cache writes in flight; past `config.cache.write_queue_size` new ones are dropped (and counted).
     pending_writes: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Routing work in flight, shared by every stream of this process (None: made from the config).
+    admission: Admission = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.admission is None:
+            self.admission = Admission(self.config)
 
 
 def header_option(key: str, value: str) -> core.HeaderValueOption:
@@ -152,13 +161,22 @@ class RequestProcessor:
             raise RequestError(413, f"the request body is {len(raw)} bytes; the limit is "
                                f"{self.config.front.max_body_bytes} (front.max_body_bytes)", "request_too_large")
         self.request = parse_chat_request(raw)
+        # Before any service is asked: what is accepted must not depend on a service being up.
+        check_requested_model(self.config, self.request.model)
         context = self.context_message = self.request.to_context(
             request_id=self.request_headers.get("x-request-id", ""),
             tenant=self.request_headers.get(self.config.front.tenant_header.lower(), ""),
             cache_directives=self._cache_directives(),
             traceparent=self.request_headers.get("traceparent", ""),
         )
-        calls = await self._fan_out(context)
+        admission = self.context.admission
+        admitted = admission.admit(admission.work_of(m.text for m in self.request.messages))
+        self._observe_admission()
+        try:
+            calls = await self._fan_out(context, admitted)
+        finally:
+            admission.release(admitted)
+            self._observe_admission()
         self.outcome = outcome = merge(self.config, self.request, calls["decision"], calls["guard"], calls["cache"])
         if not dry_run:
             self.metrics.routing_latency.observe(time.perf_counter() - started)
@@ -193,14 +211,20 @@ class RequestProcessor:
             directives += [d.strip().lower() for d in value.split(",") if d.strip()]
         return directives
 
-    async def _fan_out(self, context: Any) -> dict[str, ServiceCall]:
-        """Ask the three services at once; a guard block cancels the calls still out."""
+    def _observe_admission(self) -> None:
+        admission = self.context.admission
+        self.metrics.inflight_requests.set(admission.inflight_requests)
+        self.metrics.inflight_work.set(admission.inflight_work)
+
+    async def _fan_out(self, context: Any, admitted: Admitted) -> dict[str, ServiceCall]:
+        """Ask the three services at once, each under its deadline; a guard block cancels the calls still out."""
         clients = self.context.clients
+        deadlines = admitted.deadlines_s
         started = time.perf_counter()
         tasks = {
-            asyncio.create_task(clients.check(context)): "guard",
-            asyncio.create_task(clients.decide(context)): "decision",
-            asyncio.create_task(clients.lookup(context)): "cache",
+            asyncio.create_task(clients.check(context, deadlines[Service.GUARD])): "guard",
+            asyncio.create_task(clients.decide(context, deadlines[Service.DECISION])): "decision",
+            asyncio.create_task(clients.lookup(context, deadlines[Service.CACHE])): "cache",
         }
         calls: dict[str, ServiceCall] = {}
         pending = set(tasks)
@@ -229,13 +253,19 @@ class RequestProcessor:
         for call in calls.values():
             if call.failed and call.failure not in ("disabled", "cancelled"):
                 self.metrics.degraded.labels(call.service, call.failure).inc()
+        if outcome.unverified and outcome.kind != "error":
+            self.metrics.unverified.labels(outcome.unverified).inc()
         if outcome.route is not None and outcome.kind == "upstream":
-            self.metrics.model_requests.labels(outcome.route.model).inc()
+            self.metrics.model_requests.labels(self._model_label(outcome.route.model)).inc()
             if self.request is not None and outcome.route.model != self.request.model:
-                source = self.request.model if self.request.model in self.config.routing.aliases or \
-                    self.request.model in self.config.routing.models else "other"
-                self.metrics.routing_modifications.labels(source, outcome.route.model).inc()
+                self.metrics.routing_modifications.labels(self._model_label(self.request.model),
+                                                          self._model_label(outcome.route.model)).inc()
         self._count_protection(outcome, calls)
+
+    def _model_label(self, model: str) -> str:
+        # Client-sent names (unknown_model: passthrough) must not become label values: "other".
+        routing = self.config.routing
+        return model if model in routing.models or model in routing.aliases else "other"
 
     def _count_protection(self, outcome: Outcome, calls: dict[str, ServiceCall]) -> None:
         block_reason = block_reason_of(outcome)
@@ -262,6 +292,8 @@ class RequestProcessor:
 
     def _error(self, error: RequestError) -> ep.ProcessingResponse:
         self.metrics.errors.labels(error.code).inc()
+        if isinstance(error, Overloaded) or error.code == "prompt_too_long":
+            self.metrics.admission_rejections.labels(error.code).inc()
         return immediate(error_reply(error))
 
     # -- response headers --------------------------------------------------------------------
@@ -359,7 +391,7 @@ class RequestProcessor:
     def _account(self, usage: dict[str, Any] | None) -> None:
         if not usage or self.outcome is None or self.outcome.route is None:
             return
-        model = self.outcome.route.model
+        model = self._model_label(self.outcome.route.model)
         for key, counter in (("prompt_tokens", self.metrics.prompt_tokens),
                              ("completion_tokens", self.metrics.completion_tokens)):
             value = usage.get(key)

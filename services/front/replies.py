@@ -25,7 +25,7 @@ class Reply:
 def error_reply(error: RequestError, extra_headers: tuple[tuple[str, str], ...] = ()) -> Reply:
     payload = {"error": {"message": error.message, "type": error.error_type, "code": error.code,
                          "param": error.param}}
-    return Reply(error.status, dumps(payload), JSON, extra_headers)
+    return Reply(error.status, dumps(payload), JSON, (*error.headers, *extra_headers))
 
 
 def completion_id() -> str:

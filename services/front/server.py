@@ -17,6 +17,7 @@ from services.common import telemetry
 from services.common.config import SwitchyardConfig
 from services.common.grpc_server import run_grpc_service
 from services.front.api import build_http_app
+from services.front.circuit import STATE_VALUES, CircuitState
 from services.front.mesh_clients import MeshClients
 from services.front.metrics import FrontMetrics
 from services.front.processor import FrontContext, RequestProcessor, block_reason_of
@@ -103,7 +104,10 @@ class ExternalProcessorServicer(ep_grpc.ExternalProcessorServicer):
 async def serve(config: SwitchyardConfig) -> None:
     section = config.front
     metrics = FrontMetrics()
-    clients = MeshClients(config)
+    clients = MeshClients(config, on_circuit_change=lambda service, state: metrics.circuit_state.labels(
+        service).set(STATE_VALUES[state]))
+    for service in clients.sections:
+        metrics.circuit_state.labels(service).set(STATE_VALUES[CircuitState.CLOSED])
     await clients.start()
     context = FrontContext(config=config, clients=clients, metrics=metrics)
     http = uvicorn.Server(uvicorn.Config(build_http_app(context), host=section.host, port=section.http_port,

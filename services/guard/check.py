@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from services.common.config import GuardConfig
+from services.common.text_units import count_words
 from services.common.telemetry import decision_span, set_decision_attributes
 from services.guard.chunking import Chunker
 from services.guard.jailbreak import JAILBREAK_TYPE, JailbreakResult, JailbreakScorer, score_messages
@@ -94,7 +95,7 @@ class RequestGuard:
         # verdict would read as "clean" for the half that was not checked.
         jailbreak, tagged = await asyncio.gather(
             self._score_jailbreak([(i, messages[i].text) for i in jailbreak_indices
-                                   if len(messages[i].text.split()) >= jailbreak_cfg.min_words]),
+                                   if count_words(messages[i].text) >= jailbreak_cfg.min_words]),
             self._tag([messages[i].text for i in pii_indices]),
         )
         verdict = GuardVerdict(checked=True, jailbreak=jailbreak)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import grpc
 
 from services.common.config import SwitchyardConfig
 from services.common.grpc_server import run_grpc_service
-from services.common.triton import TritonError, TritonModels, TritonTimeoutError, set_call_deadline
+from services.common.tokenizer import TokenizerNotFoundError
+from services.common.triton import (LazyTritonModels, ModelNotAvailableError, TritonError, TritonTimeoutError,
+                                    set_call_deadline)
 from services.guard.check import RequestGuard
 from services.guard.chunking import TokenChunker
 from services.guard.metrics import GuardMetrics
+from services.guard.pii import TaggedSpan
 from switchyard.v1 import guard_pb2, guard_pb2_grpc
 
 log = logging.getLogger("switchyard.guard")
@@ -50,12 +54,39 @@ def build_chunker(config: SwitchyardConfig) -> TokenChunker:
                                         policy.chunk_overlap_tokens)
 
 
+class LazyGuardModels:
+    """The guard's Triton models and token windows, built on first use: the guard starts (and reports
+    healthy) on an unbuilt model repository like the other services, and its checks fail with a
+    TritonError saying why, so the front applies guard.on_failure instead of finding no guard at all."""
+
+    def __init__(self, config: SwitchyardConfig) -> None:
+        self._config = config
+        self._models = LazyTritonModels(config.triton)
+        self._chunker: TokenChunker | None = None
+
+    async def jailbreak_scores(self, texts: list[str]) -> Sequence[float]:
+        return await self._models.get().jailbreak_scores(texts)
+
+    async def tag_pii(self, texts: list[str]) -> Sequence[Sequence[TaggedSpan]]:
+        return await self._models.get().tag_pii(texts)
+
+    def windows(self, text: str) -> list[tuple[int, int]]:
+        if self._chunker is None:
+            try:
+                self._chunker = build_chunker(self._config)
+            except TokenizerNotFoundError as exc:
+                raise ModelNotAvailableError(f"{exc}; run `make models`") from None
+        return self._chunker.windows(text)
+
+    async def close(self) -> None:
+        await self._models.close()
+
+
 async def serve(config: SwitchyardConfig) -> None:
     section = config.guard
     metrics = GuardMetrics()
-    chunker = build_chunker(config)
-    models = TritonModels.from_config(config.triton)
-    guard = RequestGuard(section, models, models, chunker, metrics)
+    models = LazyGuardModels(config)
+    guard = RequestGuard(section, models, models, models, metrics)
     await run_grpc_service(
         "guard",
         section.host,

@@ -23,6 +23,10 @@ from services.front.envoy_config import build_envoy_config, envoy_binary
 
 # Seconds a process gets to exit after SIGTERM before it is killed.
 STOP_GRACE_S = 10.0
+# A crashed process is restarted after a backoff that doubles from the first to the last value while it
+# keeps crashing (like Kubernetes' CrashLoopBackOff, shorter), and starts over once it has stayed up.
+RESTART_BACKOFF_S = (0.2, 10.0)
+STABLE_AFTER_S = 30.0
 
 
 class MeshError(RuntimeError):
@@ -65,14 +69,20 @@ class Mesh:
 
     def __init__(self, config: SwitchyardConfig, config_path: Path, run_dir: Path,
                  log_line: Callable[[str, str], None] | None = None,
-                 extra_specs: list[ProcessSpec] | None = None) -> None:
+                 extra_specs: list[ProcessSpec] | None = None, restart: bool = True) -> None:
         self.config = config
         self.config_path = config_path.resolve()
         self.run_dir = run_dir
         self.log_line = log_line or (lambda name, line: print(f"[{name:>9}] {line}", flush=True))
         self.extra_specs = extra_specs or []
+        # Restart a process that exits after start-up (the rest keeps serving in its failure mode meanwhile).
+        self.restart = restart
         self.processes: dict[str, asyncio.subprocess.Process] = {}
+        # How often each process was restarted after a crash.
+        self.restarts: dict[str, int] = {}
         self._log_tasks: list[asyncio.Task[None]] = []
+        self._watchers: list[asyncio.Task[None]] = []
+        self._stopping = False
 
     def _serve(self, service: str) -> list[str]:
         return [sys.executable, "-m", "services.cli", "serve", service, "--config", str(self.config_path)]
@@ -151,18 +161,49 @@ class Mesh:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "envoy.yaml").write_text(yaml.safe_dump(build_envoy_config(self.config), sort_keys=False))
         for spec in specs:
-            env = {**(spec.env or os.environ), "PYTHONUNBUFFERED": "1"}
-            process = await asyncio.create_subprocess_exec(
-                *spec.argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
-                start_new_session=True, preexec_fn=_set_parent_death_signal)
-            self.processes[spec.name] = process
-            self._log_tasks.append(asyncio.create_task(self._pump(spec.name, process)))
+            await self._spawn(spec)
         try:
             await self._wait_ready(specs, timeout_s)
         except BaseException:
             await self.stop()
             raise
+        if self.restart:
+            self._watchers = [asyncio.create_task(self._keep_running(spec)) for spec in specs]
         return specs
+
+    async def _spawn(self, spec: ProcessSpec) -> asyncio.subprocess.Process:
+        env = {**(spec.env or os.environ), "PYTHONUNBUFFERED": "1"}
+        process = await asyncio.create_subprocess_exec(
+            *spec.argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+            start_new_session=True, preexec_fn=_set_parent_death_signal)
+        self.processes[spec.name] = process
+        self._log_tasks.append(asyncio.create_task(self._pump(spec.name, process)))
+        return process
+
+    async def _keep_running(self, spec: ProcessSpec) -> None:
+        """Restart `spec` whenever it exits, with a backoff while it keeps crashing."""
+        first, longest = RESTART_BACKOFF_S
+        backoff = first
+        started = time.monotonic()
+        while not self._stopping:
+            code = await self.processes[spec.name].wait()
+            if self._stopping:
+                return
+            if time.monotonic() - started >= STABLE_AFTER_S:
+                backoff = first
+            self.log_line(spec.name, f"exited with code {code}; restarting in {backoff:.1f}s "
+                                     "(the rest of the mesh keeps serving in its failure mode)")
+            await asyncio.sleep(backoff)
+            if self._stopping:
+                return
+            backoff = min(longest, backoff * 2)
+            started = time.monotonic()
+            self.restarts[spec.name] = self.restarts.get(spec.name, 0) + 1
+            try:
+                await self._spawn(spec)
+            except OSError as exc:
+                self.log_line(spec.name, f"cannot restart: {exc}")
+                await asyncio.sleep(longest)
 
     async def _pump(self, name: str, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None
@@ -186,15 +227,12 @@ class Mesh:
                 raise MeshError(f"not healthy after {timeout_s:.0f}s: {', '.join(waiting)}; see the log lines above")
             await asyncio.sleep(0.2)
 
-    async def wait_for_exit(self) -> str:
-        """Block until one process exits; return its name."""
-        waits = {asyncio.create_task(p.wait()): name for name, p in self.processes.items()}
-        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        return waits[next(iter(done))]
-
     async def stop(self) -> None:
+        self._stopping = True
+        for watcher in self._watchers:
+            watcher.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
+        self._watchers.clear()
         running = {n: p for n, p in self.processes.items() if p.returncode is None}
         for process in running.values():
             try:

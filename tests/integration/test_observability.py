@@ -145,8 +145,8 @@ def observed(prometheus_binary: str, tmp_path_factory: pytest.TempPathFactory) -
     with OtlpReceiver() as receiver:
         # Generous deadlines: on a shared 2-core CI box a late Triton call would degrade the very
         # requests whose metrics and spans this test looks for.
-        overrides = {"telemetry": {"otlp_endpoint": receiver.endpoint}, "decision": {"deadline_ms": 5000},
-                     "guard": {"deadline_ms": 5000}, "cache": {"deadline_ms": 5000}}
+        overrides = {"telemetry": {"otlp_endpoint": receiver.endpoint}, "decision": {"deadline_ms": 3000},
+                     "guard": {"deadline_ms": 3000}, "cache": {"deadline_ms": 3000}}
         mesh = MeshRunner(config_on_free_ports(overrides), directory / "mesh")
         mesh.start()
         prometheus: subprocess.Popen[bytes] | None = None

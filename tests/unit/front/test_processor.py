@@ -24,13 +24,14 @@ class ScriptedClients:
     def __init__(self, decision=None, guard=None, cache=None, guard_delay=0.0, others_delay=0.0):
         self.answers = {
             "decision": decision or ServiceCall("decision", result=decision_pb2.DecideResponse()),
-            "guard": guard or ServiceCall("guard", result=guard_pb2.CheckResponse()),
+            "guard": guard or ServiceCall("guard", result=guard_pb2.CheckResponse(has_opinion=True)),
             "cache": cache or ServiceCall("cache", result=cache_pb2.LookupResponse()),
         }
         self.delays = {"guard": guard_delay, "decision": others_delay, "cache": others_delay}
         self.cancelled: list[str] = []
         self.contexts = []
         self.stored = []
+        self.timeouts = {}
 
     async def _answer(self, name, context):
         self.contexts.append(context)
@@ -41,13 +42,16 @@ class ScriptedClients:
             raise
         return self.answers[name]
 
-    async def decide(self, context):
+    async def decide(self, context, timeout_s=None):
+        self.timeouts["decision"] = timeout_s
         return await self._answer("decision", context)
 
-    async def check(self, context):
+    async def check(self, context, timeout_s=None):
+        self.timeouts["guard"] = timeout_s
         return await self._answer("guard", context)
 
-    async def lookup(self, context):
+    async def lookup(self, context, timeout_s=None):
+        self.timeouts["cache"] = timeout_s
         return await self._answer("cache", context)
 
     async def store(self, request):
@@ -182,6 +186,116 @@ async def test_failed_service_fails_closed_with_503() -> None:
     response = await processor.process_request_body(body(CHAT))
     assert response.immediate_response.status.code == 503
     assert json.loads(response.immediate_response.body)["error"]["code"] == "guard_unavailable"
+
+
+def status_of(response: ep.ProcessingResponse) -> int:
+    return response.immediate_response.status.code
+
+
+def error_of(response: ep.ProcessingResponse) -> dict:
+    return json.loads(response.immediate_response.body)["error"]
+
+
+async def route_chat(processor: RequestProcessor, chat: dict) -> ep.ProcessingResponse:
+    await processor.process_request_headers(headers("POST", "/v1/chat/completions"))
+    return await processor.process_request_body(body(chat))
+
+
+@pytest.mark.parametrize("failure", ["timeout", "unavailable", "error", "circuit_open"])
+async def test_guard_fails_closed_by_default_with_retry_after(failure: str) -> None:
+    # Only an open breaker knows when the service may be asked again; otherwise Retry-After is 1 s.
+    retry_after_s = 2.4 if failure == "circuit_open" else 0.0
+    clients = ScriptedClients(guard=ServiceCall("guard", failure=failure, retry_after_s=retry_after_s))
+    response = await route_chat(make_processor(clients), CHAT)
+    assert status_of(response) == 503
+    error = error_of(response)
+    assert error["code"] == "guard_unavailable" and "guard.on_failure" in error["message"]
+    retry_after = set_headers(response.immediate_response.headers)["retry-after"]
+    assert retry_after == ("3" if failure == "circuit_open" else "1")
+
+
+async def test_guard_open_routes_but_marks_every_response_unverified() -> None:
+    clients = ScriptedClients(guard=ServiceCall("guard", failure="timeout"))
+    processor = make_processor(clients, overrides={"guard": {"on_failure": "open"}})
+    response = await route_chat(processor, CHAT)
+    assert json.loads(response.request_body.response.body_mutation.body)["model"] == "qwen3-8b"
+    reply = await processor.process_response_headers(ep.HttpHeaders(headers=core.HeaderMap(headers=[
+        core.HeaderValue(key=":status", raw_value=b"200")])))
+    sent = set_headers(reply.response_headers.response.header_mutation)
+    assert sent["x-vsr-guard"] == "unverified" and sent["x-vsr-degraded"] == "guard"
+    assert processor.metrics.unverified.labels("timeout")._value.get() == 1
+
+
+@pytest.mark.parametrize("guard", [ServiceCall("guard", failure="disabled"),
+                                   ServiceCall("guard", result=guard_pb2.CheckResponse(has_opinion=False))])
+async def test_a_guard_without_opinion_is_unverified_not_clean(guard: ServiceCall) -> None:
+    processor = make_processor(ScriptedClients(guard=guard))
+    await route_chat(processor, CHAT)
+    reply = await processor.process_response_headers(ep.HttpHeaders(headers=core.HeaderMap(headers=[
+        core.HeaderValue(key=":status", raw_value=b"200")])))
+    assert set_headers(reply.response_headers.response.header_mutation)["x-vsr-guard"] == "unverified"
+
+
+async def test_a_verified_request_has_no_unverified_mark() -> None:
+    processor = make_processor()
+    await route_chat(processor, CHAT)
+    reply = await processor.process_response_headers(ep.HttpHeaders(headers=core.HeaderMap(headers=[
+        core.HeaderValue(key=":status", raw_value=b"200")])))
+    assert "x-vsr-guard" not in set_headers(reply.response_headers.response.header_mutation)
+
+
+@pytest.mark.parametrize(("model", "code"), [("x" * 20_000, "invalid_model"), ("gpt-unknown", "model_not_found"),
+                                              ("bad\nname", "invalid_model")])
+async def test_model_names_are_checked_before_any_service_is_asked(model: str, code: str) -> None:
+    clients = ScriptedClients()
+    response = await route_chat(make_processor(clients), {**CHAT, "model": model})
+    assert status_of(response) == 400 and error_of(response)["code"] == code
+    assert len(error_of(response)["message"]) < 400  # never echoes a huge name
+    assert clients.contexts == []  # decision (or its absence) cannot widen what is accepted
+
+
+async def test_unknown_model_passes_when_the_operator_allows_it() -> None:
+    processor = make_processor(overrides={"routing": {"unknown_model": "passthrough"}})
+    response = await route_chat(processor, {**CHAT, "model": "gpt-unknown"})
+    assert json.loads(response.request_body.response.body_mutation.body)["model"] == "gpt-unknown"
+    assert processor.metrics.model_requests.labels("other")._value.get() == 1  # no client text as a label
+
+
+async def test_deadlines_grow_with_the_prompt() -> None:
+    short, long = ScriptedClients(), ScriptedClients()
+    await route_chat(make_processor(short), CHAT)
+    await route_chat(make_processor(long), {**CHAT, "messages": [{"role": "user", "content": "word " * 1500}]})
+    for service in ("guard", "decision", "cache"):
+        assert long.timeouts[service] > short.timeouts[service] + 1.0
+    assert long.timeouts["guard"] <= 4.0  # front.max_routing_ms
+
+
+async def test_a_prompt_too_long_for_the_routing_budget_is_413_naming_the_key() -> None:
+    clients = ScriptedClients()
+    processor = make_processor(clients, overrides={"front": {"max_body_bytes": 10_000_000}})
+    response = await route_chat(processor, {**CHAT, "messages": [{"role": "user", "content": "word " * 20_000}]})
+    assert status_of(response) == 413
+    assert error_of(response)["code"] == "prompt_too_long" and "front.max_routing_ms" in error_of(response)["message"]
+    assert clients.contexts == []
+
+
+async def test_overload_is_answered_429_with_retry_after_before_any_work() -> None:
+    clients = ScriptedClients(guard_delay=0.5, others_delay=0.5)
+    context = FrontContext(make_processor().config, clients, FrontMetrics())
+    busy = [RequestProcessor(context) for _ in range(3)]
+    tasks = [asyncio.create_task(route_chat(p, {**CHAT, "messages": [{"role": "user", "content": "word " * 1200}]}))
+             for p in busy]
+    await asyncio.sleep(0.1)
+    assert context.admission.inflight_requests == 3
+    response = await route_chat(RequestProcessor(context), {**CHAT, "messages": [
+        {"role": "user", "content": "word " * 1200}]})
+    assert status_of(response) == 429
+    assert error_of(response)["code"] == "router_overloaded"
+    assert int(set_headers(response.immediate_response.headers)["retry-after"]) >= 1
+    assert len(clients.contexts) == 9  # three services for each of the three admitted ones, none for it
+    await asyncio.gather(*tasks)
+    assert context.admission.inflight_requests == 0 and context.admission.inflight_work == 0
+    assert status_of(await route_chat(RequestProcessor(context), CHAT)) == 0  # routed again
 
 
 async def test_guard_block_cancels_the_other_calls() -> None:
