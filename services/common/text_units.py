@@ -2,8 +2,8 @@
 
 The encoder's tokenizer (BERT word pieces) splits on whitespace and punctuation and gives every
 CJK ideograph a token of its own; these regular expressions follow the same rules, so that
-`estimate_tokens` lands within a few percent of the real count on prose and code (measured: 2,052
-for 2,052 on a 6,000-character English/code mix) at a tenth of the cost of tokenizing. Scripts
+`estimate_tokens` lands near the real count (1.08x in total on the training data; it errs high, which
+only lengthens a deadline) at a tenth of the cost of tokenizing. Scripts
 written without spaces (Chinese, Japanese, Thai, ...) count one word per character: otherwise a long
 Chinese prompt would be one "word".
 """
@@ -16,8 +16,9 @@ import re
 _NO_SPACE = "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _WORDS = re.compile(rf"[{_NO_SPACE}]|[^\W{_NO_SPACE}]+")
 _PIECES = re.compile(rf"[{_NO_SPACE}]|[^\W{_NO_SPACE}]+|[^\w\s]")
-# Words longer than this become more than one word piece; one extra piece per this many characters.
-_CHARS_PER_EXTRA_PIECE = 8
+# Longer words become several word pieces: one extra piece per this many characters (on 2,122 rows of
+# the training data the estimate is 1.08x the real count in total, median 1.075).
+_CHARS_PER_EXTRA_PIECE = 6
 
 
 def count_words(text: str) -> int:

@@ -114,3 +114,24 @@ def test_cli_config_check_exit_codes(write_config) -> None:
                          capture_output=True, text=True)
     assert bad.returncode == 2
     assert "routing.categories[3].model_scores[0].score: must be between 0 and 1, got 1.7" in bad.stderr
+
+
+def test_guard_fails_closed_unless_the_operator_says_open() -> None:
+    data = example_config_data()
+    del data["guard"]["on_failure"]
+    config = parse_config(data)
+    assert config.guard.on_failure is FailureMode.CLOSED
+    assert config.decision.on_failure is FailureMode.OPEN and config.cache.on_failure is FailureMode.OPEN
+    assert parse_config({"routing": data["routing"]}).guard.on_failure is FailureMode.CLOSED
+
+
+def test_routing_cap_must_fit_envoys_message_timeout() -> None:
+    data = example_config_data()
+    data["front"]["max_routing_ms"] = 6000
+    assert "front.max_routing_ms: must be below envoy.message_timeout_ms (5000)" in _error_for(data)
+
+
+def test_a_service_floor_must_fit_under_the_routing_cap() -> None:
+    data = example_config_data()
+    data["guard"]["deadline_ms"] = 20000
+    assert "guard.deadline_ms: must be below front.max_routing_ms (4000), got 20000" in _error_for(data)

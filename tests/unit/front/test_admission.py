@@ -1,0 +1,64 @@
+"""Admission control: deadlines from the work in flight, 413 for a prompt too long, 429 when busy."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.common.config import parse_config
+from services.front.admission import Admission, Overloaded
+from services.front.chat_request import RequestError
+from services.front.service_names import Service
+from tests.conftest import example_config_data
+
+
+def admission(**front) -> Admission:
+    data = example_config_data()
+    data["front"].update(front)
+    return Admission(parse_config(data))
+
+
+def test_work_is_tokens_plus_overhead() -> None:
+    a = admission(admission={"overhead_tokens": 32})
+    assert a.work_of([]) == 32
+    assert a.work_of(["hello world", "again"]) == 35
+
+
+def test_deadline_is_floor_plus_per_token_cost_of_the_work_in_flight() -> None:
+    a = admission()  # guard: 300 ms + 1 ms/token; cache: 150 ms + 1 ms/token; cap 4000 ms
+    first = a.admit(200)
+    assert first.deadlines_s[Service.GUARD] == pytest.approx(0.5)
+    assert first.deadlines_s[Service.CACHE] == pytest.approx(0.35)
+    second = a.admit(1000)  # queued behind the first: its deadline counts both
+    assert second.deadlines_s[Service.GUARD] == pytest.approx(1.5)
+    a.release(first)
+    a.release(second)
+    assert a.inflight_work == 0 and a.inflight_requests == 0
+
+
+def test_a_request_too_long_for_the_cap_is_413_even_when_idle() -> None:
+    a = admission()
+    assert a.max_work == pytest.approx(3700)  # (4000 - 300) / 1.0, the guard's floor is the highest
+    with pytest.raises(RequestError) as error:
+        a.admit(3701)
+    assert error.value.status == 413 and "front.max_routing_ms" in error.value.message
+    assert not isinstance(error.value, Overloaded)
+
+
+def test_busy_is_429_with_retry_after_and_takes_nothing_on() -> None:
+    a = admission()
+    held = a.admit(3000)
+    with pytest.raises(Overloaded) as error:
+        a.admit(800)
+    assert error.value.status == 429 and error.value.code == "router_overloaded"
+    assert dict(error.value.headers)["retry-after"] == "3"
+    assert a.inflight_requests == 1 and a.inflight_work == 3000
+    a.release(held)
+    a.admit(800)
+
+
+def test_request_count_bound() -> None:
+    a = admission(admission={"max_inflight_requests": 2})
+    a.admit(10)
+    a.admit(10)
+    with pytest.raises(Overloaded):
+        a.admit(10)
