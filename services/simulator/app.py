@@ -17,6 +17,8 @@ from services.common.config import SimulatorConfig
 
 # How many received requests /sim/requests remembers (tests read it to see what the backend got).
 RECENT_REQUESTS = 200
+# How many prompt texts /sim/search looks through (load tests ask whether any attack got through).
+SEARCHABLE_PROMPTS = 50_000
 
 
 def _words(text: str) -> int:
@@ -45,6 +47,8 @@ def _answer(model: str, body: dict[str, Any]) -> str:
 def build_app(config: SimulatorConfig) -> FastAPI:
     app = FastAPI(title="switchyard backend simulator")
     recent: deque[dict[str, Any]] = deque(maxlen=RECENT_REQUESTS)
+    prompts: deque[str] = deque(maxlen=SEARCHABLE_PROMPTS)
+    received_total = 0
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -58,6 +62,11 @@ def build_app(config: SimulatorConfig) -> FastAPI:
     async def received() -> list[dict[str, Any]]:
         return list(recent)
 
+    @app.get("/sim/search")
+    async def search(contains: str) -> dict[str, int]:
+        """How many received chat requests had `contains` in their prompt text (of the last 50,000)."""
+        return {"count": sum(1 for p in prompts if contains in p), "received": received_total}
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
         raw = await request.body()
@@ -66,7 +75,10 @@ def build_app(config: SimulatorConfig) -> FastAPI:
         except ValueError as exc:
             return JSONResponse({"error": {"message": f"invalid JSON: {exc}", "type": "invalid_request_error",
                                            "code": "invalid_json"}}, status_code=400)
+        nonlocal received_total
         recent.append({"path": "/v1/chat/completions", "headers": dict(request.headers), "body": body})
+        prompts.append(_prompt_text(body) if isinstance(body, dict) else "")
+        received_total += 1
         model = str(body.get("model", ""))
         answer = _answer(model, body)
         prompt_tokens = _words(_prompt_text(body))
