@@ -122,6 +122,24 @@ OVERVIEW = [
               "request_too_large, internal, ...).",
               [(rate("switchyard_front_errors_total", "reason"), "{{reason}}")], unit="reqps"),
     ]),
+    Row("Admission and guard coverage", [
+        Panel("Refused at admission", "Requests refused before any work: router_overloaded (429 + Retry-After: "
+              "the routing work in flight is at its bound) and prompt_too_long (413: the prompt alone cannot be "
+              "checked within front.max_routing_ms).",
+              [(rate("switchyard_front_admission_rejections_total", "reason"), "{{reason}}")], unit="reqps",
+              width=6),
+        Panel("Routing work in flight", "Routed requests in flight and their work in token-equivalents (what the "
+              "deadlines and the admission bound are computed from).",
+              [("sum(switchyard_front_inflight_requests)", "requests"),
+               ("sum(switchyard_front_inflight_work_tokens)", "tokens of work")], width=6),
+        Panel("Unverified requests (guard)", "Requests that reached a model without a guard verdict, by why "
+              "(timeout, unavailable, circuit_open, disabled, no_opinion). Only possible with guard.on_failure: open "
+              "or the guard disabled; 0 with the defaults.",
+              [(rate("switchyard_front_unverified_total", "reason"), "{{reason}}")], unit="reqps", width=6),
+        Panel("Circuit breakers", "Per service as the front sees it: 0 closed (calls go out), 1 half-open (one "
+              "probe), 2 open (calls fail fast with the service's failure mode).",
+              [("max by (service) (switchyard_front_circuit_state)", "{{service}}")], width=6),
+    ]),
     Row("Tokens", [
         Panel("Tokens by model", "Prompt and completion tokens per second per model, from the backends' usage.",
               [(rate("llm_model_prompt_tokens_total", "model"), "{{model}} prompt"),
