@@ -125,13 +125,15 @@ async def closed_loop(job: dict[str, Any], raws: list[bytes], results: Results) 
     deadline = time.perf_counter() + float(job["duration_s"])
     counter = iter(range(1 << 62))
 
+    capture = job.get("capture")  # header names to keep per request (None: keep none)
+
     async def worker() -> None:
         conn = Connection(url.hostname or "127.0.0.1", url.port or 80)
         while time.perf_counter() < deadline:
             i = next(counter) % len(raws)
             started = time.perf_counter()
-            status, outcome, _ = await _one(conn, raws[i], None)
-            results.add(i, (time.perf_counter() - started) * 1000, status, outcome, None)
+            status, outcome, kept = await _one(conn, raws[i], capture)
+            results.add(i, (time.perf_counter() - started) * 1000, status, outcome, kept)
         conn.close()
 
     await asyncio.gather(*(worker() for _ in range(int(job["concurrency"]))))

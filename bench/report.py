@@ -150,6 +150,20 @@ def _quality(results: dict[str, Any]) -> list[str]:
             f"errors {q['errors']}).", ""]
 
 
+def _guard_load(results: dict[str, Any]) -> list[str]:
+    cells = results.get("guard_load")
+    if not cells:
+        return []
+    lines = ["### Guard under load (every 10th request a jailbreak)", "",
+             "| prompts | concurrency | req/s | p50 ms | p99 ms | 429 | 503 | degraded | unverified | "
+             "jailbreaks sent | reached the backend |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in cells:
+        lines.append(f"| {c['size']} | {c['concurrency']} | {c['req_per_s']} | {c['p50_ms']} | {c['p99_ms']} | "
+                     f"{c['share_429']:.1%} | {c['share_503']:.1%} | {c['share_degraded']:.1%} | "
+                     f"{c['share_unverified']:.1%} | {c['jailbreaks_sent']} | **{c['jailbreaks_reached_backend']}** |")
+    return [*lines, ""]
+
+
 def markdown(results: dict[str, Any], images: list[Path]) -> str:
     m = results["machine"]
     head = [f"## switchyard benchmark {results['timestamp']} (commit {results['commit']})", "",
@@ -159,6 +173,6 @@ def markdown(results: dict[str, Any], images: list[Path]) -> str:
             f"{m['loadavg_at_start'][0]:.1f} at start, {m.get('loadavg_at_end', [0])[0]:.1f} at end (above ~0.5 other "
             "work shared the CPUs and the figures are inflated).", ""]
     body = (_latency(results) + _throughput(results) + _breakdown(results) + _monolith(results)
-            + _fanout(results) + _cache(results) + _quality(results))
+            + _fanout(results) + _cache(results) + _quality(results) + _guard_load(results))
     pictures = [f"![{p.stem}]({p.name})" for p in images]
     return "\n".join(head + body + pictures) + "\n"

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import cache, fanout, latency, monolith, quality, throughput
+from bench import cache, fanout, guard_load, latency, monolith, quality, throughput
 from bench.metrics_scrape import breakdown, scrape
 from bench.prompts import load_prompts
 from bench.stack import REPO, BenchStack, run_load
@@ -36,12 +36,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quality-seed", type=int, default=7)
     p.add_argument("--first-token-ms", type=float, default=20.0, help="the simulator's generation delay")
     p.add_argument("--client-core", type=int, default=None, help="core the load generator is pinned to")
+    p.add_argument("--load-s", type=float, default=20.0, help="seconds per cell of the guard load matrix")
     p.add_argument("--skip", nargs="*", default=[], choices=["latency", "throughput", "breakdown", "monolith",
-                                                             "fanout", "cache", "quality"])
+                                                             "fanout", "cache", "quality", "load"])
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.latency_s, args.probe_s, args.probes, args.hold_s = 2, 1.5, 4.0, 3, 8.0
+        args.load_s = 5.0
         args.quality_rows = min(args.quality_rows, 60)
     return args
 
@@ -127,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         if stage("quality"):
             results["quality"] = quality.routing_accuracy(stack, quality.DOMAIN_DATA, args.quality_rows,
                                                           args.quality_seed, core)
+        if stage("load"):
+            results["guard_load"] = guard_load.load_matrix(stack, prompts, args.concurrency, args.load_s, core)
         if stage("throughput"):
             results["throughput"] = throughput.find_max_rate(stack, prompts, args.probe_s, args.hold_s,
                                                              args.probes, core)
