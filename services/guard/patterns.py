@@ -1,7 +1,9 @@
 """Validated pattern recognizers for structured PII (checksums, range rules, context words).
 
-Each recognizer finds candidates with a regular expression, drops those that fail the
-type's validation (Luhn, mod-97, SSN ranges, ipaddress parsing, ...), and sets a confidence:
+Each recognizer finds candidates (a regular expression, or phonenumbers' matcher), drops those
+that fail the type's validation — kept by libraries where one exists: phonenumbers (numbering
+plans), python-stdnum (IBAN registry, Luhn, SSN/ITIN rules, national identifiers), ipaddress —
+and sets a confidence:
 high for a validated, well-formatted value, low for a bare one, raised when a context word
 ("ssn", "phone", "card", ...) stands just before it. The guard's thresholds then decide.
 """
@@ -11,6 +13,17 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import phonenumbers
+from stdnum import iban, luhn
+from stdnum.au import tfn
+from stdnum.es import nif
+from stdnum.gb import nhs
+from stdnum.in_ import aadhaar
+from stdnum.it import codicefiscale
+from stdnum.pl import pesel
+from stdnum.us import itin, ssn
 
 from services.guard.spans import PATTERN, Entity
 
@@ -18,16 +31,24 @@ EMAIL_ADDRESS = "EMAIL_ADDRESS"
 PHONE_NUMBER = "PHONE_NUMBER"
 CREDIT_CARD = "CREDIT_CARD"
 US_SSN = "US_SSN"
+US_ITIN = "US_ITIN"
 IP_ADDRESS = "IP_ADDRESS"
 IBAN_CODE = "IBAN_CODE"
 URL = "URL"
 DOMAIN_NAME = "DOMAIN_NAME"
 ZIP_CODE = "ZIP_CODE"
 US_DRIVER_LICENSE = "US_DRIVER_LICENSE"
+# National identifiers (Presidio's names), validated by python-stdnum.
+UK_NHS = "UK_NHS"
+ES_NIF = "ES_NIF"
+IT_FISCAL_CODE = "IT_FISCAL_CODE"
+PL_PESEL = "PL_PESEL"
+IN_AADHAAR = "IN_AADHAAR"
+AU_TFN = "AU_TFN"
 
 PATTERN_TYPES: tuple[str, ...] = (
-    EMAIL_ADDRESS, PHONE_NUMBER, CREDIT_CARD, US_SSN, IP_ADDRESS, IBAN_CODE, URL, DOMAIN_NAME,
-    ZIP_CODE, US_DRIVER_LICENSE,
+    EMAIL_ADDRESS, PHONE_NUMBER, CREDIT_CARD, US_SSN, US_ITIN, IP_ADDRESS, IBAN_CODE, URL, DOMAIN_NAME,
+    ZIP_CODE, US_DRIVER_LICENSE, UK_NHS, ES_NIF, IT_FISCAL_CODE, PL_PESEL, IN_AADHAAR, AU_TFN,
 )
 
 # How far before a match a context word may stand (characters).
@@ -64,16 +85,22 @@ def find_emails(text: str) -> Iterator[Entity]:
 
 
 # PHONE_NUMBER -------------------------------------------------------------------------------------
-_EXTENSION = r"(?:\s?(?:x|ext\.?)\s?\d{1,5})?"
-_PHONE_NANP = re.compile(
-    r"(?<![\w+])(?:\+?1[\s.-]?)?(?:\((\d{3})\)|(\d{3}))[\s.-]?(\d{3})[\s.-]?(\d{4})" + _EXTENSION + r"(?![\w]|-\d)"
-)
-# Local formats ("439 4166", "0380 7558505", "(72) 583-350"): digit groups only; accepted only with
-# phone context before or a label after, since bare digit groups are everywhere in prose and code.
-_PHONE_LOCAL = re.compile(r"(?<![\w+.,-])(?:\(\d{2,5}\)\s?|\d{2,5}[ .-])(?:\d{2,5}[ .-]){0,3}\d{3,8}(?![\w-]|[.,]\d)")
+# phonenumbers (Google's libphonenumber metadata) finds and parses numbers with a country code
+# ("+44 20 7946 0958", "011 44 ...", "00 44 ...") and national North American ones, extensions
+# included, and knows each country's numbering plan.
+_NATIONAL_REGION = "US"
+# 00 is the international call prefix nearly everywhere outside North America (which dials 011):
+# numbers written "00 CC ..." are read as a region that uses it would.
+_IDD_00_REGION = "GB"
+# Local formats ("439 4166", "0380 7558505", "(72) 583-350", "0481 38 27 75"): digit groups in a
+# national format without a country, which no numbering plan can confirm (almost any digit string
+# is a valid number in some country), so they count only with phone context before or a label after.
+_PHONE_LOCAL = re.compile(
+    r"(?<![\w+.,-])(?:\(\d{1,5}\)\s?|\d{2,5}[ .-])(?:\d{2,6}[ .-]){0,4}\d{2,8}(?![\w-]|[.,]\d)")
 _PHONE_LABEL_AFTER = re.compile(r"[ \t]{0,3}[(\[]?(?:office|fax|mobile|cell|home|work|tel|phone)\b", re.IGNORECASE)
-_PHONE_INTL = re.compile(r"(?<![\w+])\+[1-9]\d{0,2}(?:[\s.-]?\(?\d{1,4}\)?){2,6}(?!\w|-\d)")
-_PHONE_CONTEXT = _context(r"phone|call|tel\b|telephone|mobile|cell|fax|contact|reach|whatsapp|sms|text me")
+_PHONE_CONTEXT = _context(
+    r"phone|call|tel\b|telephone|mobile|cell|fax|contact|reach|whatsapp|sms|text me|direct line|hotline|landline|"
+    r"helpline|(?:my|her|his|new) number")
 
 
 def _phone_context(text: str, start: int, end: int) -> bool:
@@ -81,53 +108,92 @@ def _phone_context(text: str, start: int, end: int) -> bool:
     return _has_context(text, start, _PHONE_CONTEXT) or _PHONE_LABEL_AFTER.match(text, end) is not None
 
 
+def fits_numbering_plan(number: phonenumbers.PhoneNumber) -> bool:
+    """A possible length and digits that the country's numbering plan allows (its general pattern),
+    whether or not the range is assigned yet: stricter than a length check, looser than
+    `phonenumbers.is_valid_number`, which rejects numbers from unassigned or fictional ranges."""
+    # "Local only" lengths (seven digits in the US) are left to the local-format rule and its context.
+    if phonenumbers.is_possible_number_with_reason(number) != phonenumbers.ValidationResult.IS_POSSIBLE:
+        return False
+    national = phonenumbers.national_significant_number(number)
+    for region in phonenumbers.region_codes_for_country_code(number.country_code):
+        metadata = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(number.country_code, region)
+        pattern = metadata.general_desc.national_number_pattern if metadata else None
+        if pattern and re.fullmatch(pattern, national):
+            return True
+    return False
+
+
+def _looks_like_ipv4(candidate: str) -> bool:
+    try:
+        ipaddress.IPv4Address(candidate)
+    except ValueError:
+        return False
+    return True
+
+
+def _phone_matches(text: str) -> Iterator[phonenumbers.PhoneNumberMatch]:
+    # max_tries bounds the candidates phonenumbers looks at; a long text must not lose its tail.
+    tries = max(len(text), 65535)
+    yield from phonenumbers.PhoneNumberMatcher(text, _NATIONAL_REGION, phonenumbers.Leniency.POSSIBLE, tries)
+    if "00" in text:
+        for match in phonenumbers.PhoneNumberMatcher(text, _IDD_00_REGION, phonenumbers.Leniency.POSSIBLE, tries):
+            if match.raw_string.startswith("00"):
+                yield match
+
+
+def _looks_like_date(candidate: str) -> bool:
+    """"2003-06-04", "27.01.2001": three groups, a year at one end, day and month numbers."""
+    groups = re.split(r"[ .-]", candidate)
+    if len(groups) != 3 or not all(g.isdigit() for g in groups):
+        return False
+    for year, rest in ((groups[0], groups[1:]), (groups[2], groups[:2])):
+        if len(year) == 4 and 1900 <= int(year) <= 2099 and all(1 <= int(g) <= 31 for g in rest):
+            return True
+    return False
+
+
 def find_phone_numbers(text: str) -> Iterator[Entity]:
     seen: list[tuple[int, int]] = []
-    for m in _PHONE_NANP.finditer(text):
-        area = m.group(1) or m.group(2)
-        exchange = m.group(3)
-        formatted = m.group() != re.sub(r"\D", "", m.group())
-        # NANP: area code and exchange start with 2-9; others are placeholders or not phone numbers.
-        valid = area[0] in "23456789" and exchange[0] in "23456789"
-        confidence = (0.7 if formatted else 0.4) if valid else 0.3
-        if _phone_context(text, m.start(), m.end()):
+    for match in _phone_matches(text):
+        raw = match.raw_string
+        if any(s < match.end and match.start < e for s, e in seen) or _looks_like_ipv4(raw):
+            continue  # "143.164.26.163" would parse as +1 431 642 6163
+        if fits_numbering_plan(match.number):
+            valid = phonenumbers.is_valid_number(match.number)
+            if raw.startswith(("+", "00", "011")):
+                confidence = 0.85 if valid else 0.75
+            elif raw.isdigit():
+                confidence = 0.4  # ten bare digits are as often an order or account number
+            else:
+                confidence = 0.75 if valid else 0.45
+            seen.append((match.start, match.end))
+        else:
+            # A possible length only ("(162) 172-0488": no area code starts with 1): context decides.
+            confidence = 0.3
+        if _phone_context(text, match.start, match.end):
             confidence += 0.25
-        seen.append((m.start(), m.end()))
-        yield _entity(PHONE_NUMBER, m.start(), m.end(), confidence)
-    for m in _PHONE_INTL.finditer(text):
-        digits = re.sub(r"\D", "", m.group())
-        # E.164 allows at most 15 digits; fewer than 8 is an extension or a code, not a number.
-        if not 8 <= len(digits) <= 15 or any(s <= m.start() < e for s, e in seen):
-            continue
-        confidence = 0.75 + (0.2 if _phone_context(text, m.start(), m.end()) else 0.0)
-        seen.append((m.start(), m.end()))
-        yield _entity(PHONE_NUMBER, m.start(), m.end(), confidence)
+        yield _entity(PHONE_NUMBER, match.start, match.end, confidence)
     for m in _PHONE_LOCAL.finditer(text):
         digits = re.sub(r"\D", "", m.group())
-        if not 7 <= len(digits) <= 12 or any(s < m.end() and m.start() < e for s, e in seen):
+        if not 6 <= len(digits) <= 12 or _looks_like_date(m.group()):
             continue
+        if any(s <= m.start() and m.end() <= e for s, e in seen):
+            continue
+        # A local match that overlaps a parsed number extends it ("21 253 833 3847"); merging joins the two.
         if _phone_context(text, m.start(), m.end()):
             yield _entity(PHONE_NUMBER, m.start(), m.end(), 0.7)
 
 
 # CREDIT_CARD --------------------------------------------------------------------------------------
-_CARD = re.compile(r"(?<![\d.,])(?<!\d[ -])\d(?:[ -]?\d){12,18}(?![ -]?\d)")
+# Not glued to letters: "U62928788557186" is an alphanumeric id, whatever its digits' checksum.
+_CARD = re.compile(r"(?<![\w.,])(?<!\d[ -])\d(?:[ -]?\d){11,18}(?![ -]?\d|[^\W\d_])")
 _CARD_CONTEXT = _context(r"card|credit|debit|visa|mastercard|amex|american express|discover|payment|cc\b|pan\b")
 
 
-def luhn_valid(digits: str) -> bool:
-    """The Luhn checksum every payment card number carries."""
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2 == 1:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
-
-
 def _card_brand_prefix(digits: str) -> bool:
-    """Issuer prefixes (IIN ranges) of the major networks, with their lengths."""
+    """Issuer prefixes (IIN ranges) of the major networks, with their lengths (python-stdnum has the
+    Luhn check, not the networks' ranges)."""
     n = len(digits)
     two, four = int(digits[:2]), int(digits[:4])
     return (
@@ -138,6 +204,7 @@ def _card_brand_prefix(digits: str) -> bool:
         or (3528 <= four <= 3589 and 16 <= n <= 19)  # JCB
         or ((two in (36, 38, 39) or 300 <= int(digits[:3]) <= 305) and 14 <= n <= 19)  # Diners
         or (two == 62 and 16 <= n <= 19)  # UnionPay
+        or ((two == 50 or 56 <= two <= 69) and 12 <= n <= 19)  # Maestro
     )
 
 
@@ -146,37 +213,39 @@ def find_credit_cards(text: str) -> Iterator[Entity]:
         raw = m.group()
         separators = set(re.sub(r"\d", "", raw))
         digits = re.sub(r"\D", "", raw)
-        if len(separators) > 1 or len(set(digits)) == 1 or not luhn_valid(digits):
+        if len(separators) > 1 or len(set(digits)) == 1 or not luhn.is_valid(digits):
             continue
-        confidence = 0.95 if _card_brand_prefix(digits) else 0.3
+        # Twelve digits (short Maestro numbers) are as often an account or order number: context decides.
+        confidence = 0.95 if _card_brand_prefix(digits) and len(digits) > 12 else 0.3
         if _has_context(text, m.start(), _CARD_CONTEXT):
             confidence += 0.35
         yield _entity(CREDIT_CARD, m.start(), m.end(), confidence)
 
 
-# US_SSN -------------------------------------------------------------------------------------------
+# US_SSN / US_ITIN ---------------------------------------------------------------------------------
+# One shape, two numbers: python-stdnum knows the SSA's rules (area 000, 666 and 9xx, group 00 and
+# serial 0000 never issued, the published advertising numbers) and the IRS's ITIN ranges (9xx with
+# groups 50-65, 70-88, 90-92, 94-99).
 _SSN = re.compile(r"(?<![\w-])(\d{3})([- ]?)(\d{2})\2(\d{4})(?![\w]|-\d)")
-_SSN_CONTEXT = _context(r"ssn|social security|social sec|ss#|ss #|taxpayer|tin\b")
-
-
-def ssn_valid(area: str, group: str, serial: str) -> bool:
-    """SSA rules: area 000, 666 and 900-999 are never issued; group 00 and serial 0000 neither."""
-    if area == "000" or area == "666" or area[0] == "9":
-        return False
-    if group == "00" or serial == "0000":
-        return False
-    return len(set(area + group + serial)) > 1
+_SSN_CONTEXT = _context(r"ssn|social security|social sec|ss#|ss #|taxpayer|tin\b|itin\b")
 
 
 def find_ssns(text: str) -> Iterator[Entity]:
     for m in _SSN.finditer(text):
         area, separator, group, serial = m.groups()
-        if not ssn_valid(area, group, serial):
+        digits = area + group + serial
+        if len(set(digits)) == 1:  # "111-11-1111" is a placeholder, whatever the rules say
+            continue
+        if ssn.is_valid(digits):
+            kind = US_SSN
+        elif itin.is_valid(digits):
+            kind = US_ITIN
+        else:
             continue
         confidence = {"-": 0.85, " ": 0.6}.get(separator, 0.3)
         if _has_context(text, m.start(), _SSN_CONTEXT):
             confidence += 0.3
-        yield _entity(US_SSN, m.start(), m.end(), confidence)
+        yield _entity(kind, m.start(), m.end(), confidence)
 
 
 # IP_ADDRESS ---------------------------------------------------------------------------------------
@@ -209,47 +278,22 @@ def find_ip_addresses(text: str) -> Iterator[Entity]:
 
 
 # IBAN_CODE ----------------------------------------------------------------------------------------
-# Length of the IBAN by country (ISO 13616 registry).
-IBAN_LENGTHS: dict[str, int] = {
-    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22,
-    "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28,
-    "EE": 20, "EG": 29, "ES": 24, "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23,
-    "GL": 18, "GR": 27, "GT": 28, "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26,
-    "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20,
-    "LV": 21, "MC": 27, "MD": 24, "ME": 22, "MK": 19, "MR": 27, "MT": 31, "MU": 30, "NL": 18,
-    "NO": 15, "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "SA": 24,
-    "SC": 31, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "ST": 25, "SV": 28, "TL": 23, "TN": 24,
-    "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
-}
-_IBAN = re.compile(r"(?<!\w)[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}")
-
-
-def iban_valid(iban: str) -> bool:
-    """Country length and the ISO 7064 mod-97 check (the rearranged number mod 97 is 1)."""
-    if IBAN_LENGTHS.get(iban[:2]) != len(iban):
-        return False
-    rearranged = iban[4:] + iban[:4]
-    number = "".join(str(int(ch, 36)) for ch in rearranged)
-    return int(number) % 97 == 1
+_IBAN = re.compile(r"(?<!\w)[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]){11,30}")
+_IBAN_MIN_LENGTH = 15  # Norway's; the longest are 34 (ISO 13616)
 
 
 def find_ibans(text: str) -> Iterator[Entity]:
+    """python-stdnum checks each country's length and account format (its copy of the SWIFT IBAN
+    registry) and the ISO 7064 mod-97 check digits."""
     for m in _IBAN.finditer(text):
-        length = IBAN_LENGTHS.get(m.group()[:2])
-        if length is None:
-            continue
-        # The regex may run into a following word; the country's length says where the IBAN ends.
-        compact, end = "", m.start()
-        for i in range(m.start(), m.end()):
-            if text[i] != " ":
-                compact += text[i]
-                if len(compact) == length:
-                    end = i + 1
-                    break
-        if len(compact) != length or (end < len(text) and text[end].isalnum()):
-            continue
-        if iban_valid(compact):
-            yield _entity(IBAN_CODE, m.start(), end, 0.95)
+        # The regex may run into a following word: the longest prefix that is a valid IBAN is the IBAN.
+        positions = [i for i in range(m.start(), m.end()) if text[i] != " "]
+        compact = "".join(text[i] for i in positions).upper()
+        for length in range(len(compact), _IBAN_MIN_LENGTH - 1, -1):
+            end = positions[length - 1] + 1
+            if (end == len(text) or not text[end].isalnum()) and iban.is_valid(compact[:length]):
+                yield _entity(IBAN_CODE, m.start(), end, 0.95)
+                break
 
 
 # URL / DOMAIN_NAME --------------------------------------------------------------------------------
@@ -313,9 +357,60 @@ def find_driver_licenses(text: str) -> Iterator[Entity]:
             yield _entity(US_DRIVER_LICENSE, m.start(), m.end(), 0.65)
 
 
+# National identifiers ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NationalIdentifier:
+    """An identifier whose check digits and structure python-stdnum validates. A check digit still
+    passes about one random number in ten, so most need a context word before them."""
+
+    type: str
+    shape: re.Pattern[str]
+    is_valid: Callable[[str], bool]
+    context: re.Pattern[str]
+    # Confidence without the context word; None: not reported without it.
+    bare_confidence: float | None = None
+
+
+def _standalone(shape: str) -> re.Pattern[str]:
+    """`shape` not glued to letters, digits or a dash-joined number on either side."""
+    return re.compile(rf"(?<![\w-]){shape}(?![\w]|-\d)")
+
+
+# A fiscal code's digits may be replaced by these letters (omocodia).
+_FISCAL_DIGIT = "[0-9LMNPQRSTUV]"
+_FISCAL_CODE = rf"[A-Z]{{6}}{_FISCAL_DIGIT}{{2}}[A-EHLMPR-T]{_FISCAL_DIGIT}{{2}}[A-Z]{_FISCAL_DIGIT}{{3}}[A-Z]"
+
+NATIONAL_IDENTIFIERS: tuple[NationalIdentifier, ...] = (
+    NationalIdentifier(UK_NHS, _standalone(r"\d{3}[ -]?\d{3}[ -]?\d{4}"), nhs.is_valid, _context(r"nhs")),
+    NationalIdentifier(ES_NIF, _standalone(r"(?:\d{8}|[XYZKLM]-?\d{7})-?[A-Z]"), nif.is_valid,
+                       _context(r"nif\b|n\.i\.f|dni\b|nie\b|documento")),
+    # Sixteen characters in a fixed letter/digit layout: the shape alone is telling.
+    NationalIdentifier(IT_FISCAL_CODE, _standalone(_FISCAL_CODE), codicefiscale.is_valid,
+                       _context(r"codice fiscale|fiscal code|tax code|c\.f\.|cf\b"), bare_confidence=0.7),
+    NationalIdentifier(PL_PESEL, _standalone(r"\d{11}"), pesel.is_valid, _context(r"pesel")),
+    NationalIdentifier(IN_AADHAAR, _standalone(r"[2-9]\d{3}[ -]?\d{4}[ -]?\d{4}"), aadhaar.is_valid,
+                       _context(r"aadhaa?r|uidai")),
+    NationalIdentifier(AU_TFN, _standalone(r"\d{3} ?\d{3} ?\d{2,3}"), tfn.is_valid, _context(r"tfn\b|tax file")),
+)
+
+
+def find_national_identifiers(text: str) -> Iterator[Entity]:
+    for identifier in NATIONAL_IDENTIFIERS:
+        for m in identifier.shape.finditer(text):
+            if not identifier.is_valid(m.group()):
+                continue
+            if _has_context(text, m.start(), identifier.context):
+                confidence = max(identifier.bare_confidence or 0.0, 0.6) + 0.2
+            elif identifier.bare_confidence is not None:
+                confidence = identifier.bare_confidence
+            else:
+                continue
+            yield _entity(identifier.type, m.start(), m.end(), confidence)
+
+
 RECOGNIZERS: tuple[Recognizer, ...] = (
     find_emails, find_phone_numbers, find_credit_cards, find_ssns, find_ip_addresses, find_ibans,
-    find_urls_and_domains, find_zip_codes, find_driver_licenses,
+    find_urls_and_domains, find_zip_codes, find_driver_licenses, find_national_identifiers,
 )
 
 
