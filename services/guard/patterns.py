@@ -132,14 +132,30 @@ def _looks_like_ipv4(candidate: str) -> bool:
     return True
 
 
-def _phone_matches(text: str) -> Iterator[phonenumbers.PhoneNumberMatch]:
+@dataclass(frozen=True)
+class _PhoneMatch:
+    start: int
+    end: int
+    raw: str
+    number: phonenumbers.PhoneNumber
+
+
+# Where a number may start with the 00 prefix; only there is the text read the 00 way (reading all of
+# it so would parse every digit group as a national number of that region: slow, and not wanted).
+_IDD_00 = re.compile(r"(?<![\w+])00[ .-]?[1-9]")
+_IDD_00_WINDOW = 40  # "00 44 20 7946 0958 ext. 12345" and some
+
+
+def _phone_matches(text: str) -> Iterator[_PhoneMatch]:
     # max_tries bounds the candidates phonenumbers looks at; a long text must not lose its tail.
     tries = max(len(text), 65535)
-    yield from phonenumbers.PhoneNumberMatcher(text, _NATIONAL_REGION, phonenumbers.Leniency.POSSIBLE, tries)
-    if "00" in text:
-        for match in phonenumbers.PhoneNumberMatcher(text, _IDD_00_REGION, phonenumbers.Leniency.POSSIBLE, tries):
-            if match.raw_string.startswith("00"):
-                yield match
+    for m in phonenumbers.PhoneNumberMatcher(text, _NATIONAL_REGION, phonenumbers.Leniency.POSSIBLE, tries):
+        yield _PhoneMatch(m.start, m.end, m.raw_string, m.number)
+    for idd in _IDD_00.finditer(text):
+        window = text[idd.start():idd.start() + _IDD_00_WINDOW]
+        for m in phonenumbers.PhoneNumberMatcher(window, _IDD_00_REGION, phonenumbers.Leniency.POSSIBLE):
+            if m.start == 0 and m.raw_string.startswith("00"):
+                yield _PhoneMatch(idd.start(), idd.start() + m.end, m.raw_string, m.number)
 
 
 def _looks_like_date(candidate: str) -> bool:
@@ -156,7 +172,7 @@ def _looks_like_date(candidate: str) -> bool:
 def find_phone_numbers(text: str) -> Iterator[Entity]:
     seen: list[tuple[int, int]] = []
     for match in _phone_matches(text):
-        raw = match.raw_string
+        raw = match.raw
         if any(s < match.end and match.start < e for s, e in seen) or _looks_like_ipv4(raw):
             continue  # "143.164.26.163" would parse as +1 431 642 6163
         if fits_numbering_plan(match.number):
