@@ -150,7 +150,8 @@ def structural_to_draft4(node: dict[str, Any], structural: bool = True) -> dict[
     return out
 
 
-def _list_type(validator: Any, list_type: str, instance: Any, schema: dict[str, Any]) -> Iterator[jsonschema.ValidationError]:
+def _list_type(validator: Any, list_type: str, instance: Any,
+               schema: dict[str, Any]) -> Iterator[jsonschema.ValidationError]:
     if not validator.is_type(instance, "array") or list_type not in ("set", "map"):
         return
     keys = schema.get("x-kubernetes-list-map-keys", [])
@@ -245,8 +246,9 @@ class CrdCatalog:
         if found is None or not found.served:
             served = sorted(v for v, c in crd.items() if c.served)
             state = "not served" if found else "unknown"
+            source = crd[served[0]].source.name
             raise ResourceRejected(where, [SchemaError(
-                "apiVersion", f"{state} version {version!r} of {kind}; served: {', '.join(served)} ({crd[served[0]].source.name})")])
+                "apiVersion", f"{state} version {version!r} of {kind}; served: {', '.join(served)} ({source})")])
         if found.deprecated:
             warning = found.deprecation_warning or f"{api_version} {kind} is deprecated"
             raise ResourceRejected(where, [SchemaError(

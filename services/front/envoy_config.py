@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import copy
+import re
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from google.protobuf import any_pb2, json_format, symbol_database
+from google.protobuf.message import Message
 
 from services.common.config import SwitchyardConfig
 
@@ -14,8 +25,74 @@ EXT_PROC_CLUSTER = "switchyard_front"
 BUFFER_HEADROOM = 1 << 20
 
 
+# The messages that the configuration's `@type`s name: importing their modules registers them, so
+# that json_format resolves each typed_config Any to its message (an unknown @type fails).
+TYPED_CONFIG_MESSAGES = (
+    http_connection_manager_pb2.HttpConnectionManager,
+    ext_proc_pb2.ExternalProcessor,
+    router_pb2.Router,
+    http_protocol_options_pb2.HttpProtocolOptions,
+)
+
+
 class EnvoyNotFoundError(RuntimeError):
     pass
+
+
+class EnvoyConfigError(ValueError):
+    """Generated Envoy configuration that Envoy's v3 API does not accept: a bug here, not a user error."""
+
+
+def _deprecated_fields(message: Message, path: str) -> Iterator[str]:
+    """Paths of fields set in `message` (typed_config Anys included) that Envoy's API marks deprecated."""
+    if message.DESCRIPTOR.full_name == any_pb2.Any.DESCRIPTOR.full_name:
+        inner = symbol_database.Default().GetSymbol(message.TypeName())()
+        message.Unpack(inner)
+        yield from _deprecated_fields(inner, f"{path}<{message.TypeName()}>")
+        return
+    for field, value in message.ListFields():
+        where = f"{path}.{field.name}"
+        if field.GetOptions().deprecated:
+            yield where
+        if field.message_type is None:
+            continue
+        if field.message_type.GetOptions().map_entry:
+            if field.message_type.fields_by_name["value"].message_type is None:
+                continue
+            items = [(f"{where}[{key}]", item) for key, item in value.items()]
+        elif field.is_repeated:
+            items = [(f"{where}[{index}]", item) for index, item in enumerate(value)]
+        else:
+            items = [(where, value)]
+        for item_path, item in items:
+            yield from _deprecated_fields(item, item_path)
+
+
+def _parse_error(error: json_format.ParseError) -> str:
+    """json_format's message, shortened: it says "Failed to parse <field> field: " once per enclosing
+    field and may list every valid field name; the path and the last clause are what matter."""
+    text = str(error).split("\n")[0].rstrip(".")
+    fields = re.findall(r"Failed to parse (\w+) field: ", text)
+    detail = re.sub(r"(?:Failed to parse \w+ field: )+", "", text)
+    return detail if " at " in detail or not fields else f"{'.'.join(fields)}: {detail}"
+
+
+def validate_envoy_message(data: dict[str, Any], message_type: type[Message] = bootstrap_pb2.Bootstrap) -> Message:
+    """`data` parsed strictly into the typed xds message: an unknown or misspelled field, a wrong type,
+    an unknown enum value, an unresolvable typed_config `@type` or a deprecated field raises
+    EnvoyConfigError naming the path. What only Envoy checks (references between clusters and
+    routes, protoc-gen-validate rules such as required fields) is left to Envoy."""
+    name = message_type.DESCRIPTOR.full_name
+    try:
+        # A copy: json_format takes each "@type" out of the dict and puts it back last.
+        message = json_format.ParseDict(copy.deepcopy(data), message_type())
+    except json_format.ParseError as exc:
+        raise EnvoyConfigError(f"the generated Envoy configuration is not a valid {name}: {_parse_error(exc)}") from exc
+    deprecated = list(_deprecated_fields(message, message_type.DESCRIPTOR.name))
+    if deprecated:
+        raise EnvoyConfigError(f"the generated Envoy configuration sets deprecated fields of {name}: "
+                               + ", ".join(deprecated))
+    return message
 
 
 def envoy_binary(config: SwitchyardConfig) -> Path:
@@ -89,6 +166,7 @@ def ext_proc_filter(config: SwitchyardConfig) -> dict[str, Any]:
 
 
 def build_envoy_config(config: SwitchyardConfig) -> dict[str, Any]:
+    """The Envoy bootstrap for `config`, validated against Envoy's v3 API (EnvoyConfigError if not)."""
     buffer_limit = config.front.max_body_bytes + BUFFER_HEADROOM
     upstream_timeout = f"{config.envoy.upstream_timeout_s:.0f}s"
     routes: list[dict[str, Any]] = []
@@ -127,7 +205,7 @@ def build_envoy_config(config: SwitchyardConfig) -> dict[str, Any]:
     clusters = [_cluster(EXT_PROC_CLUSTER, config.front.host, config.front.grpc_port, True, buffer_limit)]
     clusters += [_cluster(backend_cluster_name(b.name), b.address, b.port, False, buffer_limit, "5s")
                  for b in config.backends]
-    return {
+    bootstrap = {
         "admin": {"address": {"socket_address": {"address": config.envoy.host,
                                                  "port_value": config.envoy.admin_port}}},
         "static_resources": {
@@ -142,3 +220,6 @@ def build_envoy_config(config: SwitchyardConfig) -> dict[str, Any]:
             "clusters": clusters,
         },
     }
+    # Checked against the typed messages, written as built: the dict is what goes to envoy.yaml.
+    validate_envoy_message(bootstrap)
+    return bootstrap

@@ -8,9 +8,11 @@ import shutil
 
 import pytest
 import yaml
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
 
 from services.common.config import parse_config
-from services.front.envoy_config import build_envoy_config, ext_proc_filter
+from services.front.envoy_config import build_envoy_config, ext_proc_filter, validate_envoy_message
 from tests.conftest import example_config_data
 
 from .conftest import CHART, FULLNAME, NAMESPACE, VARIANTS, find, one, render, router_config_data
@@ -112,6 +114,23 @@ def test_patch_policy_inserts_the_same_ext_proc_filter_first(rendered):
     assert address == {"address": f"{FULLNAME}-front.{NAMESPACE}.svc.cluster.local",
                        "port_value": service_port(docs, f"{FULLNAME}-front", "grpc")}
     assert "http2_protocol_options" in str(cluster_patch["operation"]["value"])
+
+
+@pytest.mark.parametrize("variant", ["ai-gateway", "production-stack"])
+def test_patch_policy_values_are_typed_envoy_messages(rendered, variant):
+    """The JSON patches' values are opaque to the CRD; Envoy's typed API checks them instead."""
+    policy = one(rendered[variant], "EnvoyPatchPolicy", f"{FULLNAME}-extproc")
+    listener_patch, cluster_patch = policy["spec"]["jsonPatches"]
+    assert listener_patch["type"] == "type.googleapis.com/envoy.config.listener.v3.Listener"
+    validate_envoy_message(listener_patch["operation"]["value"], http_connection_manager_pb2.HttpFilter)
+    assert cluster_patch["type"] == f"type.googleapis.com/{cluster_pb2.Cluster.DESCRIPTOR.full_name}"
+    validate_envoy_message(cluster_patch["operation"]["value"], cluster_pb2.Cluster)
+
+
+@pytest.mark.parametrize("variant", ["plain-envoy", "dev"])
+def test_plain_envoy_config_is_a_typed_bootstrap(rendered, variant):
+    envoy = yaml.safe_load(one(rendered[variant], "ConfigMap", f"{FULLNAME}-envoy")["data"]["envoy.yaml"])
+    validate_envoy_message(envoy)
 
 
 def test_extension_policy_calls_the_front_service(rendered):

@@ -1,0 +1,97 @@
+"""The generated Envoy configuration is checked against Envoy's typed v3 API (xds-protos) as it is built."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import yaml
+
+from services.common.config import parse_config
+from services.front import envoy_config
+from services.front.envoy_config import EnvoyConfigError, build_envoy_config, validate_envoy_message
+from tests.conftest import example_config_data
+
+
+@pytest.fixture
+def config():
+    return parse_config(example_config_data())
+
+
+def hcm(bootstrap: dict[str, Any]) -> dict[str, Any]:
+    return bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+
+
+def type_urls(node: Any) -> set[str]:
+    if isinstance(node, dict):
+        return ({node["@type"]} if "@type" in node else set()) | {u for v in node.values() for u in type_urls(v)}
+    if isinstance(node, list):
+        return {u for v in node for u in type_urls(v)}
+    return set()
+
+
+def test_the_generated_config_is_a_valid_bootstrap(config):
+    bootstrap = build_envoy_config(config)
+    message = validate_envoy_message(bootstrap)
+    assert [c.name for c in message.static_resources.clusters] == [c["name"] for c in
+                                                                   bootstrap["static_resources"]["clusters"]]
+    # Every typed_config resolved to its message, none left opaque.
+    known = {f"type.googleapis.com/{m.DESCRIPTOR.full_name}" for m in envoy_config.TYPED_CONFIG_MESSAGES}
+    assert type_urls(bootstrap) == known
+
+
+def test_the_output_is_written_as_built(config):
+    """Validation only reads: the dict (key order, "5.000s" durations) is what envoy.yaml gets."""
+    bootstrap = build_envoy_config(config)
+    ext_proc = hcm(bootstrap)["http_filters"][0]["typed_config"]
+    assert list(ext_proc)[0] == "@type"
+    assert ext_proc["message_timeout"] == f"{config.envoy.message_timeout_ms / 1000:.3f}s"
+    assert yaml.safe_dump(bootstrap, sort_keys=False) == yaml.safe_dump(build_envoy_config(config), sort_keys=False)
+
+
+def test_a_misspelled_field_fails_at_generation_time(config, monkeypatch):
+    cluster = envoy_config._cluster
+
+    def misspelled(*args, **kwargs):
+        built = cluster(*args, **kwargs)
+        built["conect_timeout"] = built.pop("connect_timeout")
+        return built
+
+    monkeypatch.setattr(envoy_config, "_cluster", misspelled)
+    with pytest.raises(EnvoyConfigError, match=r'"envoy.config.cluster.v3.Cluster" has no field named '
+                                               r'"conect_timeout" at "Bootstrap.static_resources.clusters\[0\]"'):
+        build_envoy_config(config)
+
+
+def test_a_wrong_enum_value_inside_a_typed_config_fails(config, monkeypatch):
+    ext_proc_filter = envoy_config.ext_proc_filter
+
+    def wrong_mode(cfg):
+        built = ext_proc_filter(cfg)
+        built["typed_config"]["processing_mode"]["request_body_mode"] = "BUFFER"
+        return built
+
+    monkeypatch.setattr(envoy_config, "ext_proc_filter", wrong_mode)
+    with pytest.raises(EnvoyConfigError, match=r"Invalid enum value BUFFER .* at Bootstrap\.static_resources\."
+                                               r"listeners\[0\].*http_filters\[0\]\.typed_config\.processing_mode"):
+        build_envoy_config(config)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda b: hcm(b)["http_filters"][1]["typed_config"].update(
+        {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Routr"}),
+     "Can not find message descriptor by type_url: type.googleapis.com/envoy.extensions.filters.http.router.v3.Routr"),
+    (lambda b: b["static_resources"]["clusters"][0].update(connect_timeout=1),
+     "clusters[0].connect_timeout"),
+    (lambda b: b["static_resources"]["clusters"][0].update(http2_protocol_options={}),
+     "deprecated fields of envoy.config.bootstrap.v3.Bootstrap: Bootstrap.static_resources.clusters[0]."
+     "http2_protocol_options"),
+    (lambda b: hcm(b).update(stat_prefix=["switchyard"]), "stat_prefix"),
+])
+def test_what_envoy_would_reject_is_named(config, change, message):
+    bootstrap = copy.deepcopy(build_envoy_config(config))
+    change(bootstrap)
+    with pytest.raises(EnvoyConfigError) as caught:
+        validate_envoy_message(bootstrap)
+    assert message in str(caught.value)
