@@ -124,7 +124,7 @@ OVERVIEW = [
     ]),
     Row("Admission and guard coverage", [
         Panel("Refused at admission", "Requests refused before any work: router_overloaded (429 + Retry-After: "
-              "the routing work in flight is at its bound) and prompt_too_long (413: the prompt alone cannot be "
+              "the routing work in flight is at its bound) and prompt_too_long (400: the prompt alone cannot be "
               "checked within front.max_routing_ms).",
               [(rate("switchyard_front_admission_rejections_total", "reason"), "{{reason}}")], unit="reqps",
               width=6),

@@ -16,7 +16,8 @@ from services.mesh.supervisor import Mesh, ProcessSpec
 class MeshRunner:
     """Start/stop a Mesh from synchronous test code; keeps every log line for assertions."""
 
-    def __init__(self, data: dict[str, Any], directory: Path, extra_specs: list[ProcessSpec] | None = None) -> None:
+    def __init__(self, data: dict[str, Any], directory: Path, extra_specs: list[ProcessSpec] | None = None,
+                 restart: bool = True) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.config_path = directory / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -25,7 +26,8 @@ class MeshRunner:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.mesh = Mesh(self.config, self.config_path, directory / "run",
-                         log_line=lambda name, line: self.logs.append((name, line)), extra_specs=extra_specs)
+                         log_line=lambda name, line: self.logs.append((name, line)), extra_specs=extra_specs,
+                         restart=restart)
 
     @property
     def envoy_url(self) -> str:

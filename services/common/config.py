@@ -279,8 +279,20 @@ class CacheConfig(ServiceConfig):
     path: Path = Path(".switchyard/cache")
     url: str | None = None
     collection: str = "switchyard_cache"
-    similarity_threshold: UnitInterval = 0.9
+    # Check every candidate's text against the question (services/cache/verify.py) before serving it:
+    # numbers, names, negations, operators, direction and word order must agree. false serves on
+    # similarity alone, which answers look-alikes ("17 times 24" from "17 times 23") wrongly.
+    verify: bool = True
+    # The similarity a verified paraphrase (other words) needs; with verify off, what any hit needs.
+    similarity_threshold: UnitInterval = 0.8
+    # Per routing category, instead of similarity_threshold.
     category_thresholds: dict[str, UnitInterval] = Field(default_factory=dict)
+    # The similarity a hit needs when the verifier found the same words (up to case, punctuation, typos,
+    # courtesy phrases, sentence order) or a self-correction into the stored question.
+    lexical_threshold: UnitInterval = 0.7
+    # Requests without a tenant (no front.tenant_header): "bypass" neither serves them from the cache nor
+    # stores their answers; "shared" puts them all in one scope, where any such client gets the others' answers.
+    anonymous: Literal["bypass", "shared"] = "bypass"
     ttl_s: Positive = 3600
     max_entries: int = Field(default=10000, gt=0)
     eviction: Literal["lru", "fifo"] = "lru"
@@ -334,8 +346,8 @@ class FrontConfig(_Section):
     tenant_header: str = "x-user-id"
     api: ApiConfig = Field(default_factory=ApiConfig)
     # Cap of every service deadline, so routing always answers before Envoy's message_timeout_ms.
-    # Work that cannot fit under it is refused at admission: 429 when the mesh is busy, 413 when the
-    # prompt alone is too long.
+    # Work that cannot fit under it is refused at admission: 429 when the mesh is busy, 400
+    # prompt_too_long when the prompt alone is too long.
     max_routing_ms: Positive = 4000
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
     # Longer `model` values are refused (400) before any service is asked; no model is named so.
@@ -422,6 +434,10 @@ class SwitchyardConfig(_Section):
             problems.append(f"front.max_routing_ms: must be below envoy.message_timeout_ms "
                             f"({self.envoy.message_timeout_ms:g}), or Envoy gives up before the router answers; "
                             f"got {self.front.max_routing_ms:g}")
+        if self.triton.timeout_ms < self.front.max_routing_ms:
+            problems.append(f"triton.timeout_ms: must be at least front.max_routing_ms ({self.front.max_routing_ms:g}), "
+                            f"or Triton calls are cut off before the deadlines the front grants; got "
+                            f"{self.triton.timeout_ms:g}")
         for name in ("decision", "guard", "cache"):
             floor = getattr(self, name).deadline_ms
             if floor >= self.front.max_routing_ms:

@@ -4,7 +4,8 @@ Every service call of a request gets a deadline that fits the work: the service'
 per-token cost for all the routing work in flight when the request was admitted (its own and the
 requests ahead of it: they share Triton's CPU, so a request queued behind two long prompts waits for
 them), capped by `front.max_routing_ms`. Work that could not finish under the cap is refused before
-any service is asked — 413 when the prompt alone is too long, 429 + Retry-After when the mesh is
+any service is asked — 400 prompt_too_long when the prompt alone is too long (as OpenAI answers a
+prompt over the context length), 429 + Retry-After when the mesh is
 busy — so a deadline is only ever missed by a service that is broken, never by one that is merely
 busy, and the guard is never skipped for being slow.
 """
@@ -58,11 +59,11 @@ class Admission:
         return sum(estimate_tokens(t) for t in texts) + self._config.front.admission.overhead_tokens
 
     def admit(self, work: int) -> Admitted:
-        """Take a request on, or raise RequestError(413) / Overloaded(429) before any work is done."""
+        """Take a request on, or raise RequestError(400) / Overloaded(429) before any work is done."""
         front = self._config.front
         if work > self.max_work:
             raise RequestError(
-                413, f"the prompt is too long to be checked within the routing budget: about {work} tokens of "
+                400, f"the prompt is too long to be checked within the routing budget: about {work} tokens of "
                 f"work, the limit is {int(self.max_work)} (front.max_routing_ms = {front.max_routing_ms:g} ms at "
                 f"deadline_per_token_ms); shorten the prompt or raise front.max_routing_ms", "prompt_too_long",
                 "messages")

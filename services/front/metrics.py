@@ -45,7 +45,7 @@ class FrontMetrics:
                                    "what the router did (allow, mask, reroute, block).", ["action"], registry=r)
         self.admission_rejections = Counter(
             "switchyard_front_admission_rejections", "Requests refused before any work: router_overloaded (429) "
-            "or prompt_too_long (413).", ["reason"], registry=r)
+            "or prompt_too_long (400).", ["reason"], registry=r)
         self.inflight_requests = Gauge("switchyard_front_inflight_requests", "Routed requests in flight.",
                                        registry=r)
         self.inflight_work = Gauge("switchyard_front_inflight_work_tokens",

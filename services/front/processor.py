@@ -161,8 +161,15 @@ class RequestProcessor:
             raise RequestError(413, f"the request body is {len(raw)} bytes; the limit is "
                                f"{self.config.front.max_body_bytes} (front.max_body_bytes)", "request_too_large")
         self.request = parse_chat_request(raw)
-        # Before any service is asked: what is accepted must not depend on a service being up.
-        check_requested_model(self.config, self.request.model)
+        try:
+            # Before any service is asked: what is accepted must not depend on a service being up.
+            check_requested_model(self.config, self.request.model)
+        except RequestError as exc:
+            # A routing verdict (like decision's rejections used to be), so the dry run reports it too.
+            if not dry_run:
+                self.metrics.errors.labels(exc.code).inc()
+            self.outcome = Outcome("error", reply=error_reply(exc))
+            return Routed(self.outcome, {s.value: ServiceCall(s.value, failure="not_called") for s in Service})
         context = self.context_message = self.request.to_context(
             request_id=self.request_headers.get("x-request-id", ""),
             tenant=self.request_headers.get(self.config.front.tenant_header.lower(), ""),

@@ -213,3 +213,11 @@ def test_cache_killed_mid_load_fails_open_and_comes_back(mesh: MeshRunner, clien
             break
         time.sleep(0.2)
     assert "cache" not in response.headers.get("x-vsr-degraded", ""), "the cache did not come back"
+
+
+def test_a_prompt_too_long_to_check_in_time_is_400_naming_the_key(client: httpx.Client, mesh: MeshRunner) -> None:
+    response = client.post(CHAT, json=chat(padded(DAN, 100_000, attack_first=False)))
+    assert_openai_error(response, (400,))
+    error = response.json()["error"]
+    assert error["code"] == "prompt_too_long" and "front.max_routing_ms" in error["message"]
+    assert reached_backend(mesh, DAN_MARK) == 0

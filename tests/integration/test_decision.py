@@ -18,7 +18,12 @@ CHAT = "/v1/chat/completions"
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory):
-    runner = MeshRunner(config_on_free_ports(), tmp_path_factory.mktemp("decision"))
+    # A routing budget large enough for the 100 KB prompt below (the default refuses it with 413: on
+    # 2 CPU cores the guard cannot check ~20,000 tokens within 4 s).
+    runner = MeshRunner(config_on_free_ports({"front": {"max_routing_ms": 50_000},
+                                              "envoy": {"message_timeout_ms": 60_000},
+                                              "triton": {"timeout_ms": 50_000}}),
+                        tmp_path_factory.mktemp("decision"))
     runner.start()
     yield runner
     runner.stop()

@@ -147,7 +147,8 @@ def observed(prometheus_binary: str, tmp_path_factory: pytest.TempPathFactory) -
         # requests whose metrics and spans this test looks for.
         overrides = {"telemetry": {"otlp_endpoint": receiver.endpoint}, "decision": {"deadline_ms": 3000},
                      "guard": {"deadline_ms": 3000}, "cache": {"deadline_ms": 3000}}
-        mesh = MeshRunner(config_on_free_ports(overrides), directory / "mesh")
+        # No restarts: the killed cache must stay down for the "down" panels and alerts to show it.
+        mesh = MeshRunner(config_on_free_ports(overrides), directory / "mesh", restart=False)
         mesh.start()
         prometheus: subprocess.Popen[bytes] | None = None
         try:

@@ -131,6 +131,13 @@ def test_routing_cap_must_fit_envoys_message_timeout() -> None:
     assert "front.max_routing_ms: must be below envoy.message_timeout_ms (5000)" in _error_for(data)
 
 
+def test_triton_calls_may_last_as_long_as_the_routing_cap() -> None:
+    data = example_config_data()
+    data["front"]["max_routing_ms"] = 4500
+    data["triton"]["timeout_ms"] = 2000
+    assert "triton.timeout_ms: must be at least front.max_routing_ms (4500)" in _error_for(data)
+
+
 def test_a_service_floor_must_fit_under_the_routing_cap() -> None:
     data = example_config_data()
     data["guard"]["deadline_ms"] = 20000

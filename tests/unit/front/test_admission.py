@@ -1,4 +1,4 @@
-"""Admission control: deadlines from the work in flight, 413 for a prompt too long, 429 when busy."""
+"""Admission control: deadlines from the work in flight, 400 for a prompt too long, 429 when busy."""
 
 from __future__ import annotations
 
@@ -35,12 +35,12 @@ def test_deadline_is_floor_plus_per_token_cost_of_the_work_in_flight() -> None:
     assert a.inflight_work == 0 and a.inflight_requests == 0
 
 
-def test_a_request_too_long_for_the_cap_is_413_even_when_idle() -> None:
+def test_a_request_too_long_for_the_cap_is_400_even_when_idle() -> None:
     a = admission()
     assert a.max_work == pytest.approx(3700)  # (4000 - 300) / 1.0, the guard's floor is the highest
     with pytest.raises(RequestError) as error:
         a.admit(3701)
-    assert error.value.status == 413 and "front.max_routing_ms" in error.value.message
+    assert error.value.status == 400 and "front.max_routing_ms" in error.value.message
     assert not isinstance(error.value, Overloaded)
 
 

@@ -270,11 +270,11 @@ async def test_deadlines_grow_with_the_prompt() -> None:
     assert long.timeouts["guard"] <= 4.0  # front.max_routing_ms
 
 
-async def test_a_prompt_too_long_for_the_routing_budget_is_413_naming_the_key() -> None:
+async def test_a_prompt_too_long_for_the_routing_budget_is_400_naming_the_key() -> None:
     clients = ScriptedClients()
     processor = make_processor(clients, overrides={"front": {"max_body_bytes": 10_000_000}})
     response = await route_chat(processor, {**CHAT, "messages": [{"role": "user", "content": "word " * 20_000}]})
-    assert status_of(response) == 413
+    assert status_of(response) == 400
     assert error_of(response)["code"] == "prompt_too_long" and "front.max_routing_ms" in error_of(response)["message"]
     assert clients.contexts == []
 
