@@ -6,14 +6,17 @@ DIR defaults to $SWITCHYARD_CRDS_DIR, else ../shared/k8s-crds beside the reposit
 lists each CRD's project and release). Prints one JSON object {"validated": {kind: count},
 "skipped_builtin": n, "errors": [...]} and exits 1 on any error.
 
-What `kubectl apply --validate=strict` would say, as far as a schema alone can tell: unknown
-fields, wrong types, enum/pattern/range violations, missing required fields, an unknown kind or
-version, a deprecated or unserved version. The CRD dialect is translated as the CRDs' README
+What the API server would say at `kubectl apply --validate=strict`, as far as the CRD alone can
+tell: unknown fields, wrong types, enum/pattern/range violations, missing required fields, an
+unknown kind or version, a deprecated or unserved version, and the CRD's CEL rules
+(`x-kubernetes-validations`, evaluated with the `cel` library on the resource after the schema's
+defaults are applied, as the API server does). The CRD dialect is translated as the CRDs' README
 says: `nullable` allows null, `x-kubernetes-int-or-string` is integer or string,
 `x-kubernetes-preserve-unknown-fields` and `x-kubernetes-embedded-resource` allow what they say,
 `x-kubernetes-list-type: set|map` items must be unique (by `x-kubernetes-list-map-keys`). Not
-checked: CEL rules (`x-kubernetes-validations`), `format`, defaulting, and anything a controller
-decides (references that resolve, policies that are accepted).
+checked: transition rules (those with `oldSelf`: they compare with the stored object on update),
+`format`, CEL cost limits, and anything a controller decides (references that resolve, policies
+that are accepted, listeners that are programmed).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cel
 import jsonschema
 import yaml
 from jsonschema import validators
@@ -183,6 +187,61 @@ def _errors(validator: Any, doc: dict[str, Any]) -> list[SchemaError]:
     return sorted(found, key=lambda e: e.path)
 
 
+# ---- defaults and CEL rules ------------------------------------------------------------------------
+
+def apply_defaults(schema: dict[str, Any], instance: Any) -> None:
+    """The schema's `default`s filled into `instance` where a field is missing, as the API server does
+    before it evaluates the CEL rules (a rule may read a field that only its default sets)."""
+    if isinstance(instance, dict):
+        properties = schema.get("properties", {})
+        for name, child in properties.items():
+            if name not in instance and "default" in child:
+                instance[name] = copy.deepcopy(child["default"])
+            if name in instance:
+                apply_defaults(child, instance[name])
+        if isinstance(schema.get("additionalProperties"), dict):
+            for name, value in instance.items():
+                if name not in properties:
+                    apply_defaults(schema["additionalProperties"], value)
+    elif isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        for item in instance:
+            apply_defaults(schema["items"], item)
+
+
+class CelRules:
+    """The CRDs' `x-kubernetes-validations`, compiled once each, evaluated at every field present."""
+
+    def __init__(self) -> None:
+        self._programs: dict[str, Any] = {}
+
+    def errors(self, schema: dict[str, Any], instance: Any, path: list[str | int]) -> Iterator[SchemaError]:
+        for rule in schema.get("x-kubernetes-validations", []):
+            expression = rule["rule"]
+            if "oldSelf" in expression:
+                continue  # a transition rule: it compares with the stored object, on update only
+            where = json_path(path) + rule.get("fieldPath", "")
+            try:
+                if expression not in self._programs:
+                    self._programs[expression] = cel.compile(expression)
+                passed = self._programs[expression].execute({"self": instance}) is True
+                failure = rule.get("message") or f"failed rule: {expression}"
+            except KeyError as exc:  # the API server's "no such key": the rule fails
+                passed, failure = False, f"failed rule: {expression} (no such key {exc})"
+            except (RuntimeError, ValueError, TypeError) as exc:
+                passed, failure = False, f"CEL rule not evaluable offline ({exc}): {expression}"
+            if not passed:
+                yield SchemaError(where, failure)
+        if isinstance(instance, dict):
+            properties = schema.get("properties", {})
+            for name, value in instance.items():
+                child = properties.get(name, schema.get("additionalProperties"))
+                if isinstance(child, dict):
+                    yield from self.errors(child, value, [*path, name])
+        elif isinstance(instance, list) and isinstance(schema.get("items"), dict):
+            for index, item in enumerate(instance):
+                yield from self.errors(schema["items"], item, [*path, index])
+
+
 # ---- the catalog -----------------------------------------------------------------------------------
 
 def crds_dir(explicit: Path | None = None) -> Path:
@@ -196,6 +255,7 @@ class CrdCatalog:
     def __init__(self, versions: dict[tuple[str, str], dict[str, CrdVersion]]) -> None:
         self._versions = versions
         self._validators: dict[tuple[str, str, str], Any] = {}
+        self._rules = CelRules()
 
     @classmethod
     def load(cls, folder: Path) -> CrdCatalog:
@@ -275,10 +335,15 @@ class CrdCatalog:
             validator = self.validator(api_version, kind)
         except ResourceRejected as exc:
             raise ResourceRejected(where, exc.errors) from None
+        crd = self.crd_version(api_version, kind)
         errors = _errors(validator, doc)
+        if not errors:  # rules assume the schema holds (types, required fields)
+            defaulted = copy.deepcopy(doc)
+            apply_defaults(crd.schema, defaulted)
+            errors = sorted(self._rules.errors(crd.schema, defaulted, []), key=lambda e: e.path)
         if errors:
             raise ResourceRejected(where, errors)
-        return self.crd_version(api_version, kind)
+        return crd
 
 
 def is_builtin(doc: dict[str, Any]) -> bool:

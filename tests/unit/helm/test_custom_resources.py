@@ -191,6 +191,50 @@ def test_an_unserved_version_is_an_error(catalog):
     assert "apiVersion: not served version 'v1alpha2' of TCPRoute; served: v1" in rejection(catalog, doc)
 
 
+# (variant, kind, change, the CRD's CEL rule message it must produce), per family.
+RULE_BREAKS = [
+    ("ai-gateway", "Gateway", setting("spec.listeners[0].tls", {"mode": "Terminate"}),
+     "spec.listeners: tls must not be specified for protocols ['HTTP', 'TCP', 'UDP']"),
+    ("ai-gateway", "ClientTrafficPolicy", setting("spec.targetRefs[0].kind", "HTTPRoute"),
+     "spec: this policy can only have a targetRefs[*].kind of Gateway or ListenerSet"),
+    ("ai-gateway", "Backend", setting("spec.endpoints[0].ip", {"address": "10.0.0.1", "port": 80}),
+     "spec.endpoints[0]: only one of fqdn, ip or unix can be specified"),
+    ("ai-gateway-extension-policy", "EnvoyExtensionPolicy", setting("spec.extProc[0].backendRefs[0].kind", "Pod"),
+     "spec.extProc[0]: BackendRefs only supports Service, ServiceImport, and Backend kind."),
+    ("ai-gateway", "AIGatewayRoute", setting("spec.rules[0].timeouts.backendRequest", "999s"),
+     "spec.rules[0].timeouts: backendRequest timeout cannot be longer than request timeout"),
+    ("ai-gateway", "AIGatewayRoute", setting("spec.parentRefs[0].kind", "HTTPRoute"),
+     "spec.parentRefs: only Gateway is supported"),
+    ("ai-gateway", "AIServiceBackend", setting("spec.backendRef.kind", "Service"),
+     "spec.backendRef: BackendRef must be a Backend resource of Envoy Gateway"),
+]
+
+
+@pytest.mark.parametrize(("variant", "kind", "change", "expected"), RULE_BREAKS,
+                         ids=[expected.split(":")[1][:40].strip() for *_, expected in RULE_BREAKS])
+def test_a_broken_cel_rule_is_an_error(catalog, rendered, variant, kind, change, expected):
+    (doc,) = (d for d in rendered[variant] if d["kind"] == kind)
+    broken = copy.deepcopy(doc)
+    change(broken)
+    assert expected in rejection(catalog, broken)
+
+
+def test_rules_see_the_schema_defaults(catalog, rendered):
+    """The extension policy's backendRef names no kind: the CRD's default (Service) satisfies its rule."""
+    policy = copy.deepcopy(one(rendered["ai-gateway-extension-policy"], "EnvoyExtensionPolicy",
+                               "sy-switchyard-extproc"))
+    (ref,) = policy["spec"]["extProc"][0]["backendRefs"]
+    assert "kind" not in ref
+    catalog.validate(policy)
+    crds.apply_defaults(catalog.crd_version(policy["apiVersion"], policy["kind"]).schema, policy)
+    assert policy["spec"]["extProc"][0]["backendRefs"][0]["kind"] == "Service"
+
+
+def test_transition_rules_are_left_to_updates(catalog, rendered):
+    """GatewayClass's controllerName is immutable (`self == oldSelf`): nothing to compare on create."""
+    catalog.validate(one(rendered["ai-gateway"], "GatewayClass", "switchyard"))
+
+
 def test_a_duplicate_list_map_key_is_an_error(catalog, rendered):
     gateway = copy.deepcopy(one(rendered["ai-gateway"], "Gateway", "sy-switchyard"))
     gateway["spec"]["listeners"].append(dict(gateway["spec"]["listeners"][0], port=81))
