@@ -1,6 +1,6 @@
-"""Validates rendered custom resources against the openAPIV3Schema of their upstream CRDs, strictly.
+"""Validates rendered custom resources against their upstream CRDs (schema and CEL rules), strictly.
 
-Run with the project venv (jsonschema is a dev dependency):
+Run with the project venv (jsonschema and cel are dev dependencies):
     .venv/bin/python helm/tools/validate_custom_resources.py [--crds DIR] RENDERED.yaml [...]
 DIR defaults to $SWITCHYARD_CRDS_DIR, else ../shared/k8s-crds beside the repository (its README
 lists each CRD's project and release). Prints one JSON object {"validated": {kind: count},
@@ -75,7 +75,7 @@ class CrdCatalogError(RuntimeError):
 
 @dataclass(frozen=True)
 class CrdVersion:
-    """One served version of one CRD, with where it came from."""
+    """One version of one CRD (served or not), with where it came from."""
 
     group: str
     kind: str
