@@ -14,6 +14,12 @@ class CacheMetrics:
         r = self.registry
         self.hits = Counter("llm_cache_hits", "Lookups that found at least one match.", registry=r)
         self.misses = Counter("llm_cache_misses", "Lookups that found no match.", registry=r)
+        self.matches = Counter("switchyard_cache_matches", "Matches returned, by the check that let them through "
+                               "(exact, lexical, correction, paraphrase; similarity when verification is off).",
+                               ["check"], registry=r)
+        self.rejections = Counter("switchyard_cache_rejections", "Candidates above the search cut-off that were not "
+                                  "served, by reason (numbers, negation, entities, ..., similarity).", ["reason"],
+                                  registry=r)
         self.bypasses = Counter("switchyard_cache_bypasses", "Lookups or stores skipped, by operation and reason.",
                                 ["operation", "reason"], registry=r)
         self.entries = Gauge("switchyard_cache_entries", "Entries in the cache collection.", registry=r)
@@ -24,5 +30,5 @@ class CacheMetrics:
         self.writes = Counter("switchyard_cache_writes", "Entries written by the write worker, by result.",
                               ["result"], registry=r)
         self.lookup_latency = Histogram("switchyard_cache_lookup_seconds", "Lookup latency by stage "
-                                        "(embed, search, total).", ["stage"], buckets=LOOKUP_BUCKETS, registry=r)
+                                        "(embed, search, verify, total).", ["stage"], buckets=LOOKUP_BUCKETS, registry=r)
         self.errors = Counter("switchyard_cache_errors", "Lookups that failed, by reason.", ["reason"], registry=r)

@@ -5,18 +5,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from services.cache.verify import Agreement
 from services.common.config import CacheConfig
-from services.common.sse import cacheable, reassemble_sse
+from services.common.sse import reassemble_sse, uncacheable_reason
 from switchyard.v1 import common_pb2
 
 # Bypass / refusal reasons; they appear in LookupResponse.bypass_reason, StoreResponse.reason and metrics.
+# A refused answer's reason is the one services.common.sse.uncacheable_reason gives ("truncated", ...).
 NO_CACHE = "no-cache"
 NO_STORE = "no-store"
 TEMPERATURE = "temperature"
 NO_USER_MESSAGE = "no-user-message"
+NO_FINGERPRINT = "no-fingerprint"
+ANONYMOUS = "anonymous"
 MODEL_DISABLED = "model-disabled"
 NOT_A_COMPLETION = "not-a-completion"
-NOT_FINISHED = "not-finished"
 
 
 class StoreRefusal(Exception):
@@ -40,12 +43,18 @@ class CachePolicy:
         # who wants them bypassed can make the front (or backend) default explicit.
         return params.HasField("temperature") and params.temperature > self.config.max_temperature
 
+    def _anonymous_bypassed(self, context: common_pb2.RequestContext) -> bool:
+        # Without a tenant every client would share one scope: another client's answer is not theirs to get.
+        return not context.tenant and self.config.anonymous == "bypass"
+
     def lookup_bypass(self, context: common_pb2.RequestContext) -> str | None:
         """Why this request must not be looked up, or None."""
         if NO_CACHE in context.cache_directives:
             return NO_CACHE
         if self._temperature_too_high(context.params):
             return TEMPERATURE
+        if self._anonymous_bypassed(context):
+            return ANONYMOUS
         return None
 
     def store_bypass(self, context: common_pb2.RequestContext, model: str) -> str | None:
@@ -54,6 +63,8 @@ class CachePolicy:
             return NO_STORE
         if self._temperature_too_high(context.params):
             return TEMPERATURE
+        if self._anonymous_bypassed(context):
+            return ANONYMOUS
         if not self.model_enabled(model):
             return MODEL_DISABLED
         return None
@@ -61,13 +72,18 @@ class CachePolicy:
     def model_enabled(self, model: str) -> bool:
         return not self._models or model in self._models
 
-    def threshold(self, category: str) -> float:
+    def threshold(self, category: str, agreement: Agreement | None = None) -> float:
+        """The similarity a candidate needs. The same words (or a self-correction into them) need only the
+        lexical threshold; a paraphrase, or any candidate with verification off, the category's."""
+        if self.config.verify and agreement in (Agreement.EXACT, Agreement.LEXICAL, Agreement.CORRECTION):
+            return self.config.lexical_threshold
         return self.config.category_thresholds.get(category, self.config.similarity_threshold)
 
     @property
     def lowest_threshold(self) -> float:
-        """The search cut-off: no category may hit below it."""
-        return min([self.config.similarity_threshold, *self.config.category_thresholds.values()])
+        """The search cut-off: no candidate may hit below it."""
+        lexical = [self.config.lexical_threshold] if self.config.verify else []
+        return min([self.config.similarity_threshold, *self.config.category_thresholds.values(), *lexical])
 
     @property
     def eviction_order(self) -> str:
@@ -92,6 +108,7 @@ def completion_from_body(body: bytes) -> dict[str, Any]:
             raise StoreRefusal(NOT_A_COMPLETION, "the body is not JSON") from None
         if not isinstance(completion, dict) or completion.get("object") != "chat.completion":
             raise StoreRefusal(NOT_A_COMPLETION, "the body is not a chat.completion object")
-    if not cacheable(completion):
-        raise StoreRefusal(NOT_FINISHED, "a choice did not finish with stop or length")
+    reason = uncacheable_reason(completion)
+    if reason is not None:
+        raise StoreRefusal(reason.value, reason.detail)
     return completion

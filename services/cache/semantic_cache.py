@@ -14,9 +14,10 @@ from typing import Any, TypeVar
 
 from services.cache.embedder import Embedder, EmbedderUnavailableError
 from services.cache.metrics import CacheMetrics
-from services.cache.policy import NO_USER_MESSAGE, CachePolicy, StoreRefusal, completion_from_body
-from services.cache.scope import CacheScope, NoUserMessageError, scope_of
-from services.cache.store import CacheEntry, CacheStore, ScopeFilter, evict
+from services.cache.policy import NO_FINGERPRINT, NO_USER_MESSAGE, CachePolicy, StoreRefusal, completion_from_body
+from services.cache.scope import CacheScope, NoFingerprintError, NoUserMessageError, scope_of
+from services.cache.store import CacheEntry, CacheStore, ScopeFilter, StoredHit, evict
+from services.cache.verify import Rejection, verify
 from services.common.config import CacheConfig
 from switchyard.v1 import common_pb2
 
@@ -30,17 +31,23 @@ SEARCH_LIMIT = 16
 WRITE_BATCH = 32
 QUEUE_FULL = "queue-full"
 QUEUED = "queued"
+# Match.check when cache.verify is off: the similarity threshold alone let it through.
+SIMILARITY_ONLY = "similarity"
 
 
 @dataclass(frozen=True)
 class Match:
-    """A stored answer that may serve the request, for one model/category."""
+    """A stored answer that may serve the request, for one model/category/route."""
 
     model: str
     category: str
     similarity: float
     body: bytes
     entry_id: str
+    # The route the answer came from (services/common/cache_fingerprint.route_fingerprint).
+    route_fingerprint: str = ""
+    # Which check passed: an Agreement value ("exact", "lexical", ...) or SIMILARITY_ONLY.
+    check: str = ""
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ class _Write:
     model: str
     category: str
     body: str
+    route: str
 
 
 class SemanticCache:
@@ -123,7 +131,8 @@ class SemanticCache:
     # Lookup --------------------------------------------------------------------------------------
 
     async def lookup(self, context: common_pb2.RequestContext) -> LookupResult:
-        """Matches for every model whose stored answer is close enough and in the same scope.
+        """Matches for every model (and route) whose stored answer is close enough, in the same scope, and
+        asks what this request asks (services/cache/verify.py).
 
         Raises EmbedderUnavailableError when the embedding model cannot answer.
         """
@@ -134,6 +143,8 @@ class SemanticCache:
                 scope = scope_of(context)
             except NoUserMessageError:
                 reason = NO_USER_MESSAGE
+            except NoFingerprintError:
+                reason = NO_FINGERPRINT
         if reason is not None or scope is None:
             self.metrics.bypasses.labels("lookup", reason).inc()
             return LookupResult([], reason or NO_USER_MESSAGE)
@@ -143,27 +154,54 @@ class SemanticCache:
         embedded = time.perf_counter()
         where = ScopeFilter(scope.fields(), created_after=self.clock() - self.config.ttl_s)
         hits = await self._run(self.store.search, vector, where, SEARCH_LIMIT, self.policy.lowest_threshold)
+        searched = time.perf_counter()
+        # Off the event loop: comparing long texts takes a few milliseconds.
+        found = await self._run(self._verified, scope.query, hits) if hits else []
         done = time.perf_counter()
-        self.metrics.lookup_latency.labels("embed").observe(embedded - started)
-        self.metrics.lookup_latency.labels("search").observe(done - embedded)
-        self.metrics.lookup_latency.labels("total").observe(done - started)
+        for stage, seconds in (("embed", embedded - started), ("search", searched - embedded),
+                               ("verify", done - searched), ("total", done - started)):
+            self.metrics.lookup_latency.labels(stage).observe(seconds)
 
-        best: dict[tuple[str, str], Match] = {}
+        for match, hit in found:
+            self._record_hit(hit.id, hit.hits + 1)
+            self.metrics.matches.labels(match.check).inc()
+        (self.metrics.hits if found else self.metrics.misses).inc()
+        return LookupResult(sorted((m for m, _ in found), key=lambda m: -m.similarity))
+
+    def _verified(self, query: str, hits: list[StoredHit]) -> list[tuple[Match, StoredHit]]:
+        """In the store thread: the best candidate per model/category/route that passes its checks."""
+        best: dict[tuple[str, str, str], tuple[Match, StoredHit]] = {}
         for hit in hits:  # best first
-            key = (hit.model, hit.category)
+            key = (hit.model, hit.category, hit.route)
             if key in best or not self.policy.model_enabled(hit.model):
                 continue
-            if hit.similarity < self.policy.threshold(hit.category):
-                continue
-            best[key] = Match(hit.model, hit.category, hit.similarity, hit.body.encode(), hit.id)
-            self._record_hit(hit.id, hit.hits + 1)
-        matches = sorted(best.values(), key=lambda m: -m.similarity)
-        (self.metrics.hits if matches else self.metrics.misses).inc()
-        return LookupResult(matches)
+            check = self._check(query, hit)
+            if check is not None:
+                best[key] = (Match(hit.model, hit.category, hit.similarity, hit.body.encode(), hit.id,
+                                   route_fingerprint=hit.route, check=check), hit)
+        return list(best.values())
+
+    def _check(self, query: str, hit: StoredHit) -> str | None:
+        """Which check lets this candidate serve `query`, or None (counted by reason)."""
+        if not self.config.verify:
+            if hit.similarity >= self.policy.threshold(hit.category):
+                return SIMILARITY_ONLY
+            self.metrics.rejections.labels(Rejection.SIMILARITY.value).inc()
+            return None
+        verdict = verify(query, hit.query)
+        if verdict.agreement is None:
+            assert verdict.rejection is not None
+            self.metrics.rejections.labels(verdict.rejection.value).inc()
+            return None
+        if hit.similarity < self.policy.threshold(hit.category, verdict.agreement):
+            self.metrics.rejections.labels(Rejection.SIMILARITY.value).inc()
+            return None
+        return verdict.agreement.value
 
     # Store ---------------------------------------------------------------------------------------
 
-    def submit(self, context: common_pb2.RequestContext, model: str, category: str, body: bytes) -> StoreResult:
+    def submit(self, context: common_pb2.RequestContext, model: str, category: str, body: bytes,
+               route_fingerprint: str = "") -> StoreResult:
         """Check the answer and queue it for embedding + upsert; never waits."""
         reason = self.policy.store_bypass(context, model)
         if reason is None:
@@ -172,6 +210,8 @@ class SemanticCache:
                 completion = completion_from_body(body)
             except NoUserMessageError:
                 reason = NO_USER_MESSAGE
+            except NoFingerprintError:
+                reason = NO_FINGERPRINT
             except StoreRefusal as refusal:
                 self.metrics.bypasses.labels("store", refusal.reason).inc()
                 return StoreResult(False, str(refusal))
@@ -179,7 +219,7 @@ class SemanticCache:
             self.metrics.bypasses.labels("store", reason).inc()
             return StoreResult(False, reason)
         write = _Write(scope, model or str(completion.get("model", "")), category,
-                       json.dumps(completion, separators=(",", ":"), ensure_ascii=False))
+                       json.dumps(completion, separators=(",", ":"), ensure_ascii=False), route_fingerprint)
         try:
             self._queue.put_nowait(write)
         except asyncio.QueueFull:
@@ -237,9 +277,9 @@ class SemanticCache:
                 self.metrics.writes.labels("embedder_unavailable").inc(len(writes))
             else:
                 now = self.clock()
-                entries = [CacheEntry(id=w.scope.entry_id(w.model, w.category), vector=vector,
+                entries = [CacheEntry(id=w.scope.entry_id(w.model, w.category, w.route), vector=vector,
                                       scope=w.scope.fields(), model=w.model, category=w.category,
-                                      query=w.scope.query, body=w.body, created_at=now)
+                                      query=w.scope.query, body=w.body, created_at=now, route=w.route)
                            for w, vector in zip(writes, vectors)]
         evicted, count = await self._run(self._write, entries, self._take_touches())
         if entries:

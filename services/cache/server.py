@@ -24,7 +24,8 @@ def lookup_to_proto(result: LookupResult) -> cache_pb2.LookupResponse:
         has_opinion=not result.bypass_reason,
         bypass_reason=result.bypass_reason,
         matches=[cache_pb2.CacheMatch(model=m.model, category=m.category, similarity=m.similarity, body=m.body,
-                                      entry_id=m.entry_id) for m in result.matches],
+                                      entry_id=m.entry_id, route_fingerprint=m.route_fingerprint, check=m.check)
+                 for m in result.matches],
     )
 
 
@@ -49,7 +50,8 @@ class CacheServicer(cache_pb2_grpc.CacheServicer):
 
     async def Store(self, request: cache_pb2.StoreRequest,
                     context: grpc.aio.ServicerContext) -> cache_pb2.StoreResponse:
-        result = self.cache.submit(request.request, request.model, request.category, request.body)
+        result = self.cache.submit(request.request, request.model, request.category, request.body,
+                                   request.route_fingerprint)
         return cache_pb2.StoreResponse(stored=result.queued, reason=result.reason)
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 # Payload fields. The scope fields are matched exactly; created_at/last_used_at order TTL and eviction.
-SCOPE_FIELDS = ("tenant", "context_hash", "params_hash")
+SCOPE_FIELDS = ("tenant", "fingerprint")
 KEYWORD_FIELDS = (*SCOPE_FIELDS, "model", "category")
 TIME_FIELDS = ("created_at", "last_used_at")
 
@@ -29,11 +29,13 @@ class CacheEntry:
     body: str
     created_at: float
     hits: int = 0
+    # route_fingerprint of the route that answered (injected system prompt, reasoning); the front compares it.
+    route: str = ""
 
     def payload(self) -> dict[str, Any]:
-        return {**self.scope, "model": self.model, "category": self.category, "query": self.query,
-                "body": self.body, "created_at": self.created_at, "last_used_at": self.created_at,
-                "hits": self.hits}
+        return {**self.scope, "model": self.model, "category": self.category, "route": self.route,
+                "query": self.query, "body": self.body, "created_at": self.created_at,
+                "last_used_at": self.created_at, "hits": self.hits}
 
 
 @dataclass(frozen=True)
@@ -47,12 +49,15 @@ class StoredHit:
     body: str
     hits: int
     created_at: float
+    query: str = ""  # the stored question, which the verifier compares with the new one
+    route: str = ""
 
     @classmethod
     def from_payload(cls, id: Any, score: float, payload: dict[str, Any]) -> StoredHit:
         return cls(id=str(id), similarity=float(score), model=payload.get("model", ""),
                    category=payload.get("category", ""), body=payload.get("body", ""),
-                   hits=int(payload.get("hits", 0)), created_at=float(payload.get("created_at", 0.0)))
+                   hits=int(payload.get("hits", 0)), created_at=float(payload.get("created_at", 0.0)),
+                   query=payload.get("query", ""), route=payload.get("route", ""))
 
 
 @dataclass(frozen=True)

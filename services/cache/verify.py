@@ -39,6 +39,7 @@ class Rejection(str, Enum):
     OPERATORS = "operators"
     ENTITIES = "entities"
     DIRECTION = "direction"  # "100 USD to EUR" / "100 EUR to USD"
+    QUESTION_FORM = "question-form"  # a yes-no question and a wh-question ("is the sentence ..." / "which sentence ...")
     WORD_ORDER = "word-order"  # the same words in another order ("how ugly do beautiful people ...")
     SUBSTITUTION = "substitution"  # one short run of words swapped for another (antonym, entity, operation)
     EDITED = "edited"  # most words kept, several changed: how look-alike questions are made
@@ -76,9 +77,16 @@ STOPWORDS = frozenset("""
 a an the is are was were be been being am do does did doing done have has had having of in on at for with by
 about as i you he she it we they me him us them this that these those what which who whom whose and can could
 would will there here so just also very really please kindly
-list show give find return display provide tell
+list show give find return display provide tell explain describe define
 """.split())
 DIRECTION_WORDS = frozenset({"to", "from", "into", "onto", "than", "vs", "versus", "per"})
+_PREPOSITIONS = frozenset("in on at for with by during after before since within under over about "
+                          "regarding concerning".split())
+_WH_WORDS = frozenset("what which who whom whose where when why how".split())
+_AUXILIARIES = frozenset("is are was were am do does did can could will would should shall may might must has have "
+                         "had".split())
+# Capitalised inside a sentence, yet not names ("How can I ...", "... What is ...").
+_NOT_NAMES = STOPWORDS | NEGATIONS | DIRECTION_WORDS | {"i'm", "i've", "i'd", "i'll", "ok", "okay"}
 _CONJUNCTIONS = frozenset({",", "and", "or", "&"})
 # Above this share of content words kept in order (difflib ratio), a question with other words is an edit of
 # the other, not a rewording: how look-alikes are made ("how ugly do beautiful people think they are?").
@@ -125,6 +133,7 @@ _CONTRACTIONS = [
 ]
 # A number (thousands separators, decimals, fractions), a word, an operator symbol, a comma, a sentence end.
 _TOKEN = re.compile(r"(?P<num>\d+(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?(?:/\d+)?)"
+                    r"|(?P<acronym>[A-Z](?:\.[A-Z])+\.?)"
                     r"|(?P<word>[^\W\d_]+(?:['\-][^\W\d_]+)*)"
                     r"|(?P<op>[+*/=<>^%≤≥→-])"
                     r"|(?P<sep>,)"
@@ -165,16 +174,28 @@ def _tokens(text: str) -> tuple[_Token, ...]:
         elif kind == "sep":
             out.append(_Token(",", "sep", False, sentence))
             continue
+        elif kind == "acronym":  # "U.S." reads as "US"
+            letters = value.replace(".", "")
+            out.append(_Token(letters.lower(), "word", True, sentence, letters.lower()))
         else:
             lower = value.lower()
             if lower in _NUMBER_WORDS:
                 out.append(_Token(_NUMBER_WORDS[lower], "num", False, sentence))
             else:
-                entity = (value[0].isupper() and not first) or (len(value) > 1 and value.isupper()) \
-                    or any(c.isupper() for c in value[1:])
+                entity = _is_name(value, lower, first)
                 out.append(_Token(_stem(lower), "word", entity, sentence, lower))
         first = False
     return tuple(out)
+
+
+def _is_name(value: str, lower: str, first: bool) -> bool:
+    """Capitalised inside a sentence, an acronym, or mixed case ("iPhone"); a lone capital letter inside a
+    sentence is a name too ("vitamin A"), except the pronoun I."""
+    if len(value) == 1:
+        return value.isupper() and value != "I" and not first
+    if lower in _NOT_NAMES:
+        return False
+    return (value[0].isupper() and not first) or value.isupper() or any(c.isupper() for c in value[1:])
 
 
 def _number(value: str) -> str:
@@ -237,8 +258,20 @@ class _Text:
         return {t.text for t in self.tokens if t.kind != "sep"}
 
     def content(self) -> Counter[str]:
+        # "to" comes and goes with rewording ("how to cook" / "how do I cook"); "from", "per", "than" do not.
         return Counter(t.text for t in self.tokens if t.kind == "word" and t.text not in STOPWORDS
-                       and t.text not in NEGATIONS and t.text not in DIRECTION_WORDS)
+                       and t.text not in NEGATIONS and t.text != "to")
+
+    def form(self) -> str:
+        """"wh" (what, how, ...), "yes-no" (is it ..., does ...) or "other" (requests: "can you ...", "list ...")."""
+        words = [t.text for t in self.tokens if t.kind == "word"]
+        if not words:
+            return "other"
+        if words[0] in _WH_WORDS:
+            return "wh"
+        if words[0] in _AUXILIARIES and (len(words) < 2 or words[1] not in {"you", "u", "i", "we"}):
+            return "yes-no"
+        return "other"
 
     def sentences(self, shared: set[str]) -> list[tuple[str, ...]]:
         """Per sentence, the words both texts use, in order (stop words out, conjunctions kept)."""
@@ -338,8 +371,21 @@ def _conjuncts_swapped(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
 
 
 def _order_agrees(a: _Text, b: _Text, shared: set[str]) -> bool:
-    """The words both texts use come in the same order."""
-    return _same_order(a.sentences(shared), b.sentences(shared))
+    """The words both texts use come in the same order, or one moved a leading or trailing phrase to the
+    other end ("In Python, how do I reverse a list?" / "How do I reverse a list in Python?")."""
+    return _same_order(a.sentences(shared), b.sentences(shared)) or _phrase_moved(a, b) or _phrase_moved(b, a)
+
+
+def _phrase_moved(a: _Text, b: _Text, longest: int = 6) -> bool:
+    """a = P + R and b = R + P, where P is a phrase that opens with a preposition."""
+    x = [t.text for t in a.tokens if t.kind != "sep"]
+    y = [t.text for t in b.tokens if t.kind != "sep"]
+    if len(x) != len(y):
+        return False
+    for n in range(1, min(longest, len(x) - 1) + 1):
+        if x[0] in _PREPOSITIONS and x[n:] + x[:n] == y:
+            return True
+    return False
 
 
 def _same_order(sentences_a: list[tuple[str, ...]], sentences_b: list[tuple[str, ...]]) -> bool:
@@ -415,19 +461,28 @@ def _replaces(head: list[str], repair: list[str], target: list[str]) -> bool:
     return False
 
 
-def _content_sequences(a: _Text, b: _Text) -> SequenceMatcher:
-    words_a = [t.text for t in a.tokens if t.kind == "word" and t.text not in STOPWORDS]
-    words_b = [t.text for t in b.tokens if t.kind == "word" and t.text not in STOPWORDS]
-    return SequenceMatcher(a=words_a, b=words_b, autojunk=False)
+def _content_words(text: _Text) -> list[str]:
+    return [t.text for t in text.tokens if t.kind == "word" and t.text not in STOPWORDS]
 
 
-def _one_span_replaced(matcher: SequenceMatcher, longest: int = 3) -> bool:
+def _one_span_replaced(a: list[str], b: list[str], longest: int = 3) -> bool:
     """Everything the same but one short run of words ("kansas city" -> "south carolina city")."""
-    blocks = [op for op in matcher.get_opcodes() if op[0] != "equal"]
-    if len(blocks) != 1 or blocks[0][0] != "replace":
-        return False
-    _, i1, i2, j1, j2 = blocks[0]
-    return i2 - i1 <= longest and j2 - j1 <= longest
+    prefix = 0
+    while prefix < min(len(a), len(b)) and a[prefix] == b[prefix]:
+        prefix += 1
+    suffix = 0
+    while suffix < min(len(a), len(b)) - prefix and a[-1 - suffix] == b[-1 - suffix]:
+        suffix += 1
+    middle_a, middle_b = len(a) - prefix - suffix, len(b) - prefix - suffix
+    return 0 < middle_a <= longest and 0 < middle_b <= longest
+
+
+def _kept_share(a: list[str], b: list[str]) -> float:
+    """The share of words kept in order (difflib's ratio); for long texts, where that is quadratic, the share
+    kept in any order, which is never lower (so a long near-copy is never taken for a rewording)."""
+    if max(len(a), len(b)) > 300:
+        return SequenceMatcher(a=a, b=b, autojunk=False).quick_ratio()
+    return SequenceMatcher(a=a, b=b, autojunk=False).ratio()
 
 
 def _anchors_in_order(a: _Text, b: _Text, anchors: set[str]) -> bool:
@@ -463,16 +518,19 @@ def verify(new: str, stored: str) -> Verdict:
     anchors = (a.entities() | b.entities() | set(a.numbers())) & shared
     if not _direction_agrees(a, b, anchors):
         return Verdict(None, Rejection.DIRECTION)
+    forms = {a.form(), b.form()}
+    if forms == {"wh", "yes-no"}:
+        return Verdict(None, Rejection.QUESTION_FORM)
     content_a, content_b = a.content(), b.content()
     only_a, only_b = content_a - content_b, content_b - content_a
     if not only_a and not only_b:
         return Verdict(Agreement.LEXICAL) if _order_agrees(a, b, shared) else Verdict(None, Rejection.WORD_ORDER)
     if not only_a or not only_b:
         return Verdict(None, Rejection.ADDED_CONTENT)
-    matcher = _content_sequences(a, b)
-    if sum(only_a.values()) + sum(only_b.values()) <= 2 or _one_span_replaced(matcher):
+    words_a, words_b = _content_words(a), _content_words(b)
+    if sum(only_a.values()) + sum(only_b.values()) <= 2 or _one_span_replaced(words_a, words_b):
         return Verdict(None, Rejection.SUBSTITUTION)
-    if matcher.ratio() >= EDIT_RATIO:
+    if _kept_share(words_a, words_b) >= EDIT_RATIO:
         return Verdict(None, Rejection.EDITED)
     if not _anchors_in_order(a, b, (a.entities() | b.entities()) & shared):
         return Verdict(None, Rejection.WORD_ORDER)

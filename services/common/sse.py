@@ -3,24 +3,80 @@
 from __future__ import annotations
 
 import json
+import re
+from enum import Enum
 from typing import Any
 
-# Only finished answers are worth replaying; content_filter, tool_calls and cut-off streams are not.
-CACHEABLE_FINISH_REASONS = frozenset({"stop", "length"})
 DONE = b"data: [DONE]\n\n"
 # A replayed answer is cut into at most this many content chunks: enough to look like a stream,
 # few enough that the replay costs nothing.
 REPLAY_CHUNKS = 8
+# The opening of an answer that declines ("I'm sorry, but I can't help with that."). A refusal is about
+# the moment it was given (a guard, a policy, a bad day of the model); replayed, it refuses again for good.
+_REFUSAL = re.compile(
+    r"^\W*(?:(?:i am|i'm|i\u2019m|we are|we're)\s+(?:so\s+|very\s+|really\s+)?sorry|sorry|i apologi[sz]e|"
+    r"unfortunately|as an ai(?: language model)?)?[,.!]?\s*(?:but\s+)?"
+    r"(?:i|we)\s+(?:can(?:no|'|\u2019)?t|can not|cannot|won(?:'|\u2019)t|will not|am unable to|'m unable to|am not able to|"
+    r"'m not able to|must decline|do not feel comfortable|don(?:'|\u2019)t feel comfortable)"
+    r"(?:\s+(?:help|assist|comply|provide|do|fulfil|fulfill|support|answer|create|write|generate|engage|"
+    r"share|give|continue|discuss)\b|\s+with\b)",
+    re.IGNORECASE)
+
+
+class Uncacheable(str, Enum):
+    """Why a chat.completion must not be cached (a StoreResponse.reason and a metrics label)."""
+
+    NOT_A_COMPLETION = "not-a-completion"
+    TRUNCATED = "truncated"  # finish_reason length: the answer was cut off by max_tokens
+    CONTENT_FILTER = "content-filter"
+    TOOL_CALLS = "tool-calls"  # a call for the client to run, not an answer
+    NOT_FINISHED = "not-finished"  # no finish_reason, or one this router does not know
+    REFUSAL = "refusal"  # message.refusal, or an answer that opens by declining
+    EMPTY = "empty"  # no content at all
+
+    @property
+    def detail(self) -> str:
+        return _DETAILS[self]
+
+
+_DETAILS = {
+    Uncacheable.NOT_A_COMPLETION: "the body is not a chat.completion with choices",
+    Uncacheable.TRUNCATED: "a choice finished with length (cut off by max_tokens)",
+    Uncacheable.CONTENT_FILTER: "a choice finished with content_filter",
+    Uncacheable.TOOL_CALLS: "a choice finished with tool_calls",
+    Uncacheable.NOT_FINISHED: "a choice did not finish with stop",
+    Uncacheable.REFUSAL: "a choice is a refusal",
+    Uncacheable.EMPTY: "a choice has no content",
+}
+_FINISH_REASONS = {"length": Uncacheable.TRUNCATED, "content_filter": Uncacheable.CONTENT_FILTER,
+                   "tool_calls": Uncacheable.TOOL_CALLS, "function_call": Uncacheable.TOOL_CALLS}
+
+
+def uncacheable_reason(completion: dict[str, Any]) -> Uncacheable | None:
+    """Why this chat.completion must not be stored, or None when every choice is a finished, plain answer."""
+    if completion.get("object", "chat.completion") != "chat.completion":
+        return Uncacheable.NOT_A_COMPLETION
+    choices = completion.get("choices")
+    if not isinstance(choices, list) or not choices or not all(isinstance(c, dict) for c in choices):
+        return Uncacheable.NOT_A_COMPLETION
+    for choice in choices:
+        finish_reason = choice.get("finish_reason")
+        if finish_reason != "stop":
+            return _FINISH_REASONS.get(finish_reason, Uncacheable.NOT_FINISHED)
+        message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+        if message.get("refusal"):
+            return Uncacheable.REFUSAL
+        content = message.get("content")
+        if not isinstance(content, str) or not content.strip():
+            return Uncacheable.EMPTY
+        if _REFUSAL.match(content[:300]):
+            return Uncacheable.REFUSAL
+    return None
 
 
 def cacheable(completion: dict[str, Any]) -> bool:
-    """True when every choice of a chat.completion finished with stop or length."""
-    if completion.get("object", "chat.completion") != "chat.completion":
-        return False
-    choices = completion.get("choices")
-    if not isinstance(choices, list) or not choices:
-        return False
-    return all(isinstance(c, dict) and c.get("finish_reason") in CACHEABLE_FINISH_REASONS for c in choices)
+    """True when every choice finished with stop and holds an answer (not cut off, filtered or refused)."""
+    return uncacheable_reason(completion) is None
 
 
 def _events(raw: bytes) -> list[str] | None:

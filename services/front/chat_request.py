@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from services.common.cache_fingerprint import answer_fingerprint
 from switchyard.v1 import common_pb2
 
 
@@ -45,6 +46,7 @@ class ChatRequest:
             params=_params(self.body),
             cache_directives=cache_directives,
             traceparent=traceparent,
+            answer_fingerprint=answer_fingerprint(self.body),
         )
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from services.cache.embedder import EmbedderUnavailableError
+from services.common.cache_fingerprint import answer_fingerprint
 from services.common.config import CacheConfig
 from switchyard.v1 import common_pb2
 
@@ -66,13 +67,24 @@ class Clock:
 
 def request(text: str, *, tenant: str = "t1", history: list[tuple[str, str]] | None = None,
             temperature: float | None = None, directives: list[str] | None = None, **params) -> common_pb2.RequestContext:
-    messages = [common_pb2.ChatMessage(role=r, text=t) for r, t in (history or [])]
-    messages.append(common_pb2.ChatMessage(role="user", text=text))
+    """A context as the front builds it, answer_fingerprint included (from the chat body these fields make)."""
+    turns = [*(history or []), ("user", text)]
+    messages = [common_pb2.ChatMessage(role=r, text=t) for r, t in turns]
     p = common_pb2.RequestParams(**params)
     if temperature is not None:
         p.temperature = temperature
+    body: dict = {"model": "MoM", "messages": [{"role": r, "content": t} for r, t in turns]}
+    if params.get("n", 1) != 1:
+        body["n"] = params["n"]
+    if params.get("has_tools"):
+        body["tools"] = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    if params.get("response_format"):
+        body["response_format"] = {"type": params["response_format"]}
+    if "max_tokens" in params:
+        body["max_tokens"] = params["max_tokens"]
     return common_pb2.RequestContext(request_id="r", requested_model="MoM", messages=messages, tenant=tenant,
-                                     params=p, cache_directives=directives or [])
+                                     params=p, cache_directives=directives or [],
+                                     answer_fingerprint=answer_fingerprint(body))
 
 
 def completion(content: str = "an answer", model: str = "m1", finish_reason: str = "stop") -> bytes:

@@ -8,6 +8,7 @@ import pytest
 
 from services.cache import policy as p
 from services.cache.policy import CachePolicy, StoreRefusal, completion_from_body
+from services.cache.verify import Agreement
 from services.common.sse import completion_to_sse
 from tests.unit.cache.conftest import cache_config, completion, request
 
@@ -42,10 +43,30 @@ def test_per_model_enable():
 
 
 def test_thresholds():
-    policy = CachePolicy(cache_config(similarity_threshold=0.9, category_thresholds={"math": 0.97, "chat": 0.8}))
+    policy = CachePolicy(cache_config(similarity_threshold=0.9, category_thresholds={"math": 0.97, "chat": 0.8},
+                                      lexical_threshold=0.75))
     assert policy.threshold("math") == 0.97
     assert policy.threshold("law") == 0.9
-    assert policy.lowest_threshold == 0.8
+    assert policy.threshold("law", Agreement.PARAPHRASE) == 0.9
+    for agreement in (Agreement.EXACT, Agreement.LEXICAL, Agreement.CORRECTION):
+        assert policy.threshold("math", agreement) == 0.75
+    assert policy.lowest_threshold == 0.75
+
+
+def test_without_verification_one_threshold_for_all():
+    policy = CachePolicy(cache_config(verify=False, similarity_threshold=0.9, lexical_threshold=0.5))
+    assert policy.threshold("law", Agreement.LEXICAL) == 0.9
+    assert policy.lowest_threshold == 0.9
+
+
+def test_anonymous_requests_bypass_unless_shared():
+    bypassing = CachePolicy(cache_config())
+    assert bypassing.lookup_bypass(request("q", tenant="")) == p.ANONYMOUS
+    assert bypassing.store_bypass(request("q", tenant=""), "m") == p.ANONYMOUS
+    assert bypassing.lookup_bypass(request("q", tenant="alice")) is None
+    sharing = CachePolicy(cache_config(anonymous="shared"))
+    assert sharing.lookup_bypass(request("q", tenant="")) is None
+    assert sharing.store_bypass(request("q", tenant=""), "m") is None
 
 
 def test_eviction_order():
@@ -63,8 +84,12 @@ def test_completion_from_json_and_sse():
     (b"not json", p.NOT_A_COMPLETION),
     (b'{"object": "list"}', p.NOT_A_COMPLETION),
     (b"data: {\"nope\": 1}\n\n", p.NOT_A_COMPLETION),
-    (completion(finish_reason="content_filter"), p.NOT_FINISHED),
-    (completion(finish_reason="tool_calls"), p.NOT_FINISHED),
+    (completion(finish_reason="content_filter"), "content-filter"),
+    (completion(finish_reason="tool_calls"), "tool-calls"),
+    (completion(finish_reason="length"), "truncated"),
+    (completion(finish_reason=None), "not-finished"),
+    (completion("I'm sorry, but I can't help with that."), "refusal"),
+    (completion(""), "empty"),
 ])
 def test_refused_bodies(body, reason):
     with pytest.raises(StoreRefusal) as caught:

@@ -54,26 +54,95 @@ async def test_exact_question_hits_and_other_question_misses(make_cache):
     assert metric(cache, "switchyard_cache_entries") == 1
 
 
-async def test_threshold_global_and_per_category(make_cache, embedder):
+GUITAR = "How can I learn to play the guitar quickly?"
+GUITAR_REWORDED = "What is the fastest way to learn guitar playing?"  # a paraphrase the verifier accepts
+
+
+async def test_paraphrase_threshold_global_and_per_category(make_cache, embedder):
     cache = await make_cache(similarity_threshold=0.9, category_thresholds={"math": 0.97})
-    await store(cache, request("q"), model="m1", category="psychology")
-    await store(cache, request("q"), model="m2", category="math")
-    embedder.paraphrase("q, reworded", of="q", similarity=0.93)
-    result = await cache.lookup(request("q, reworded"))
-    assert [(m.model, m.category) for m in result.matches] == [("m1", "psychology")]
+    await store(cache, request(GUITAR), model="m1", category="psychology")
+    await store(cache, request(GUITAR), model="m2", category="math")
+    embedder.paraphrase(GUITAR_REWORDED, of=GUITAR, similarity=0.93)
+    result = await cache.lookup(request(GUITAR_REWORDED))
+    assert [(m.model, m.category, m.check) for m in result.matches] == [("m1", "psychology", "paraphrase")]
     assert result.matches[0].similarity == pytest.approx(0.93, abs=1e-3)
-    embedder.paraphrase("q, barely", of="q", similarity=0.85)
-    assert (await cache.lookup(request("q, barely"))).matches == []
+    embedder.paraphrase("How do I learn guitar fast, as a beginner?", of=GUITAR, similarity=0.85)
+    assert (await cache.lookup(request("How do I learn guitar fast, as a beginner?"))).matches == []
+
+
+async def test_same_words_need_only_the_lexical_threshold(make_cache, embedder):
+    cache = await make_cache(similarity_threshold=0.9, lexical_threshold=0.7)
+    await store(cache, request("What is the capital of Australia?"))
+    embedder.paraphrase("Hi! what is the captial of australia", of="What is the capital of Australia?", similarity=0.75)
+    (match,) = (await cache.lookup(request("Hi! what is the captial of australia"))).matches
+    assert match.check == "lexical"
+    exact = (await cache.lookup(request("What is the capital of Australia?"))).matches
+    assert [m.check for m in exact] == ["exact"]
+    assert metric(cache, "switchyard_cache_matches_total", {"check": "lexical"}) == 1
+
+
+@pytest.mark.parametrize("stored, asked, reason", [
+    ("What is 17 times 23?", "What is 17 times 24?", "numbers"),
+    ("convert 100 USD to EUR", "convert 100 EUR to USD", "direction"),
+    ("Which of the following is true about mitosis?", "Which of the following is not true about mitosis?",
+     "negation"),
+    ("What is the capital of France?", "What is the capital of Germany?", "entities"),
+    ("What is the longest river in Africa?", "What is the shortest river in Africa?", "substitution"),
+])
+async def test_look_alikes_are_rejected_and_counted(make_cache, embedder, stored, asked, reason):
+    cache = await make_cache()
+    await store(cache, request(stored))
+    embedder.paraphrase(asked, of=stored, similarity=0.99)
+    assert (await cache.lookup(request(asked))).matches == []
+    assert metric(cache, "switchyard_cache_rejections_total", {"reason": reason}) == 1
+    assert metric(cache, "llm_cache_misses_total") == 1
+
+
+async def test_a_rejected_candidate_does_not_hide_a_good_one(make_cache, embedder):
+    cache = await make_cache()
+    await store(cache, request("What is 17 times 24?"), content="408")
+    embedder.paraphrase("What is 17 times 23?", of="What is 17 times 24?", similarity=0.99)
+    await store(cache, request("What is 17 times 23?"), content="391")
+    (match,) = (await cache.lookup(request("What is 17 times 23?"))).matches
+    assert json.loads(match.body)["choices"][0]["message"]["content"] == "391"
+
+
+async def test_without_verification_similarity_alone_decides(make_cache, embedder):
+    cache = await make_cache(verify=False, similarity_threshold=0.9)
+    await store(cache, request("What is 17 times 23?"))
+    embedder.paraphrase("What is 17 times 24?", of="What is 17 times 23?", similarity=0.95)
+    assert [m.check for m in (await cache.lookup(request("What is 17 times 24?"))).matches] == ["similarity"]
 
 
 async def test_matches_for_every_model_best_first(make_cache, embedder):
     cache = await make_cache()
-    await store(cache, request("q"), model="m1", content="one")
-    embedder.paraphrase("q2", of="q", similarity=0.95)
-    await store(cache, request("q2"), model="m2", content="two")
-    result = await cache.lookup(request("q"))
+    await store(cache, request(GUITAR), model="m1", content="one")
+    embedder.paraphrase(GUITAR_REWORDED, of=GUITAR, similarity=0.95)
+    await store(cache, request(GUITAR_REWORDED), model="m2", content="two")
+    result = await cache.lookup(request(GUITAR))
     assert [m.model for m in result.matches] == ["m1", "m2"]
     assert result.matches[0].similarity > result.matches[1].similarity
+
+
+async def test_one_match_per_route(make_cache):
+    cache = await make_cache()
+    for route in ("math-prompt", "no-prompt"):
+        result = cache.submit(request("q"), "m1", "math", completion(route), route_fingerprint=route)
+        assert result.queued
+    await cache.drain()
+    matches = (await cache.lookup(request("q"))).matches
+    assert sorted(m.route_fingerprint for m in matches) == ["math-prompt", "no-prompt"]
+    assert {json.loads(m.body)["choices"][0]["message"]["content"] for m in matches} == {"math-prompt", "no-prompt"}
+
+
+async def test_anonymous_requests_bypass_by_default(make_cache):
+    cache = await make_cache()
+    assert cache.submit(request("q", tenant=""), "m1", "", completion()).reason == "anonymous"
+    assert (await cache.lookup(request("q", tenant=""))).bypass_reason == "anonymous"
+    shared = await make_cache(anonymous="shared")
+    await store(shared, request("q", tenant=""))
+    assert (await shared.lookup(request("q", tenant=""))).matches
+    assert not (await shared.lookup(request("q", tenant="alice"))).matches
 
 
 async def test_other_tenant_conversation_or_params_miss(make_cache):
@@ -95,7 +164,10 @@ async def test_bypasses_are_reported_and_skip_the_embedder(make_cache, embedder)
     assert cache.submit(request("q", directives=["no-store"]), "m1", "", completion()).reason == "no-store"
     assert cache.submit(request("q", temperature=0.9), "m1", "", completion()).reason == "temperature"
     refused = cache.submit(request("q"), "m1", "", completion(finish_reason="content_filter"))
-    assert not refused.queued and refused.reason.startswith("not-finished")
+    assert not refused.queued and refused.reason.startswith("content-filter")
+    truncated = cache.submit(request("q"), "m1", "", completion(finish_reason="length"))
+    assert not truncated.queued and truncated.reason.startswith("truncated")
+    assert metric(cache, "switchyard_cache_bypasses_total", {"operation": "store", "reason": "truncated"}) == 1
     assert metric(cache, "switchyard_cache_bypasses_total", {"operation": "lookup", "reason": "no-cache"}) == 1
     await cache.drain()
     assert cache.store.count() == 0

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from services.common.sse import cacheable, completion_to_sse, reassemble_sse
+from services.common.sse import Uncacheable, cacheable, completion_to_sse, reassemble_sse, uncacheable_reason
 
 
 def chunk(delta: dict, finish_reason=None, index=0, **extra) -> bytes:
@@ -48,7 +48,8 @@ def test_without_usage():
     raw = chunk({"role": "assistant", "content": "x"}, "length") + b"data: [DONE]\n\n"
     completion = reassemble_sse(raw)
     assert "usage" not in completion
-    assert completion["choices"][0]["finish_reason"] == "length" and cacheable(completion)
+    assert completion["choices"][0]["finish_reason"] == "length"
+    assert uncacheable_reason(completion) is Uncacheable.TRUNCATED  # cut off by max_tokens: never cached
 
 
 def test_several_choices():
@@ -92,15 +93,30 @@ def test_unfinished_choice_is_not_cacheable():
     assert completion["choices"][0]["finish_reason"] is None and not cacheable(completion)
 
 
+def _answer(content="An answer.", finish_reason="stop", **message):
+    return {"finish_reason": finish_reason, "message": {"role": "assistant", "content": content, **message}}
+
+
 @pytest.mark.parametrize("completion, expected", [
-    ({"object": "chat.completion", "choices": [{"finish_reason": "stop"}, {"finish_reason": "length"}]}, True),
-    ({"object": "chat.completion", "choices": [{"finish_reason": "stop"}, {"finish_reason": "content_filter"}]}, False),
-    ({"object": "chat.completion", "choices": []}, False),
-    ({"object": "chat.completion.chunk", "choices": [{"finish_reason": "stop"}]}, False),
-    ({"choices": [{"finish_reason": "stop"}]}, True),
+    ({"object": "chat.completion", "choices": [_answer(), _answer("Another.")]}, None),
+    ({"choices": [_answer()]}, None),
+    ({"object": "chat.completion", "choices": [_answer(), _answer(finish_reason="length")]}, Uncacheable.TRUNCATED),
+    ({"object": "chat.completion", "choices": [_answer(), _answer(finish_reason="content_filter")]},
+     Uncacheable.CONTENT_FILTER),
+    ({"choices": [_answer(None, "tool_calls", tool_calls=[{"id": "c"}])]}, Uncacheable.TOOL_CALLS),
+    ({"choices": [_answer(finish_reason=None)]}, Uncacheable.NOT_FINISHED),
+    ({"choices": [_answer(None, refusal="I can't help with that.")]}, Uncacheable.REFUSAL),
+    ({"choices": [_answer("I'm sorry, but I can't help with that request.")]}, Uncacheable.REFUSAL),
+    ({"choices": [_answer("I cannot assist with creating malware.")]}, Uncacheable.REFUSAL),
+    ({"choices": [_answer("Sorry for the wait! Here is the recipe: ...")]}, None),
+    ({"choices": [_answer("I can help with that. First, ...")]}, None),
+    ({"choices": [_answer("   ")]}, Uncacheable.EMPTY),
+    ({"object": "chat.completion", "choices": []}, Uncacheable.NOT_A_COMPLETION),
+    ({"object": "chat.completion.chunk", "choices": [_answer()]}, Uncacheable.NOT_A_COMPLETION),
 ])
-def test_cacheable(completion, expected):
-    assert cacheable(completion) is expected
+def test_uncacheable_reason(completion, expected):
+    assert uncacheable_reason(completion) is expected
+    assert cacheable(completion) is (expected is None)
 
 
 def events(raw: bytes) -> list:
