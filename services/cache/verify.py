@@ -39,7 +39,9 @@ class Rejection(str, Enum):
     OPERATORS = "operators"
     ENTITIES = "entities"
     DIRECTION = "direction"  # "100 USD to EUR" / "100 EUR to USD"
-    QUESTION_FORM = "question-form"  # a yes-no question and a wh-question ("is the sentence ..." / "which sentence ...")
+    # A yes-no question and a wh-question ("is the sentence ..." / "which sentence ..."), or wh-words that
+    # ask for another kind of answer ("who did the red sox play" / "when did boston win").
+    QUESTION_FORM = "question-form"
     WORD_ORDER = "word-order"  # the same words in another order ("how ugly do beautiful people ...")
     SUBSTITUTION = "substitution"  # one short run of words swapped for another (antonym, entity, operation)
     EDITED = "edited"  # most words kept, several changed: how look-alike questions are made
@@ -80,6 +82,8 @@ would will there here so just also very really please kindly
 list show give find return display provide tell explain describe define
 """.split())
 DIRECTION_WORDS = frozenset({"to", "from", "into", "onto", "than", "vs", "versus", "per"})
+_WH_KINDS = {"who": "person", "whom": "person", "whose": "person", "where": "place", "when": "time",
+             "why": "reason"}
 _PREPOSITIONS = frozenset("in on at for with by during after before since within under over about "
                           "regarding concerning".split())
 _WH_WORDS = frozenset("what which who whom whose where when why how".split())
@@ -261,6 +265,22 @@ class _Text:
         # "to" comes and goes with rewording ("how to cook" / "how do I cook"); "from", "per", "than" do not.
         return Counter(t.text for t in self.tokens if t.kind == "word" and t.text not in STOPWORDS
                        and t.text not in NEGATIONS and t.text != "to")
+
+    def asks(self) -> set[str]:
+        """What kind of answer the question wants, where its words say it: a person, place, time or reason
+        (a sentence opening with who/where/when/why, not the relative "the person who ..."), or a quantity."""
+        kinds: set[str] = set()
+        words = [t for t in self.tokens if t.kind != "sep"]
+        for i, t in enumerate(words):
+            opens = i == 0 or words[i - 1].sentence != t.sentence
+            after = words[i + 1].text if i + 1 < len(words) else ""
+            if opens and t.text in _WH_KINDS:
+                kinds.add(_WH_KINDS[t.text])
+            # A count or an amount ("how many ...", "the number of ...") is not a name or a list.
+            if (opens and t.text == "how" and after in {"many", "much"}) or (opens and t.text == "count") \
+                    or (t.text == "number" and after == "of") or t.text in {"total", "amount", "sum"}:
+                kinds.add("quantity")
+        return kinds
 
     def form(self) -> str:
         """"wh" (what, how, ...), "yes-no" (is it ..., does ...) or "other" (requests: "can you ...", "list ...")."""
@@ -519,7 +539,7 @@ def verify(new: str, stored: str) -> Verdict:
     if not _direction_agrees(a, b, anchors):
         return Verdict(None, Rejection.DIRECTION)
     forms = {a.form(), b.form()}
-    if forms == {"wh", "yes-no"}:
+    if forms == {"wh", "yes-no"} or a.asks() != b.asks():
         return Verdict(None, Rejection.QUESTION_FORM)
     content_a, content_b = a.content(), b.content()
     only_a, only_b = content_a - content_b, content_b - content_a

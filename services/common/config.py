@@ -284,12 +284,12 @@ class CacheConfig(ServiceConfig):
     # similarity alone, which answers look-alikes ("17 times 24" from "17 times 23") wrongly.
     verify: bool = True
     # The similarity a verified paraphrase (other words) needs; with verify off, what any hit needs.
-    similarity_threshold: UnitInterval = 0.8
+    similarity_threshold: UnitInterval = 0.89
     # Per routing category, instead of similarity_threshold.
     category_thresholds: dict[str, UnitInterval] = Field(default_factory=dict)
     # The similarity a hit needs when the verifier found the same words (up to case, punctuation, typos,
     # courtesy phrases, sentence order) or a self-correction into the stored question.
-    lexical_threshold: UnitInterval = 0.7
+    lexical_threshold: UnitInterval = 0.67
     # Requests without a tenant (no front.tenant_header): "bypass" neither serves them from the cache nor
     # stores their answers; "shared" puts them all in one scope, where any such client gets the others' answers.
     anonymous: Literal["bypass", "shared"] = "bypass"
