@@ -17,6 +17,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.config import TritonConfig, load_config
+from services.front.chat_request import parse_chat_request
 from switchyard.v1 import cache_pb2, cache_pb2_grpc, common_pb2
 from tests.conftest import REPO, config_on_free_ports, free_ports
 
@@ -90,11 +91,11 @@ def question_stored(cache: CacheProcess) -> None:
 
 
 def context(text: str, tenant: str = "alice", history: list[tuple[str, str]] | None = None,
-            stream: bool = False) -> common_pb2.RequestContext:
-    messages = [common_pb2.ChatMessage(role=r, text=t) for r, t in history or []]
-    messages.append(common_pb2.ChatMessage(role="user", text=text))
-    return common_pb2.RequestContext(request_id="it", requested_model="MoM", messages=messages, tenant=tenant,
-                                     params=common_pb2.RequestParams(stream=stream))
+            stream: bool = False, **fields) -> common_pb2.RequestContext:
+    """The context the front sends for a chat body with these turns (and extra body fields)."""
+    body = {"model": "MoM", "messages": [{"role": r, "content": t} for r, t in [*(history or []), ("user", text)]],
+            "stream": stream, **fields}
+    return parse_chat_request(json.dumps(body).encode()).to_context("it", tenant, [])
 
 
 def completion(content: str, model: str) -> bytes:
@@ -137,13 +138,33 @@ def test_exact_question_hits(cache: CacheProcess, question_stored: None) -> None
     assert answer_of(match) == "Discomfort from holding conflicting beliefs."
 
 
-def test_paraphrase_hits_at_the_default_threshold(cache: CacheProcess, question_stored: None) -> None:
+def test_rewording_hits_at_the_default_thresholds(cache: CacheProcess, question_stored: None) -> None:
     found = lookup(cache, context(PARAPHRASE))
-    assert cache.config.cache.similarity_threshold == 0.9
-    assert [m.model for m in found.matches] == ["qwen3"]
+    assert [(m.model, m.check) for m in found.matches] == [("qwen3", "lexical")]
     similarity = found.matches[0].similarity
     print(f"MiniLM similarity {QUESTION!r} / {PARAPHRASE!r}: {similarity:.4f}")
-    assert 0.9 <= similarity < 0.999
+    assert cache.config.cache.lexical_threshold <= similarity < 0.999
+
+
+@pytest.mark.parametrize("stored, asked", [
+    ("What is 17 times 23?", "What is 17 times 24?"),
+    ("convert 100 USD to EUR", "convert 100 EUR to USD"),
+    ("Solve 3x+5=20", "Solve 3x+5=21"),
+])
+def test_look_alikes_miss_although_they_embed_close(cache: CacheProcess, stored: str, asked: str) -> None:
+    store(cache, context(stored), f"the answer to {stored}")
+    assert wait_for_hit(cache, context(stored)).matches
+    found = lookup(cache, context(asked))
+    assert found.has_opinion and not found.matches
+
+
+def test_other_tools_miss(cache: CacheProcess) -> None:
+    tool = {"type": "function", "function": {"name": "lookup_order", "parameters": {"type": "object"}}}
+    store(cache, context("Where is my order 1234?", tools=[tool]), "Calling lookup_order.")
+    assert wait_for_hit(cache, context("Where is my order 1234?", tools=[tool])).matches
+    assert not lookup(cache, context("Where is my order 1234?")).matches
+    other = {"type": "function", "function": {"name": "track_parcel", "parameters": {"type": "object"}}}
+    assert not lookup(cache, context("Where is my order 1234?", tools=[other])).matches
 
 
 def test_unrelated_question_misses(cache: CacheProcess, question_stored: None) -> None:
