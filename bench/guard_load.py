@@ -1,6 +1,6 @@
 """Load with a jailbreak share: does the guard hold at concurrency 1/8/32, short and long prompts?
 
-For every cell: requests answered, 429s (admission), 503s (a service that fails closed), degraded and
+Clients are closed loops that honour Retry-After (as the OpenAI SDKs do). For every cell: requests answered, 429s (admission), 503s (a service that fails closed), degraded and
 unverified shares, p50/p99 of the answered requests, and jailbreaks sent vs. jailbreaks that reached the
 backend — counted twice: from the client's view (a 200 that was not a block) and from the simulator's own
 request log (/sim/search), so that nothing that got through is missed.
@@ -27,7 +27,7 @@ DAN_MARK = "immerse yourself into the role of another AI model known as DAN"
 PADDING = ("The weather report for the coming week shows mild temperatures and light winds across the region, "
            "with rain expected on Thursday and clear skies by the weekend. ")
 LONG_CHARS = 6000
-CAPTURE = ["x-vsr-degraded", "x-vsr-guard", "x-vsr-jailbreak-blocked"]
+CAPTURE = ["x-vsr-degraded", "x-vsr-guard", "x-vsr-jailbreak-blocked", "retry-after"]
 
 
 def attack_text(size: str) -> str:
@@ -65,7 +65,7 @@ def load_cell(stack: BenchStack, prompts: list[Prompt], size: str, concurrency: 
     before = httpx.get(search, params={"contains": DAN_MARK}, trust_env=False).json()["count"]
     run = run_load({"mode": "closed", "url": stack.router_url, "bodies": bodies, "concurrency": concurrency,
                     "duration_s": duration_s, "core": core, "headers": {"cache-control": "no-store"},
-                    "capture": CAPTURE})
+                    "capture": CAPTURE, "honor_retry_after": True})
     reached = httpx.get(search, params={"contains": DAN_MARK}, trust_env=False).json()["count"] - before
     n = len(run["status"])
     sent_attacks = sum(1 for i in run["index"] if i in attacks)
@@ -75,6 +75,8 @@ def load_cell(stack: BenchStack, prompts: list[Prompt], size: str, concurrency: 
     headers = run.get("headers") or [{}] * n
     return {
         "size": size, "concurrency": concurrency, "requests": n, "req_per_s": round(n / run["wall_s"], 1),
+        # Requests answered 200 per second: a closed-loop client retries a 429 at once, so req/s counts refusals.
+        "answered_per_s": round(len(answered) / run["wall_s"], 1),
         "p50_ms": round(statistics.median(answered), 1) if answered else None,
         "p99_ms": round(_percentile(answered, 0.99), 1) if answered else None,
         "status": {str(s): run["status"].count(s) for s in sorted(set(run["status"]))},
@@ -92,7 +94,7 @@ def load_matrix(stack: BenchStack, prompts: list[Prompt], concurrencies: list[in
     for size in ("short", "long"):
         for concurrency in concurrencies:
             cell = load_cell(stack, prompts, size, concurrency, duration_s, core)
-            print(f"  load {size:>5} c={concurrency:<3} {cell['req_per_s']:6.1f} req/s  p50 {cell['p50_ms']} ms  "
+            print(f"  load {size:>5} c={concurrency:<3} {cell['answered_per_s']:6.1f} answered/s  p50 {cell['p50_ms']} ms  "
                   f"p99 {cell['p99_ms']} ms  429 {cell['share_429']:.1%}  503 {cell['share_503']:.1%}  "
                   f"degraded {cell['share_degraded']:.1%}  jailbreaks {cell['jailbreaks_sent']} sent, "
                   f"{cell['jailbreaks_reached_backend']} reached the backend", flush=True)

@@ -126,6 +126,8 @@ async def closed_loop(job: dict[str, Any], raws: list[bytes], results: Results) 
     counter = iter(range(1 << 62))
 
     capture = job.get("capture")  # header names to keep per request (None: keep none)
+    # Wait as a well-behaved client does (the OpenAI SDKs honour Retry-After) instead of retrying a 429 at once.
+    honor_retry_after = bool(job.get("honor_retry_after")) and capture is not None and "retry-after" in capture
 
     async def worker() -> None:
         conn = Connection(url.hostname or "127.0.0.1", url.port or 80)
@@ -134,6 +136,8 @@ async def closed_loop(job: dict[str, Any], raws: list[bytes], results: Results) 
             started = time.perf_counter()
             status, outcome, kept = await _one(conn, raws[i], capture)
             results.add(i, (time.perf_counter() - started) * 1000, status, outcome, kept)
+            if honor_retry_after and status == 429 and kept is not None:
+                await asyncio.sleep(min(5.0, float(kept.get("retry-after", "1"))))
         conn.close()
 
     await asyncio.gather(*(worker() for _ in range(int(job["concurrency"]))))

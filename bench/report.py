@@ -155,10 +155,10 @@ def _guard_load(results: dict[str, Any]) -> list[str]:
     if not cells:
         return []
     lines = ["### Guard under load (every 10th request a jailbreak)", "",
-             "| prompts | concurrency | req/s | p50 ms | p99 ms | 429 | 503 | degraded | unverified | "
+             "| prompts | concurrency | answered/s | p50 ms | p99 ms | 429 | 503 | degraded | unverified | "
              "jailbreaks sent | reached the backend |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in cells:
-        lines.append(f"| {c['size']} | {c['concurrency']} | {c['req_per_s']} | {c['p50_ms']} | {c['p99_ms']} | "
+        lines.append(f"| {c['size']} | {c['concurrency']} | {c['answered_per_s']} | {c['p50_ms']} | {c['p99_ms']} | "
                      f"{c['share_429']:.1%} | {c['share_503']:.1%} | {c['share_degraded']:.1%} | "
                      f"{c['share_unverified']:.1%} | {c['jailbreaks_sent']} | **{c['jailbreaks_reached_backend']}** |")
     return [*lines, ""]

@@ -59,7 +59,7 @@ class BenchStack:
 
     def _direct_spec(self) -> ProcessSpec:
         return ProcessSpec(
-            DIRECT_ENVOY, [], ready=lambda: http_ok(f"http://127.0.0.1:{self.direct_admin}/ready", "LIVE"),
+            DIRECT_ENVOY, [], ready=lambda: http_ok(f"http://127.0.0.1:{self.direct_admin}/ready", expect="LIVE"),
             endpoint=f"http://127.0.0.1:{self.direct_port}",
             ports=[("bench.direct_listener", "127.0.0.1", self.direct_port),
                    ("bench.direct_admin", "127.0.0.1", self.direct_admin)])

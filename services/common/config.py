@@ -226,7 +226,7 @@ class ServiceConfig(_Section):
     # routing work in flight (this request's and the ones admitted before it, which share Triton's CPU),
     # capped by front.max_routing_ms. Defaults measured on 2 CPU cores (README, "Deadlines").
     deadline_ms: Positive = 300
-    deadline_per_token_ms: float = Field(default=1.0, ge=0)
+    deadline_per_token_ms: float = Field(default=1.5, ge=0)
     on_failure: FailureMode = FailureMode.OPEN
     circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
 

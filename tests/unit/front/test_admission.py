@@ -14,6 +14,8 @@ from tests.conftest import example_config_data
 def admission(**front) -> Admission:
     data = example_config_data()
     data["front"].update(front)
+    for service in ("decision", "guard", "cache"):
+        data[service]["deadline_per_token_ms"] = 1.0  # round numbers below
     return Admission(parse_config(data))
 
 

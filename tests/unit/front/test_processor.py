@@ -282,13 +282,13 @@ async def test_a_prompt_too_long_for_the_routing_budget_is_400_naming_the_key() 
 async def test_overload_is_answered_429_with_retry_after_before_any_work() -> None:
     clients = ScriptedClients(guard_delay=0.5, others_delay=0.5)
     context = FrontContext(make_processor().config, clients, FrontMetrics())
+    # Three of these fit under the routing budget, a fourth does not.
+    long_chat = {**CHAT, "messages": [{"role": "user", "content": "word " * int(context.admission.max_work / 3.3)}]}
     busy = [RequestProcessor(context) for _ in range(3)]
-    tasks = [asyncio.create_task(route_chat(p, {**CHAT, "messages": [{"role": "user", "content": "word " * 1200}]}))
-             for p in busy]
+    tasks = [asyncio.create_task(route_chat(p, long_chat)) for p in busy]
     await asyncio.sleep(0.1)
     assert context.admission.inflight_requests == 3
-    response = await route_chat(RequestProcessor(context), {**CHAT, "messages": [
-        {"role": "user", "content": "word " * 1200}]})
+    response = await route_chat(RequestProcessor(context), long_chat)
     assert status_of(response) == 429
     assert error_of(response)["code"] == "router_overloaded"
     assert int(set_headers(response.immediate_response.headers)["retry-after"]) >= 1
