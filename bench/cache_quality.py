@@ -45,7 +45,8 @@ DATA = REPO.parent / "shared" / "data" / "cache_pairs.jsonl"
 EMBEDDINGS = REPO / ".switchyard" / "cache_pairs_minilm.npz"
 RESULTS = REPO / "bench" / "results"
 TODAY_THRESHOLD = 0.9  # the similarity_threshold of the cache before verification
-GRID = [round(float(x), 3) for x in np.arange(0.5, 1.0001, 0.01)]
+# Finer near 1, where threshold-only caches have to sit to stay clear of look-alikes.
+GRID = sorted({round(float(x), 3) for x in [*np.arange(0.5, 0.99, 0.01), *np.arange(0.99, 1.0001, 0.001)]})
 EMBED_BATCH = 64
 
 
