@@ -16,6 +16,9 @@ from bench.stats import percentiles, spread
 CACHE_LOOKUP_SCRIPT = REPO / "bench" / "cache_lookup.py"  # owned by the cache helper; called, not edited
 
 
+TENANT = {"x-user-id": "bench"}
+
+
 def hit_vs_miss(stack: BenchStack, texts: list[str], rounds: int, core: int) -> dict[str, Any]:
     """Each round: fresh prompts once (misses, answered by the simulator and stored), then again (hits)."""
     per_round: dict[str, list[float | None]] = {"miss": [], "hit": []}
@@ -23,11 +26,12 @@ def hit_vs_miss(stack: BenchStack, texts: list[str], rounds: int, core: int) -> 
     chunk = max(len(texts) // rounds, 1)
     for r in range(rounds):
         bodies = [chat_body(t) for t in texts[r * chunk:(r + 1) * chunk]]
+        # A tenant: anonymous requests bypass the cache by default (cache.anonymous: bypass).
         miss = run_load({"mode": "list", "url": stack.router_url, "bodies": bodies, "concurrency": 1,
-                         "core": core, "capture_headers": ["x-vsr-cache-hit"]})
+                         "core": core, "capture_headers": ["x-vsr-cache-hit"], "headers": TENANT})
         time.sleep(1.0)  # stores are written behind the response; give the write queue time to land them
         hit = run_load({"mode": "list", "url": stack.router_url, "bodies": bodies, "concurrency": 1,
-                        "core": core, "capture_headers": ["x-vsr-cache-hit"]})
+                        "core": core, "capture_headers": ["x-vsr-cache-hit"], "headers": TENANT})
         per_round["miss"].append(percentiles([x for x, o in zip(miss["lat_ms"], miss["outcome"]) if o == "backend"])["p50"])
         per_round["hit"].append(percentiles([x for x, o in zip(hit["lat_ms"], hit["outcome"]) if o == "hit"])["p50"])
         hit_ratio.append(sum(o == "hit" for o in hit["outcome"]) / max(len(bodies), 1))

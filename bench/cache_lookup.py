@@ -2,7 +2,7 @@
 
 Random unit 384-d vectors stand in for MiniLM embeddings. Two layouts: "scoped" spreads entries over
 100 tenants and some conversations (each lookup filters on one scope, like the service does);
-"one_scope" puts every entry in the same scope (no tenant header, single-turn traffic): the worst case,
+"one_scope" puts every entry in the same scope (one tenant, single-turn traffic): the worst case,
 where the filter narrows nothing and the engine scans every vector.
 Run: .venv/bin/python bench/cache_lookup.py [--sizes 1000 10000 100000] [--lookups 2000] [--quick]
 Prints a table and writes bench/results/cache_lookup.json.
@@ -40,14 +40,14 @@ def unit_rows(rng: np.random.Generator, n: int) -> np.ndarray:
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
-ONE_SCOPE = {"tenant": "", "context_hash": "ctx-0", "params_hash": "p0"}
+ONE_SCOPE = {"tenant": "tenant-0", "fingerprint": "fp-0"}
 
 
 def scope(rng: np.random.Generator, layout: str) -> dict[str, str]:
     if layout == "one_scope":
         return ONE_SCOPE
     context = 0 if rng.random() < 0.7 else int(rng.integers(1, CONTEXTS))
-    return {"tenant": f"tenant-{rng.integers(TENANTS)}", "context_hash": f"ctx-{context}", "params_hash": "p0"}
+    return {"tenant": f"tenant-{rng.integers(TENANTS)}", "fingerprint": f"fp-{context}"}
 
 
 def fill(store: EmbeddedStore, n: int, rng: np.random.Generator,
@@ -100,7 +100,8 @@ async def time_full_lookups(store: EmbeddedStore, vectors: np.ndarray, lookups: 
     selection), timed on a scope that holds no entries so the engine's share is near zero."""
     cache = SemanticCache(CacheConfig(port=0, metrics_port=0, max_entries=10**7), store, _Precomputed(vectors[0]),
                           CacheMetrics(), clock=lambda: 1e9)
-    context = common_pb2.RequestContext(messages=[common_pb2.ChatMessage(role="user", text="q")], tenant="tenant-1")
+    context = common_pb2.RequestContext(messages=[common_pb2.ChatMessage(role="user", text="q")], tenant="tenant-1",
+                                        answer_fingerprint="fp-bench")
     samples = []
     for k in range(lookups + 50):
         started = time.perf_counter()

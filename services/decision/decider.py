@@ -38,16 +38,18 @@ class Decider:
         self.classifier = classifier
 
     async def decide(self, context: common_pb2.RequestContext) -> Decision:
+        # One policy for the whole call: a reload while the classifier runs does not mix two configs.
+        policy = self.policy
         # Raises UnknownModelError for an unconfigured concrete model (when configured to reject).
-        requested = self.policy.for_requested_model(context.requested_model)
+        requested = policy.for_requested_model(context.requested_model)
         if requested is not None:
             return requested
-        turns = classification_turns(context.messages, self.policy.routing.history)
+        turns = classification_turns(context.messages, policy.routing.history)
         if not turns:
-            return self.policy.default("empty_prompt")
-        ruled = self.policy.for_rule(turns[0][0])
+            return policy.default("empty_prompt")
+        ruled = policy.for_rule(turns[0][0])
         if ruled is not None:
             return ruled
         rows = await self.classifier.classify([text for text, _ in turns])
         probabilities = weighted_mean(rows, [weight for _, weight in turns])
-        return self.policy.for_classification(self.classifier.labels, probabilities)
+        return policy.for_classification(self.classifier.labels, probabilities)

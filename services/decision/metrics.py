@@ -25,5 +25,3 @@ class DecisionMetrics:
                                             ["classifier"], buckets=LATENCY_BUCKETS, registry=r)
         self.errors = Counter("switchyard_decision_errors", "Decide calls that failed, by reason.",
                               ["reason"], registry=r)
-        self.config_reloads = Counter("switchyard_config_reloads", "Config reloads by result (applied/rejected).",
-                                      ["result"], registry=r)

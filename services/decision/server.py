@@ -14,7 +14,7 @@ from services.decision.classifier import ClassifierUnavailableError, TritonDomai
 from services.decision.decider import Decider, DomainClassifier
 from services.decision.metrics import DecisionMetrics
 from services.decision.policy import Decision, RoutingPolicy, UnknownModelError
-from services.decision.reload import ConfigReloader
+from services.common.reload import LiveConfig, start_reloading
 from services.common.triton import set_call_deadline
 from switchyard.v1 import decision_pb2, decision_pb2_grpc
 
@@ -79,17 +79,14 @@ async def serve(config: SwitchyardConfig, config_path: Path | None = None,
         classifier = TritonDomainClassifier(config.triton, metrics.classifier_latency.labels("domain"))
     decider = Decider(RoutingPolicy(config.routing), classifier)
     servicer = DecisionServicer(decider, metrics)
+    live = LiveConfig(config)
+    # A new routing policy object per snapshot: a Decide call in flight keeps the one it started with.
+    live.on_change(lambda new: setattr(decider, "policy", RoutingPolicy(new.routing)))
     watch_task: asyncio.Task[None] | None = None
-
-    def apply(new: SwitchyardConfig) -> None:
-        # Only the routing policy changes live; ports and addresses need a restart.
-        decider.policy = RoutingPolicy(new.routing)
 
     async def start_watching() -> None:
         nonlocal watch_task
-        if config_path is not None:
-            reloader = ConfigReloader(config_path, apply, lambda result: metrics.config_reloads.labels(result).inc())
-            watch_task = asyncio.create_task(reloader.watch())
+        watch_task = start_reloading(config_path, live, metrics.registry)
 
     async def stop() -> None:
         if watch_task is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from services.common.cache_fingerprint import route_fingerprint
 from services.common.config import FailureMode, SwitchyardConfig
 from services.front.chat_request import ChatRequest, RequestError
 from services.front.mesh_clients import ServiceCall
@@ -137,15 +138,24 @@ def _merge_verdicts(config: SwitchyardConfig, request: ChatRequest,
         by_category = config.cache.scope_by == "category"
         for match in lookup.matches:
             # scope_by: category lets MoM traffic share answers across the category's models.
-            if (match.category == route.category and bool(route.category)) if by_category \
-                    else match.model == route.model:
+            same_target = (match.category == route.category and bool(route.category)) if by_category \
+                else match.model == route.model
+            # The stored answer was given under the same injected system prompt and reasoning mode.
+            if same_target and match.route_fingerprint == route_key(route):
                 return Outcome("cache_hit", route=route, degraded=degraded,
                                headers=[("x-vsr-cache-hit", "true"),
                                         ("x-vsr-cache-similarity", f"{match.similarity:.4f}"),
+                                        ("x-vsr-cache-check", match.check),
                                         ("x-vsr-selected-model", route.model)],
                                reply=_cached_reply(match.body, request.stream))
     headers = [("x-vsr-pii-masked-types", ",".join(masked_types(entities, mask_types)))] if masking else []
     return Outcome("upstream", route=route, degraded=degraded, mask_entities=masking, headers=headers)
+
+
+def route_key(route: Route) -> str:
+    """What the router changes in the body for `route`, as the cache stores it with each answer."""
+    return route_fingerprint(route.system_prompt, route.system_prompt_mode, route.use_reasoning,
+                             route.reasoning_effort)
 
 
 def _cached_reply(body: bytes, stream: bool) -> Reply:

@@ -21,7 +21,7 @@ from services.common.sse import cacheable, reassemble_sse
 from services.front.admission import Admission, Admitted, Overloaded
 from services.front.body_rewrite import rewrite_body
 from services.front.chat_request import ChatRequest, RequestError, dumps, loads, parse_chat_request
-from services.front.merge import Outcome, merge, pii_blocked_reply
+from services.front.merge import Outcome, merge, pii_blocked_reply, route_key
 from services.front.mesh_clients import MeshClients, ServiceCall
 from services.front.metrics import FrontMetrics
 from services.front.replies import Reply, error_reply, models_reply
@@ -390,7 +390,8 @@ class RequestProcessor:
             self.metrics.cache_write_drops.inc()
             return
         request = cache_pb2.StoreRequest(request=context, model=outcome.route.model,
-                                         category=outcome.route.category, body=dumps(completion))
+                                         category=outcome.route.category, body=dumps(completion),
+                                         route_fingerprint=route_key(outcome.route))
         task = asyncio.create_task(self.context.clients.store(request))
         pending.add(task)
         task.add_done_callback(pending.discard)

@@ -122,7 +122,6 @@ def test_a_rewording_hits(client: httpx.Client) -> None:
     assert 0 < float(reworded.headers["x-vsr-cache-similarity"]) < 1
 
 
-@pytest.mark.xfail(strict=True, reason="the front does not copy CacheMatch.check into x-vsr-cache-check yet")
 def test_a_hit_says_which_check_passed(client: httpx.Client) -> None:
     stored(client, chat("What does a mitochondrion do?"))
     assert ask(client, chat("What does a mitochondrion do?")).headers["x-vsr-cache-check"] == "exact"

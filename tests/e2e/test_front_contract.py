@@ -107,6 +107,8 @@ def test_pii_mask_backend_sees_placeholders_client_sees_names(client: httpx.Clie
 
 def test_cache_hit_non_streaming_and_streaming(client: httpx.Client, mesh: MeshRunner) -> None:
     question = chat("What is cognitive dissonance in psychology?")
+    # Anonymous requests bypass the cache (cache.anonymous: bypass); a tenant's are cached.
+    client = httpx.Client(base_url=mesh.envoy_url, timeout=60, trust_env=False, headers={"x-user-id": "team-e2e"})
     first = client.post(CHAT, json=question)
     assert first.status_code == 200 and "x-vsr-cache-hit" not in first.headers
     before = len(received(mesh))

@@ -162,7 +162,9 @@ def observed(prometheus_binary: str, tmp_path_factory: pytest.TempPathFactory) -
                  f"--storage.tsdb.path={directory / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
                  "--log.level=warn"], stdout=(directory / "prometheus.log").open("wb"), stderr=subprocess.STDOUT)
             _wait(lambda: _targets_up(url, len(config["scrape_configs"])), 30, "Prometheus to scrape every target")
-            with httpx.Client(base_url=mesh.envoy_url, timeout=30, trust_env=False) as client:
+            # A tenant, so that the cache serves hits (anonymous requests bypass it by default).
+            with httpx.Client(base_url=mesh.envoy_url, timeout=30, trust_env=False,
+                              headers={"x-user-id": "observability"}) as client:
                 # Two waves with scrapes between: counters and histograms created by the first wave
                 # move in the second, so rate() and histogram_quantile() have something to show.
                 # Warm-up: the first inference of each Triton model is slow.

@@ -127,8 +127,8 @@ def test_guard_fails_closed_unless_the_operator_says_open() -> None:
 
 def test_routing_cap_must_fit_envoys_message_timeout() -> None:
     data = example_config_data()
-    data["front"]["max_routing_ms"] = 6000
-    assert "front.max_routing_ms: must be below envoy.message_timeout_ms (5000)" in _error_for(data)
+    data["front"]["max_routing_ms"] = 9000
+    assert "front.max_routing_ms: must be below envoy.message_timeout_ms (8000)" in _error_for(data)
 
 
 def test_triton_calls_may_last_as_long_as_the_routing_cap() -> None:
@@ -141,4 +141,4 @@ def test_triton_calls_may_last_as_long_as_the_routing_cap() -> None:
 def test_a_service_floor_must_fit_under_the_routing_cap() -> None:
     data = example_config_data()
     data["guard"]["deadline_ms"] = 20000
-    assert "guard.deadline_ms: must be below front.max_routing_ms (4000), got 20000" in _error_for(data)
+    assert "guard.deadline_ms: must be below front.max_routing_ms (6000), got 20000" in _error_for(data)

@@ -12,7 +12,6 @@ from services.common.config import parse_config
 from services.common.model_io import DOMAIN_LABELS
 from services.decision.decider import Decider, classification_turns
 from services.decision.policy import RoutingPolicy, UnknownModelError, normalized_entropy
-from services.decision.reload import ConfigReloader
 from services.decision.server import decision_to_proto
 from switchyard.v1 import common_pb2, decision_pb2
 from tests.conftest import example_config_data
@@ -182,19 +181,3 @@ def test_decision_converts_to_proto() -> None:
     assert message.candidates[0].model == "llama-3.1-8b"
     assert message.system_prompt_mode == decision_pb2.SYSTEM_PROMPT_MODE_REPLACE
     assert len(message.probabilities) == 14
-
-
-def test_reload_applies_good_configs_and_keeps_the_old_on_bad(tmp_path: Path) -> None:
-    path = tmp_path / "config.yaml"
-    data = example_config_data()
-    path.write_text(yaml.safe_dump(data))
-    applied, results = [], []
-    reloader = ConfigReloader(path, applied.append, results.append)
-    assert reloader.check() is None  # unchanged
-    data["routing"]["default_model"] = "deepseek-r1"
-    path.write_text(yaml.safe_dump(data))
-    assert reloader.check() is True
-    assert applied[-1].routing.default_model == "deepseek-r1"
-    path.write_text("routing: [this is: not valid")
-    assert reloader.check() is False
-    assert len(applied) == 1 and results == ["applied", "rejected"]

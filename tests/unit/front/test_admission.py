@@ -13,9 +13,12 @@ from tests.conftest import example_config_data
 
 def admission(**front) -> Admission:
     data = example_config_data()
-    data["front"].update(front)
-    for service in ("decision", "guard", "cache"):
-        data[service]["deadline_per_token_ms"] = 1.0  # round numbers below
+    # Round numbers for the arithmetic below (not the shipped defaults).
+    data["front"].update({"max_routing_ms": 4000, **front})
+    data["envoy"]["message_timeout_ms"] = 5000
+    data["triton"]["timeout_ms"] = 4000
+    for service, floor in (("decision", 300), ("guard", 300), ("cache", 150)):
+        data[service].update(deadline_per_token_ms=1.0, deadline_ms=floor)
     return Admission(parse_config(data))
 
 

@@ -10,6 +10,7 @@ from envoy.config.core.v3 import base_pb2 as core
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as pm
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
+from services.common.cache_fingerprint import route_fingerprint
 from services.common.config import parse_config
 from services.front.mesh_clients import ServiceCall
 from services.front.metrics import FrontMetrics
@@ -267,7 +268,7 @@ async def test_deadlines_grow_with_the_prompt() -> None:
     await route_chat(make_processor(long), {**CHAT, "messages": [{"role": "user", "content": "word " * 1500}]})
     for service in ("guard", "decision", "cache"):
         assert long.timeouts[service] > short.timeouts[service] + 1.0
-    assert long.timeouts["guard"] <= 4.0  # front.max_routing_ms
+    assert long.timeouts["guard"] <= 6.0  # front.max_routing_ms
 
 
 async def test_a_prompt_too_long_for_the_routing_budget_is_400_naming_the_key() -> None:
@@ -355,10 +356,22 @@ COMPLETION = {"id": "c1", "object": "chat.completion", "created": 1, "model": "q
               "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}
 
 
-def cache_hit(model: str = "qwen3-8b") -> ServiceCall:
+# What the router changes in the body for the default route (no system prompt, no reasoning).
+PLAIN_ROUTE = route_fingerprint("", 0, False, "")
+
+
+def cache_hit(model: str = "qwen3-8b", route: str = PLAIN_ROUTE) -> ServiceCall:
     return ServiceCall("cache", result=cache_pb2.LookupResponse(has_opinion=True, matches=[
-        cache_pb2.CacheMatch(model="deepseek-r1", similarity=0.99, body=b'{"wrong": true}'),
-        cache_pb2.CacheMatch(model=model, similarity=0.95, body=json.dumps(COMPLETION).encode())]))
+        cache_pb2.CacheMatch(model="deepseek-r1", similarity=0.99, body=b'{"wrong": true}', route_fingerprint=route),
+        cache_pb2.CacheMatch(model=model, similarity=0.95, body=json.dumps(COMPLETION).encode(),
+                             route_fingerprint=route, check="paraphrase")]))
+
+
+async def test_a_stored_answer_given_under_another_system_prompt_is_not_served() -> None:
+    other = route_fingerprint("You are a pirate.", 1, True, "high")
+    processor = make_processor(ScriptedClients(cache=cache_hit(route=other)))
+    response = await route_chat(processor, CHAT)
+    assert response.WhichOneof("response") == "request_body"  # went on to the backend
 
 
 async def test_cache_hit_for_the_routed_model_is_answered_by_the_router() -> None:
@@ -368,6 +381,7 @@ async def test_cache_hit_for_the_routed_model_is_answered_by_the_router() -> Non
     assert reply.status.code == 200 and json.loads(reply.body) == COMPLETION
     added = set_headers(reply.headers)
     assert added["x-vsr-cache-hit"] == "true" and added["x-vsr-cache-similarity"] == "0.9500"
+    assert added["x-vsr-cache-check"] == "paraphrase"
 
 
 async def test_cache_hit_for_another_model_is_not_used() -> None:
