@@ -56,7 +56,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     setup_tracing(args.service, config.telemetry)
     module = __import__(f"services.{args.service}.server", fromlist=["serve"])
     try:
-        asyncio.run(module.serve(config, Path(args.config)) if args.service == "decision" else module.serve(config))
+        # Every service watches the same file: a reload reaches all of them (and a bad file none).
+        asyncio.run(module.serve(config, Path(args.config)))
     except RuntimeError as exc:  # port taken and similar start-up failures carry their own fix
         print(f"{args.service}: {exc}", file=sys.stderr)
         return 1

@@ -99,6 +99,10 @@ class SemanticCache:
         self._compact_after = max(10_000, config.max_entries)
         self._deleted = 0
 
+    def reconfigure(self, config: CacheConfig) -> None:
+        """A new policy (hot reload): thresholds, TTL, size, scope rules. The store and its queue stay."""
+        self.config, self.policy = config, CachePolicy(config)
+
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
 

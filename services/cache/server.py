@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from pathlib import Path
 
 import grpc
 
@@ -13,6 +15,7 @@ from services.cache.semantic_cache import LookupResult, SemanticCache
 from services.cache.store import StoreUnavailableError
 from services.common.config import SwitchyardConfig
 from services.common.grpc_server import run_grpc_service
+from services.common.reload import LiveConfig, start_reloading
 from services.common.triton import set_call_deadline
 from switchyard.v1 import cache_pb2, cache_pb2_grpc
 
@@ -55,14 +58,23 @@ class CacheServicer(cache_pb2_grpc.CacheServicer):
         return cache_pb2.StoreResponse(stored=result.queued, reason=result.reason)
 
 
-async def serve(config: SwitchyardConfig) -> None:
+async def serve(config: SwitchyardConfig, config_path: Path | None = None) -> None:
     section = config.cache
     metrics = CacheMetrics()
     embedder = TritonEmbedder(config.triton)
     cache = SemanticCache(section, open_store(section, embedder), embedder, metrics)
     await cache.start()
+    live = LiveConfig(config)
+    live.on_change(lambda new: cache.reconfigure(new.cache))
+    reload_task: asyncio.Task[None] | None = None
+
+    async def start_reloading_config() -> None:
+        nonlocal reload_task
+        reload_task = start_reloading(config_path, live, metrics.registry)
 
     async def shutdown() -> None:
+        if reload_task is not None:
+            reload_task.cancel()
         await cache.close()
         await embedder.close()
 
@@ -73,6 +85,6 @@ async def serve(config: SwitchyardConfig) -> None:
         section.metrics_port,
         lambda server: cache_pb2_grpc.add_CacheServicer_to_server(CacheServicer(cache), server),
         [cache_pb2.DESCRIPTOR.services_by_name["Cache"].full_name],
-        on_shutdown=shutdown,
+        on_shutdown=shutdown, on_started=start_reloading_config,
         registry=metrics.registry,
     )

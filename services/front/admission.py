@@ -43,9 +43,13 @@ class Admission:
     """Counts the requests and the routing work (token-equivalents) in flight; one per front process."""
 
     def __init__(self, config: SwitchyardConfig) -> None:
-        self._config = config
         self.inflight_requests = 0
         self.inflight_work = 0
+        self.reconfigure(config)
+
+    def reconfigure(self, config: SwitchyardConfig) -> None:
+        """Take a new config snapshot's budget; the work in flight stays counted."""
+        self._config = config
         self._sections: dict[Service, ServiceConfig] = {s: getattr(config, s.value) for s in Service}
         front = config.front
         enabled = [s for s in self._sections.values() if s.enabled] or list(self._sections.values())

@@ -21,10 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.common import model_io
+from services.common.config import SwitchyardConfig
 from services.common.health import grpc_serving, http_ok
 from services.front.chat_request import RequestError
+from services.front.masking import redact_text
 from services.front.mesh_clients import ServiceCall
-from services.front.processor import FrontContext, RequestProcessor
+from services.front.processor import FrontContext
 from switchyard.v1 import common_pb2, decision_pb2, guard_pb2
 
 # Short names that upstream clients send for Presidio's entity types.
@@ -205,9 +207,16 @@ class ClassificationApi:
 
     def __init__(self, context: FrontContext) -> None:
         self.context = context
-        self.config = context.config
         self.batches_in_flight = 0
-        self.deadline_s = context.config.front.api.deadline_ms / 1000.0
+
+    @property
+    def config(self) -> SwitchyardConfig:
+        """The config snapshot in force (hot reload reaches the API too)."""
+        return self.context.live.current
+
+    @property
+    def deadline_s(self) -> float:
+        return self.config.front.api.deadline_ms / 1000.0
 
     def _context(self, text: str) -> common_pb2.RequestContext:
         return common_pb2.RequestContext(requested_model=self.config.routing.aliases[0],
@@ -263,9 +272,9 @@ class ClassificationApi:
                             start_position=e.start if options.return_positions else None,
                             end_position=e.end if options.return_positions else None,
                             masked_value=f"[{e.type}]") for e in entities]
-        masked = _mask_text(request.text, entities) if options.mask_entities else None
-        blocking = set(self.config.guard.pii.block_types)
-        recommendation = "block" if any(e.type in blocking for e in entities) else "allow"
+        masked = redact_text(request.text, entities) if options.mask_entities else None
+        # The guard's own verdict (block_types less mask_types), not a second copy of its policy.
+        recommendation = "block" if verdict.blocking_pii_types else "allow"
         return PiiResponse(has_pii=bool(out), entities=out, masked_text=masked,
                            security_recommendation=recommendation, processing_time_ms=_ms(started))
 
@@ -343,10 +352,9 @@ class ClassificationApi:
                 low_confidence_count=sum(1 for c in intents if c.confidence < threshold)))
 
     async def route(self, raw: bytes, headers: dict[str, str]) -> RouteVerdict:
-        processor = RequestProcessor(self.context)
-        processor.set_request_headers(headers)
         try:
-            routed = await processor.route(raw, dry_run=True)
+            routed = await self.context.router.route(self.config, raw, {k.lower(): v for k, v in headers.items()},
+                                                     dry_run=True)
         except RequestError as exc:
             raise ApiError(exc.status, exc.code.upper(), exc.message) from None
         outcome = routed.outcome
@@ -362,7 +370,7 @@ class ClassificationApi:
             except orjson.JSONDecodeError:  # an SSE reply
                 reply_body = reply.body.decode("utf-8", "replace")
         return RouteVerdict(
-            outcome=outcome.kind, selected_model=route.model if route else None,
+            outcome=outcome.kind.value, selected_model=route.model if route else None,
             category=(route.category or None) if route else None,
             confidence=route.confidence if route and route.category else None,
             candidates=[c.model for c in decision.candidates] if decision is not None else [],
@@ -406,16 +414,6 @@ class ClassificationApi:
 
 def _ms(started: float) -> int:
     return int((time.perf_counter() - started) * 1000)
-
-
-def _mask_text(text: str, entities: list[guard_pb2.PiiEntity]) -> str:
-    out, cursor = [], 0
-    for entity in sorted(entities, key=lambda e: e.start):
-        if entity.start < cursor:
-            continue  # overlaps the previous one, already masked
-        out += [text[cursor:entity.start], f"[{entity.type}]"]
-        cursor = entity.end
-    return "".join(out) + text[cursor:]
 
 
 def build_http_app(context: FrontContext) -> FastAPI:
@@ -492,7 +490,7 @@ def build_http_app(context: FrontContext) -> FastAPI:
     @app.get("/info/models", tags=["info"])
     async def info_models() -> dict[str, Any]:
         ready = await api.triton_models_ready()
-        config = context.config
+        config = context.live.current
         kinds = {model_io.DOMAIN_CLASSIFIER: "intent_classification", model_io.PII_TAGGER: "pii_detection",
                  model_io.JAILBREAK_CLASSIFIER: "jailbreak_detection", model_io.EMBEDDER: "similarity"}
         models = []
@@ -514,7 +512,7 @@ def build_http_app(context: FrontContext) -> FastAPI:
 
     @app.get("/info/classifier", tags=["info"])
     async def info_classifier() -> dict[str, Any]:
-        config = context.config
+        config = context.live.current
         return {
             "categories": [{"name": c.name, "models": [s.model for s in c.model_scores],
                             "system_prompt": bool(c.system_prompt)} for c in config.routing.categories],

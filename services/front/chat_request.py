@@ -65,6 +65,41 @@ def dumps(value: Any) -> bytes:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+# How a message's content becomes the one text the services read (and PII offsets refer to): string
+# content as it is; a list of content parts -> the `text` of its text parts, joined by PART_JOINER.
+TEXT_PART_TYPES = ("text", "input_text")
+PART_JOINER = "\n"
+
+
+@dataclass(frozen=True)
+class TextSegment:
+    """Where a stretch of a message's flattened text lives: the content string, or one content part."""
+
+    start: int  # offset in the flattened text
+    text: str
+    part: int | None  # index into the content list; None for string content
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.text)
+
+
+def text_segments(content: Any) -> list[TextSegment]:
+    """The flattening contract, once: parsing (message_text) and PII masking both use it."""
+    if isinstance(content, str):
+        return [TextSegment(0, content, None)]
+    segments: list[TextSegment] = []
+    if isinstance(content, list):
+        offset = 0
+        for index, part in enumerate(content):
+            if isinstance(part, dict) and part.get("type") in TEXT_PART_TYPES and isinstance(part.get("text"), str):
+                if segments:
+                    offset += len(PART_JOINER)
+                segments.append(TextSegment(offset, part["text"], index))
+                offset += len(part["text"])
+    return segments
+
+
 def message_text(content: Any, where: str) -> tuple[str, bool]:
     """The text of a message's content: a string, null, or a list of OpenAI content parts."""
     if content is None:
@@ -72,14 +107,14 @@ def message_text(content: Any, where: str) -> tuple[str, bool]:
     if isinstance(content, str):
         return content, False
     if isinstance(content, list):
-        texts: list[str] = []
         for i, part in enumerate(content):
-            if not isinstance(part, dict):
-                raise RequestError(400, f"{where}.content[{i}] must be an object with a 'type'",
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise RequestError(400, f"{where}.content[{i}] must be an object with a string 'type'",
                                    "invalid_content", f"{where}.content[{i}]")
-            if part.get("type") in ("text", "input_text") and isinstance(part.get("text"), str):
-                texts.append(part["text"])
-        return "\n".join(texts), True
+            if part["type"] in TEXT_PART_TYPES and not isinstance(part.get("text"), str):
+                raise RequestError(400, f"{where}.content[{i}].text must be a string in a {part['type']!r} part",
+                                   "invalid_content", f"{where}.content[{i}].text")
+        return PART_JOINER.join(s.text for s in text_segments(content)), True
     raise RequestError(400, f"{where}.content must be a string, null or a list of content parts, "
                        f"got {type(content).__name__}", "invalid_content", f"{where}.content")
 

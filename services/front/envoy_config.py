@@ -169,12 +169,13 @@ def build_envoy_config(config: SwitchyardConfig) -> dict[str, Any]:
     """The Envoy bootstrap for `config`, validated against Envoy's v3 API (EnvoyConfigError if not)."""
     buffer_limit = config.front.max_body_bytes + BUFFER_HEADROOM
     upstream_timeout = f"{config.envoy.upstream_timeout_s:.0f}s"
+    # One route per backend on the header the front sets from the model it chose: a model added to the
+    # config (hot reload) is routable at once, without a new Envoy config.
     routes: list[dict[str, Any]] = []
-    for model_name in config.routing.models:
-        backend = config.backend_for(model_name)
+    for backend in config.backends:
         routes.append({
             "match": {"prefix": "/", "headers": [
-                {"name": "x-selected-model", "string_match": {"exact": model_name}}]},
+                {"name": "x-selected-backend", "string_match": {"exact": backend.name}}]},
             "route": {"cluster": backend_cluster_name(backend.name), "timeout": upstream_timeout},
         })
     # Concrete models passed through unknown, and endpoints the router does not touch, go to the first backend.

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 
 from services.common.cache_fingerprint import route_fingerprint
 from services.common.config import FailureMode, SwitchyardConfig
 from services.front.chat_request import ChatRequest, RequestError
 from services.front.mesh_clients import ServiceCall
-from services.common.pii_masking import masked_types, routing_types
+from services.front.masking import masked_types, routing_types
 from services.common.sse import completion_to_sse
 from services.front.chat_request import loads
 from services.front.replies import SSE, Reply, blocked_reply, error_reply
@@ -32,10 +33,20 @@ class Route:
 
 
 @dataclass
+class OutcomeKind(str, Enum):
+    """What the router did with a request (also the `outcome` label of switchyard_front_requests_total)."""
+
+    UPSTREAM = "upstream"
+    BLOCKED = "blocked"
+    CACHE_HIT = "cache_hit"
+    ERROR = "error"
+
+
+@dataclass
 class Outcome:
     """Either a route to a backend or a reply the router gives itself."""
 
-    kind: str  # "upstream", "blocked", "cache_hit", "error"
+    kind: OutcomeKind
     route: Route | None = None
     reply: Reply | None = None
     degraded: list[str] = field(default_factory=list)
@@ -44,6 +55,8 @@ class Outcome:
     mask_entities: list[guard_pb2.PiiEntity] = field(default_factory=list)
     # Why the guard did not verify this request ("" = it did): see guard_unverified_reason.
     unverified: str = ""
+    # With kind BLOCKED: "jailbreak" or "pii".
+    block_reason: str = ""
 
 
 # Response header on everything that went on without a guard verdict (guard.on_failure: open, or the
@@ -77,7 +90,7 @@ def merge(config: SwitchyardConfig, request: ChatRequest,
                                      f"does not route requests it has not checked ({call.service}.on_failure: closed)",
                                      f"{call.service}_unavailable", error_type="service_unavailable",
                                      headers=(("retry-after", str(retry_after)),))
-                return Outcome("error", reply=error_reply(error), degraded=[call.service])
+                return Outcome(OutcomeKind.ERROR, reply=error_reply(error), degraded=[call.service])
             degraded.append(call.service)
     # Whatever goes on without a guard verdict says so, to the client (header) and in the metrics.
     unverified = guard_unverified_reason(guard)
@@ -104,7 +117,7 @@ def _merge_verdicts(config: SwitchyardConfig, request: ChatRequest,
                     guard: ServiceCall[guard_pb2.CheckResponse],
                     cache: ServiceCall[cache_pb2.LookupResponse], degraded: list[str]) -> Outcome:
     if decision.rejection is not None:
-        return Outcome("error", reply=error_reply(decision.rejection), degraded=degraded)
+        return Outcome(OutcomeKind.ERROR, reply=error_reply(decision.rejection), degraded=degraded)
 
     # 1. guard block
     verdict = guard.result
@@ -113,11 +126,13 @@ def _merge_verdicts(config: SwitchyardConfig, request: ChatRequest,
             headers = (("x-vsr-jailbreak-blocked", "true"),
                        ("x-vsr-jailbreak-type", verdict.jailbreak_type or "jailbreak"),
                        ("x-vsr-jailbreak-confidence", f"{verdict.jailbreak_score:.3f}"))
-            return Outcome("blocked", reply=_blocked(config, request, BLOCK_MESSAGE_JAILBREAK, headers),
+            return Outcome(OutcomeKind.BLOCKED, block_reason="jailbreak",
+                           reply=_blocked(config, request, BLOCK_MESSAGE_JAILBREAK, headers),
                            degraded=degraded)
         if verdict.blocking_pii_types:
             types = sorted(set(verdict.blocking_pii_types))
-            return Outcome("blocked", reply=pii_blocked_reply(config, request, types), degraded=degraded)
+            return Outcome(OutcomeKind.BLOCKED, block_reason="pii", reply=pii_blocked_reply(config, request, types),
+                           degraded=degraded)
 
     # 3. candidates, filtered by the PII each model may see
     route_candidates = _candidates(config, request, decision.result)
@@ -127,7 +142,8 @@ def _merge_verdicts(config: SwitchyardConfig, request: ChatRequest,
     found_types = routing_types(entities, mask_types)
     allowed = [c for c in route_candidates if _pii_allowed(config, c.model, found_types)]
     if not allowed:
-        return Outcome("blocked", reply=pii_blocked_reply(config, request, found_types), degraded=degraded)
+        return Outcome(OutcomeKind.BLOCKED, block_reason="pii", reply=pii_blocked_reply(config, request, found_types),
+                       degraded=degraded)
     route = allowed[0]
     masking = [e for e in entities if e.type in masked_types(entities, mask_types)]
 
@@ -142,14 +158,14 @@ def _merge_verdicts(config: SwitchyardConfig, request: ChatRequest,
                 else match.model == route.model
             # The stored answer was given under the same injected system prompt and reasoning mode.
             if same_target and match.route_fingerprint == route_key(route):
-                return Outcome("cache_hit", route=route, degraded=degraded,
+                return Outcome(OutcomeKind.CACHE_HIT, route=route, degraded=degraded,
                                headers=[("x-vsr-cache-hit", "true"),
                                         ("x-vsr-cache-similarity", f"{match.similarity:.4f}"),
                                         ("x-vsr-cache-check", match.check),
                                         ("x-vsr-selected-model", route.model)],
                                reply=_cached_reply(match.body, request.stream))
     headers = [("x-vsr-pii-masked-types", ",".join(masked_types(entities, mask_types)))] if masking else []
-    return Outcome("upstream", route=route, degraded=degraded, mask_entities=masking, headers=headers)
+    return Outcome(OutcomeKind.UPSTREAM, route=route, degraded=degraded, mask_entities=masking, headers=headers)
 
 
 def route_key(route: Route) -> str:
@@ -180,9 +196,12 @@ def pii_blocked_reply(config: SwitchyardConfig, request: ChatRequest, types: lis
 
 
 def _pii_allowed(config: SwitchyardConfig, model: str, types: list[str]) -> bool:
-    settings = config.routing.models.get(model)
-    if settings is None or not types:
+    if not types:
         return True
+    settings = config.routing.models.get(model)
+    if settings is None:
+        # A model this config does not know (unknown_model: passthrough) has no policy: it gets no PII.
+        return False
     policy = settings.pii_policy
     if policy.allow_by_default:
         return True

@@ -1,12 +1,17 @@
-"""One RequestProcessor per ext_proc stream (one HTTP request), with one method per processing phase."""
+"""The ext_proc protocol: one processor per stream (one HTTP request), one method per processing phase.
+
+The processor for a request is picked by its path at the request-headers phase, as the Envoy AI
+Gateway does: `ChatProcessor` (POST /v1/chat/completions, routed by the `Router`), `ModelsProcessor`
+(GET /v1/models and /v1/models/{id}, answered by the router) and `PassThroughProcessor` (everything
+else, and the base case: untouched, later phases skipped). The pipeline itself lives in router.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import codecs
-import json
 import logging
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,43 +21,59 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.type.v3 import http_status_pb2
 
 from services.common.config import SwitchyardConfig
-from services.common.pii_masking import MaskingError, MaskMapping, StreamUnmasker, mask_body, unmask_text
+from services.common.reload import LiveConfig
 from services.common.sse import cacheable, reassemble_sse
-from services.front.admission import Admission, Admitted, Overloaded
-from services.front.body_rewrite import rewrite_body
-from services.front.chat_request import ChatRequest, RequestError, dumps, loads, parse_chat_request
-from services.front.merge import Outcome, merge, pii_blocked_reply, route_key
-from services.front.mesh_clients import MeshClients, ServiceCall
+from services.front.admission import Admission, Overloaded
+from services.front.chat_request import RequestError, dumps, loads
+from services.front.masking import MaskMapping, StreamUnmasker, unmask_text
+from services.front.merge import Outcome, OutcomeKind, route_key
+from services.front.mesh_clients import MeshClients
 from services.front.metrics import FrontMetrics
-from services.front.replies import Reply, error_reply, models_reply
-from services.front.requested_model import check_requested_model
-from services.front.service_names import Service
+from services.front.replies import Reply, error_reply, model_reply, models_reply
+from services.front.router import Routed, Router, model_label
 from switchyard.v1 import cache_pb2, common_pb2
 
 log = logging.getLogger("switchyard.front")
 
 CHAT_PATHS = frozenset({"/v1/chat/completions"})
 MODELS_PATH = "/v1/models"
-# Routing header Envoy's route table matches on.
+# Routing headers: Envoy's route table matches the backend; the model is for the upstream router's users.
 SELECTED_MODEL_HEADER = "x-selected-model"
-SERVICES = ("guard", "decision", "cache")
+SELECTED_BACKEND_HEADER = "x-selected-backend"
+# Request headers a client must not send on to a backend: the routing headers (they would pick a
+# cluster by themselves) and the router's own x-vsr-* headers (a backend or a log must not take a
+# client's "x-vsr-cache-hit: true" for the router's word).
+ROUTER_HEADER_PREFIX = "x-vsr-"
+ROUTING_HEADERS = (SELECTED_MODEL_HEADER, SELECTED_BACKEND_HEADER)
 
 
 @dataclass
 class FrontContext:
-    """What every processor shares: the config, the service clients and the metrics."""
+    """What every processor of the process shares: the live config, the service clients, the metrics."""
 
     config: SwitchyardConfig
     clients: MeshClients
     metrics: FrontMetrics
-    # Cache writes in flight; past `config.cache.write_queue_size` new ones are dropped (and counted).
+    # Cache writes in flight; past `cache.write_queue_size` new ones are dropped (and counted).
     pending_writes: set[asyncio.Task[Any]] = field(default_factory=set)
-    # Routing work in flight, shared by every stream of this process (None: made from the config).
+    live: LiveConfig = None  # type: ignore[assignment]  # made from `config` when not given
     admission: Admission = None  # type: ignore[assignment]
+    router: Router = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
+        if self.live is None:
+            self.live = LiveConfig(self.config)
         if self.admission is None:
             self.admission = Admission(self.config)
+        if self.router is None:
+            self.router = Router(self.clients, self.metrics, self.admission)
+        self.live.on_change(self.admission.reconfigure)
+
+
+def decode_headers(headers: ep.HttpHeaders) -> dict[str, str]:
+    """Envoy's header map as a dict with lower-case names (values arrive in raw_value)."""
+    return {h.key.lower(): (h.raw_value or h.value.encode()).decode("utf-8", "replace")
+            for h in headers.headers.headers}
 
 
 def header_option(key: str, value: str) -> core.HeaderValueOption:
@@ -71,56 +92,26 @@ def immediate(reply: Reply, extra_headers: list[tuple[str, str]] = ()) -> ep.Pro
     ))
 
 
-@dataclass
-class Routed:
-    """The routing verdict for one request body, and the body that goes to the backend."""
-
-    outcome: Outcome
-    calls: dict[str, ServiceCall]
-    body: bytes | None = None
+def client_headers_to_remove(headers: Mapping[str, str]) -> list[str]:
+    """Removed before the request goes on: the routing headers (always) and the x-vsr-* the client sent."""
+    return [*ROUTING_HEADERS, *(name for name in headers if name.startswith(ROUTER_HEADER_PREFIX))]
 
 
-class RequestProcessor:
-    """Processes one HTTP request; state between phases lives on this object."""
+class PassThroughProcessor:
+    """The base case: the request goes to the default route untouched, every later phase skipped."""
 
-    def __init__(self, context: FrontContext) -> None:
+    def __init__(self, context: FrontContext, config: SwitchyardConfig, request_headers: dict[str, str]) -> None:
         self.context = context
-        self.config = context.config
+        # One config snapshot for the whole stream: a reload in between never mixes two configs.
+        self.config = config
         self.metrics = context.metrics
-        self.request_headers: dict[str, str] = {}
-        self.request: ChatRequest | None = None
+        self.request_headers = request_headers
         self.outcome: Outcome | None = None
-        self.streaming_response = False
         self.response_status = 0
-        self.context_message: common_pb2.RequestContext | None = None
-        self._response_chunks: list[bytes] = []
-        self._response_bytes = 0
-        # Placeholder -> JSON-escaped original value, when the outgoing body was masked.
-        self._unmask: MaskMapping | None = None
-        self._stream_unmasker: StreamUnmasker | None = None
-        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
 
-    # -- request headers -------------------------------------------------------------------
     async def process_request_headers(self, headers: ep.HttpHeaders) -> ep.ProcessingResponse:
-        self.request_headers = {h.key.lower(): (h.raw_value or h.value.encode()).decode("utf-8", "replace")
-                                for h in headers.headers.headers}
-        method = self.request_headers.get(":method", "")
-        path = self.request_headers.get(":path", "").split("?", 1)[0]
-        if method == "GET" and path == MODELS_PATH:
-            routing = self.config.routing
-            return immediate(models_reply(routing.aliases, list(routing.models)))
-        if method == "POST" and path in CHAT_PATHS:
-            if headers.end_of_stream:
-                return self._error(RequestError(400, "the request body is empty; send a JSON chat completion "
-                                                "request", "empty_body"))
-            return ep.ProcessingResponse(request_headers=ep.HeadersResponse(response=ep.CommonResponse()))
-        return self._pass_through()
-
-    def _pass_through(self) -> ep.ProcessingResponse:
-        # Not ours: let it go to the default route untouched, and skip every later phase. A client-sent
-        # routing header is dropped so that it cannot pick a backend cluster by itself.
-        common = ep.CommonResponse(clear_route_cache=True,
-                                   header_mutation=ep.HeaderMutation(remove_headers=[SELECTED_MODEL_HEADER]))
+        common = ep.CommonResponse(clear_route_cache=True, header_mutation=ep.HeaderMutation(
+            remove_headers=client_headers_to_remove(self.request_headers)))
         return ep.ProcessingResponse(
             request_headers=ep.HeadersResponse(response=common),
             mode_override=pm.ProcessingMode(
@@ -130,19 +121,87 @@ class RequestProcessor:
             ),
         )
 
+    async def process_request_body(self, body: ep.HttpBody) -> ep.ProcessingResponse:
+        return ep.ProcessingResponse(request_body=ep.BodyResponse())
+
+    async def process_response_headers(self, headers: ep.HttpHeaders) -> ep.ProcessingResponse:
+        return ep.ProcessingResponse(response_headers=ep.HeadersResponse())
+
+    async def process_response_body(self, body: ep.HttpBody) -> ep.ProcessingResponse:
+        return ep.ProcessingResponse(response_body=ep.BodyResponse())
+
+    async def process_request_trailers(self, trailers: ep.HttpTrailers) -> ep.ProcessingResponse:
+        return ep.ProcessingResponse(request_trailers=ep.TrailersResponse())
+
+    async def process_response_trailers(self, trailers: ep.HttpTrailers) -> ep.ProcessingResponse:
+        return ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
+
+    def error(self, error: RequestError) -> ep.ProcessingResponse:
+        self.metrics.errors.labels(error.code).inc()
+        if isinstance(error, Overloaded) or error.code == "prompt_too_long":
+            self.metrics.admission_rejections.labels(error.code).inc()
+        return immediate(error_reply(error))
+
+
+class ModelsProcessor(PassThroughProcessor):
+    """GET /v1/models (the aliases and the configured models) and GET /v1/models/{id}."""
+
+    async def process_request_headers(self, headers: ep.HttpHeaders) -> ep.ProcessingResponse:
+        routing = self.config.routing
+        path = self.request_headers.get(":path", "").split("?", 1)[0]
+        if path.rstrip("/") == MODELS_PATH:
+            return immediate(models_reply(routing.aliases, list(routing.models)))
+        model = path[len(MODELS_PATH) + 1:]
+        if model in routing.aliases or model in routing.models:
+            return immediate(model_reply(model))
+        shown = model if len(model) <= 64 else model[:64] + "..."
+        return self.error(RequestError(404, f"model {shown!r} is not served by this router; use one of: "
+                                       f"{', '.join([*routing.aliases, *routing.models])}", "model_not_found",
+                                       "model"))
+
+
+class ChatProcessor(PassThroughProcessor):
+    """A chat completion: routed at the request body, accounted, cached and unmasked at the response."""
+
+    def __init__(self, context: FrontContext, config: SwitchyardConfig, request_headers: dict[str, str]) -> None:
+        super().__init__(context, config, request_headers)
+        self.routed: Routed | None = None
+        self.streaming_response = False
+        self._response_chunks: list[bytes] = []
+        self._response_bytes = 0
+        self._stream_unmasker: StreamUnmasker | None = None
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+
+    @property
+    def context_message(self) -> common_pb2.RequestContext | None:
+        return self.routed.context if self.routed is not None else None
+
+    @property
+    def _unmask(self) -> MaskMapping | None:
+        return self.routed.unmask if self.routed is not None else None
+
+    # -- request headers -------------------------------------------------------------------
+    async def process_request_headers(self, headers: ep.HttpHeaders) -> ep.ProcessingResponse:
+        if headers.end_of_stream:
+            return self.error(RequestError(400, "the request body is empty; send a JSON chat completion request",
+                                           "empty_body"))
+        return ep.ProcessingResponse(request_headers=ep.HeadersResponse(response=ep.CommonResponse(
+            header_mutation=ep.HeaderMutation(remove_headers=client_headers_to_remove(self.request_headers)))))
+
     # -- request body ----------------------------------------------------------------------
     async def process_request_body(self, body: ep.HttpBody) -> ep.ProcessingResponse:
         try:
-            routed = await self.route(body.body)
+            self.routed = routed = await self.context.router.route(self.config, body.body, self.request_headers)
         except RequestError as exc:
-            return self._error(exc)
-        outcome = routed.outcome
+            return self.error(exc)
+        self.outcome = outcome = routed.outcome
         degraded_headers = [("x-vsr-degraded", ",".join(outcome.degraded))] if outcome.degraded else []
         if outcome.reply is not None:
             return immediate(outcome.reply, [*outcome.headers, *degraded_headers])
         assert outcome.route is not None and routed.body is not None
         mutation = ep.HeaderMutation(set_headers=[
             header_option(SELECTED_MODEL_HEADER, outcome.route.model),
+            header_option(SELECTED_BACKEND_HEADER, routed.backend),
             header_option("content-length", str(len(routed.body))),
         ])
         return ep.ProcessingResponse(request_body=ep.BodyResponse(response=ep.CommonResponse(
@@ -151,162 +210,9 @@ class RequestProcessor:
             clear_route_cache=True,
         )))
 
-    async def route(self, raw: bytes, dry_run: bool = False) -> Routed:
-        """Parse, ask the services, merge, and build the outgoing body; RequestError for bad input.
-
-        Shared by the ext_proc path and the HTTP API's dry run (`dry_run` leaves the traffic metrics alone).
-        """
-        started = time.perf_counter()
-        if len(raw) > self.config.front.max_body_bytes:
-            raise RequestError(413, f"the request body is {len(raw)} bytes; the limit is "
-                               f"{self.config.front.max_body_bytes} (front.max_body_bytes)", "request_too_large")
-        self.request = parse_chat_request(raw)
-        try:
-            # Before any service is asked: what is accepted must not depend on a service being up.
-            check_requested_model(self.config, self.request.model)
-        except RequestError as exc:
-            # A routing verdict (like decision's rejections used to be), so the dry run reports it too.
-            if not dry_run:
-                self.metrics.errors.labels(exc.code).inc()
-            self.outcome = Outcome("error", reply=error_reply(exc))
-            return Routed(self.outcome, {s.value: ServiceCall(s.value, failure="not_called") for s in Service})
-        context = self.context_message = self.request.to_context(
-            request_id=self.request_headers.get("x-request-id", ""),
-            tenant=self.request_headers.get(self.config.front.tenant_header.lower(), ""),
-            cache_directives=self._cache_directives(),
-            traceparent=self.request_headers.get("traceparent", ""),
-        )
-        admission = self.context.admission
-        admitted = admission.admit(admission.work_of(m.text for m in self.request.messages))
-        self._observe_admission()
-        try:
-            calls = await self._fan_out(context, admitted)
-        finally:
-            admission.release(admitted)
-            self._observe_admission()
-        self.outcome = outcome = merge(self.config, self.request, calls["decision"], calls["guard"], calls["cache"])
-        if not dry_run:
-            self.metrics.routing_latency.observe(time.perf_counter() - started)
-            self._count(outcome, calls)
-        if outcome.reply is not None or outcome.route is None:
-            return Routed(outcome, calls)
-        outgoing = self.request.body
-        if outcome.mask_entities:
-            # Before the rewrite: entity offsets refer to the messages as the client sent them.
-            try:
-                outgoing, mapping = mask_body(outgoing, outcome.mask_entities, set(self.config.guard.pii.mask_types))
-            except MaskingError:
-                # Spans that do not fit the body: never send the text unmasked.
-                log.warning("masking failed; the request is blocked instead")
-                types = sorted({e.type for e in outcome.mask_entities})
-                self.outcome = outcome = Outcome("blocked", reply=pii_blocked_reply(self.config, self.request, types),
-                                                 degraded=outcome.degraded)
-                return Routed(outcome, calls)
-            self._unmask = _json_escaped(mapping)
-        new_body = dumps(rewrite_body(outgoing, outcome.route, self.config.routing, self._decided(calls)))
-        return Routed(outcome, calls, new_body)
-
-    @staticmethod
-    def _decided(calls: dict[str, ServiceCall]) -> bool:
-        decision = calls["decision"].result
-        return bool(decision is not None and decision.has_opinion and decision.candidates)
-
-    def _cache_directives(self) -> list[str]:
-        directives: list[str] = []
-        for name in ("cache-control", "x-vsr-cache-control"):
-            value = self.request_headers.get(name, "")
-            directives += [d.strip().lower() for d in value.split(",") if d.strip()]
-        return directives
-
-    def _observe_admission(self) -> None:
-        admission = self.context.admission
-        self.metrics.inflight_requests.set(admission.inflight_requests)
-        self.metrics.inflight_work.set(admission.inflight_work)
-
-    async def _fan_out(self, context: Any, admitted: Admitted) -> dict[str, ServiceCall]:
-        """Ask the three services at once, each under its deadline; a guard block cancels the calls still out."""
-        clients = self.context.clients
-        deadlines = admitted.deadlines_s
-        started = time.perf_counter()
-        tasks = {
-            asyncio.create_task(clients.check(context, deadlines[Service.GUARD])): "guard",
-            asyncio.create_task(clients.decide(context, deadlines[Service.DECISION])): "decision",
-            asyncio.create_task(clients.lookup(context, deadlines[Service.CACHE])): "cache",
-        }
-        calls: dict[str, ServiceCall] = {}
-        pending = set(tasks)
-        try:
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    call = task.result()
-                    calls[tasks[task]] = call
-                    self.metrics.service_latency.labels(tasks[task]).observe(time.perf_counter() - started)
-                guard = calls.get("guard")
-                if guard is not None and guard.result is not None and (
-                        guard.result.jailbreak or guard.result.blocking_pii_types):
-                    for task in pending:
-                        task.cancel()
-                        calls[tasks[task]] = ServiceCall(tasks[task], failure="cancelled")
-                    pending = set()
-        finally:
-            for task in pending:
-                task.cancel()
-        return calls
-
-    def _count(self, outcome: Outcome, calls: dict[str, ServiceCall]) -> None:
-        self.metrics.requests.labels(outcome.kind if not outcome.degraded or outcome.kind != "upstream"
-                                     else "degraded").inc()
-        for call in calls.values():
-            if call.failed and call.failure not in ("disabled", "cancelled"):
-                self.metrics.degraded.labels(call.service, call.failure).inc()
-        if outcome.unverified and outcome.kind != "error":
-            self.metrics.unverified.labels(outcome.unverified).inc()
-        if outcome.route is not None and outcome.kind == "upstream":
-            self.metrics.model_requests.labels(self._model_label(outcome.route.model)).inc()
-            if self.request is not None and outcome.route.model != self.request.model:
-                self.metrics.routing_modifications.labels(self._model_label(self.request.model),
-                                                          self._model_label(outcome.route.model)).inc()
-        self._count_protection(outcome, calls)
-
-    def _model_label(self, model: str) -> str:
-        # Client-sent names (unknown_model: passthrough) must not become label values: "other".
-        routing = self.config.routing
-        return model if model in routing.models or model in routing.aliases else "other"
-
-    def _count_protection(self, outcome: Outcome, calls: dict[str, ServiceCall]) -> None:
-        block_reason = block_reason_of(outcome)
-        if outcome.kind == "blocked" and block_reason:
-            self.metrics.blocks.labels(block_reason).inc()
-        guard = calls["guard"].result
-        if guard is None or not guard.has_opinion or not guard.pii or block_reason == "jailbreak":
-            return
-        decision = calls["decision"].result
-        first = decision.candidates[0].model if self._decided(calls) and decision is not None else None
-        if block_reason == "pii":
-            action = "block"
-        elif outcome.mask_entities:
-            action = "mask"
-        elif outcome.route is not None and first is not None and outcome.route.model != first:
-            action = "reroute"
-        else:
-            action = "allow"
-        self.metrics.pii_actions.labels(action).inc()
-
-    def set_request_headers(self, headers: dict[str, str]) -> None:
-        """For callers other than Envoy (the HTTP API): the request headers, lower-cased."""
-        self.request_headers = {k.lower(): v for k, v in headers.items()}
-
-    def _error(self, error: RequestError) -> ep.ProcessingResponse:
-        self.metrics.errors.labels(error.code).inc()
-        if isinstance(error, Overloaded) or error.code == "prompt_too_long":
-            self.metrics.admission_rejections.labels(error.code).inc()
-        return immediate(error_reply(error))
-
     # -- response headers --------------------------------------------------------------------
     async def process_response_headers(self, headers: ep.HttpHeaders) -> ep.ProcessingResponse:
-        values = {h.key.lower(): (h.raw_value or h.value.encode()).decode("utf-8", "replace")
-                  for h in headers.headers.headers}
+        values = decode_headers(headers)
         try:
             self.response_status = int(values.get(":status", "0"))
         except ValueError:
@@ -341,14 +247,14 @@ class RequestProcessor:
     async def process_response_body(self, body: ep.HttpBody) -> ep.ProcessingResponse:
         if self._unmask is not None:
             return self._unmasked_response_body(body)
+        limit = self.config.front.max_body_bytes
         if self.streaming_response:
             # Chunks pass through as they are; a copy is kept (up to the body limit) to account and cache.
             self._response_bytes += len(body.body)
-            if self._response_bytes <= self.config.front.max_body_bytes:
+            if self._response_bytes <= limit:
                 self._response_chunks.append(body.body)
             if body.end_of_stream:
-                whole = b"".join(self._response_chunks) if self._response_bytes <= self.config.front.max_body_bytes \
-                    else b""
+                whole = b"".join(self._response_chunks) if self._response_bytes <= limit else b""
                 completion = reassemble_sse(whole) if whole else None
                 self._account(completion.get("usage") if completion else _usage_from_sse(whole))
                 self._write_cache(completion)
@@ -356,24 +262,25 @@ class RequestProcessor:
             self._account(_usage_from_json(body.body))
             try:
                 completion = loads(body.body)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):
                 completion = None
             self._write_cache(completion if isinstance(completion, dict) else None)
         return ep.ProcessingResponse(response_body=ep.BodyResponse(response=ep.CommonResponse()))
 
     def _unmasked_response_body(self, body: ep.HttpBody) -> ep.ProcessingResponse:
         """Put the client's own values back where the backend's answer repeats a placeholder."""
-        assert self._unmask is not None
+        mapping = self._unmask
+        assert mapping is not None
         if self.streaming_response:
             if self._stream_unmasker is None:
-                self._stream_unmasker = StreamUnmasker(self._unmask)
+                self._stream_unmasker = StreamUnmasker(mapping)
             text = self._stream_unmasker.feed(self._utf8.decode(body.body, final=body.end_of_stream))
             if body.end_of_stream:
                 text += self._stream_unmasker.flush()
             return ep.ProcessingResponse(response_body=ep.BodyResponse(response=ep.CommonResponse(
                 body_mutation=ep.BodyMutation(body=text.encode()))))
         self._account(_usage_from_json(body.body))
-        restored = unmask_text(body.body.decode("utf-8", "replace"), self._unmask).encode()
+        restored = unmask_text(body.body.decode("utf-8", "replace"), mapping).encode()
         return ep.ProcessingResponse(response_body=ep.BodyResponse(response=ep.CommonResponse(
             header_mutation=ep.HeaderMutation(set_headers=[header_option("content-length", str(len(restored)))]),
             body_mutation=ep.BodyMutation(body=restored))))
@@ -381,7 +288,7 @@ class RequestProcessor:
     def _write_cache(self, completion: dict[str, Any] | None) -> None:
         """Send a finished answer to the cache without making the client wait for it."""
         outcome, context = self.outcome, self.context_message
-        if (completion is None or outcome is None or outcome.kind != "upstream" or outcome.route is None
+        if (completion is None or outcome is None or outcome.kind is not OutcomeKind.UPSTREAM or outcome.route is None
                 or context is None or self.response_status != 200 or not self.config.cache.enabled
                 or "no-store" in context.cache_directives or not cacheable(completion)):
             return
@@ -399,19 +306,73 @@ class RequestProcessor:
     def _account(self, usage: dict[str, Any] | None) -> None:
         if not usage or self.outcome is None or self.outcome.route is None:
             return
-        model = self._model_label(self.outcome.route.model)
+        model = model_label(self.config, self.outcome.route.model)
         for key, counter in (("prompt_tokens", self.metrics.prompt_tokens),
                              ("completion_tokens", self.metrics.completion_tokens)):
             value = usage.get(key)
-            if isinstance(value, int) and value >= 0:
+            if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53:
                 counter.labels(model).inc(value)
                 self.metrics.tokens.labels(model).inc(value)
 
+
+def processor_for(method: str, path: str) -> type[PassThroughProcessor]:
+    """The processor class for a request (AI Gateway's processor registry, by path)."""
+    path = path.split("?", 1)[0]
+    if method == "POST" and path in CHAT_PATHS:
+        return ChatProcessor
+    if method == "GET" and (path.rstrip("/") == MODELS_PATH or path.startswith(MODELS_PATH + "/")):
+        return ModelsProcessor
+    return PassThroughProcessor
+
+
+class RequestProcessor:
+    """One per ext_proc stream: picks its processor at request headers and hands it every phase.
+
+    A message that comes before the request headers (a protocol error) is answered as pass-through.
+    """
+
+    def __init__(self, context: FrontContext) -> None:
+        self.context = context
+        self.metrics = context.metrics
+        self.delegate: PassThroughProcessor | None = None
+
+    @property
+    def config(self) -> SwitchyardConfig:
+        return self.delegate.config if self.delegate is not None else self.context.live.current
+
+    @property
+    def outcome(self) -> Outcome | None:
+        return self.delegate.outcome if self.delegate is not None else None
+
+    @property
+    def response_status(self) -> int:
+        return self.delegate.response_status if self.delegate is not None else 0
+
+    def _current(self) -> PassThroughProcessor:
+        if self.delegate is None:
+            self.delegate = PassThroughProcessor(self.context, self.context.live.current, {})
+        return self.delegate
+
+    async def process_request_headers(self, headers: ep.HttpHeaders) -> ep.ProcessingResponse:
+        values = decode_headers(headers)
+        kind = processor_for(values.get(":method", ""), values.get(":path", ""))
+        self.delegate = kind(self.context, self.context.live.current, values)
+        return await self.delegate.process_request_headers(headers)
+
+    async def process_request_body(self, body: ep.HttpBody) -> ep.ProcessingResponse:
+        return await self._current().process_request_body(body)
+
+    async def process_response_headers(self, headers: ep.HttpHeaders) -> ep.ProcessingResponse:
+        return await self._current().process_response_headers(headers)
+
+    async def process_response_body(self, body: ep.HttpBody) -> ep.ProcessingResponse:
+        return await self._current().process_response_body(body)
+
     async def process_request_trailers(self, trailers: ep.HttpTrailers) -> ep.ProcessingResponse:
-        return ep.ProcessingResponse(request_trailers=ep.TrailersResponse())
+        return await self._current().process_request_trailers(trailers)
 
     async def process_response_trailers(self, trailers: ep.HttpTrailers) -> ep.ProcessingResponse:
-        return ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
+        return await self._current().process_response_trailers(trailers)
 
     def failure_response(self, phase: str) -> ep.ProcessingResponse:
         """The answer when a phase raised: an error before the backend is called, pass-through after."""
@@ -429,27 +390,10 @@ class RequestProcessor:
         return ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
 
 
-def _json_escaped(mapping: MaskMapping) -> MaskMapping:
-    # Placeholders sit inside JSON strings of the answer, so the values must go back JSON-escaped.
-    return MaskMapping({p: json.dumps(mapping.original(p), ensure_ascii=False)[1:-1] for p in mapping.placeholders})
-
-
-def block_reason_of(outcome: Outcome) -> str | None:
-    """"jailbreak" or "pii" for a blocked request (read from the x-vsr-* headers its reply carries)."""
-    if outcome.kind != "blocked":
-        return None
-    names = {name for name, _ in outcome.headers}
-    if outcome.reply is not None:
-        names |= {name for name, _ in outcome.reply.headers}
-    if "x-vsr-jailbreak-blocked" in names:
-        return "jailbreak"
-    return "pii" if "x-vsr-pii-violation" in names else None
-
-
 def _usage_from_json(raw: bytes) -> dict[str, Any] | None:
     try:
         value = loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     usage = value.get("usage") if isinstance(value, dict) else None
     return usage if isinstance(usage, dict) else None

@@ -54,6 +54,11 @@ def blocked_reply(model: str, message: str, stream: bool,
     return Reply(200, body, SSE, headers)
 
 
+def model_reply(name: str) -> Reply:
+    """GET /v1/models/{id}: one model object (what the OpenAI SDK's models.retrieve reads)."""
+    return Reply(200, dumps({"id": name, "object": "model", "created": int(time.time()), "owned_by": "switchyard"}))
+
+
 def models_reply(aliases: list[str], models: list[str]) -> Reply:
     created = int(time.time())
     data = [{"id": name, "object": "model", "created": created, "owned_by": "switchyard"}

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import uvicorn
@@ -15,20 +16,20 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from services.common import telemetry
 from services.common.config import SwitchyardConfig
+from services.common.reload import LiveConfig, start_reloading
 from services.common.grpc_server import run_grpc_service
 from services.front.api import build_http_app
 from services.front.circuit import STATE_VALUES, CircuitState
 from services.front.mesh_clients import MeshClients
 from services.front.metrics import FrontMetrics
-from services.front.processor import FrontContext, RequestProcessor, block_reason_of
+from services.front.processor import FrontContext, RequestProcessor, decode_headers
 
 log = logging.getLogger("switchyard.front")
 
 
 def start_request_span(headers: ep.HttpHeaders) -> Span:
     """The front's span for one HTTP request, a child of the client's/Envoy's `traceparent` when it has one."""
-    values = {h.key.lower(): (h.raw_value or h.value.encode()).decode("utf-8", "replace")
-              for h in headers.headers.headers if h.key.lower() in ("traceparent", "tracestate")}
+    values = {k: v for k, v in decode_headers(headers).items() if k in ("traceparent", "tracestate")}
     return telemetry.tracer().start_span("switchyard.front", context=telemetry.context_from_headers(values),
                                          kind=SpanKind.SERVER)
 
@@ -46,8 +47,8 @@ def end_request_span(span: Span, processor: RequestProcessor) -> None:
     if outcome is not None:
         route = outcome.route
         telemetry.set_decision_attributes(
-            span, outcome=outcome.kind, cache_hit=outcome.kind == "cache_hit",
-            block_reason=block_reason_of(outcome) or "",
+            span, outcome=outcome.kind.value, cache_hit=outcome.kind == "cache_hit",
+            block_reason=outcome.block_reason,
             degraded=",".join(outcome.degraded),
             model=route.model if route else "", category=route.category if route else "",
             reasoning=route.use_reasoning if route else None,
@@ -101,7 +102,7 @@ class ExternalProcessorServicer(ep_grpc.ExternalProcessorServicer):
                 end_request_span(span, processor)
 
 
-async def serve(config: SwitchyardConfig) -> None:
+async def serve(config: SwitchyardConfig, config_path: Path | None = None) -> None:
     section = config.front
     metrics = FrontMetrics()
     clients = MeshClients(config, on_circuit_change=lambda service, state: metrics.circuit_state.labels(
@@ -109,14 +110,19 @@ async def serve(config: SwitchyardConfig) -> None:
     for service in clients.sections:
         metrics.circuit_state.labels(service).set(STATE_VALUES[CircuitState.CLOSED])
     await clients.start()
-    context = FrontContext(config=config, clients=clients, metrics=metrics)
+    live = LiveConfig(config)
+    context = FrontContext(config=config, clients=clients, metrics=metrics, live=live)
+    reload_task: asyncio.Task[None] | None = None
     http = uvicorn.Server(uvicorn.Config(build_http_app(context), host=section.host, port=section.http_port,
                                          log_level="warning", lifespan="off"))
     http.install_signal_handlers = lambda: None  # the gRPC bootstrap owns the signals
     http_task: asyncio.Task[None] | None = None
 
     async def start_http() -> None:
-        nonlocal http_task
+        nonlocal http_task, reload_task
+        # The front reloads the same file as the services: a model added there is listed, routed and
+        # PII-checked here from the next request on (each stream keeps the snapshot it started with).
+        reload_task = start_reloading(config_path, live, metrics.registry)
         http_task = asyncio.create_task(http.serve())
         while not http.started:
             if http_task.done():
@@ -125,6 +131,8 @@ async def serve(config: SwitchyardConfig) -> None:
             await asyncio.sleep(0.02)
 
     async def stop_http() -> None:
+        if reload_task is not None:
+            reload_task.cancel()
         http.should_exit = True
         if http_task is not None:
             await http_task

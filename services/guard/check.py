@@ -75,19 +75,23 @@ class RequestGuard:
         self._chunker = chunker
         self._metrics = metrics or GuardMetrics()
 
+    def reconfigure(self, config: GuardConfig) -> None:
+        """A new policy (hot reload); checks already running keep the one they started with."""
+        self._config = config
+
     async def check(self, messages: Sequence[common_pb2.ChatMessage]) -> GuardVerdict:
-        jailbreak_cfg, pii_cfg = self._config.jailbreak, self._config.pii
-        if not jailbreak_cfg.enabled and not pii_cfg.enabled:
+        config = self._config
+        if not config.jailbreak.enabled and not config.pii.enabled:
             return GuardVerdict(checked=False)
         with decision_span("guard.check", service="guard") as span:
-            verdict = await self._check(messages)
+            verdict = await self._check(config, messages)
             set_decision_attributes(
                 span, pii_types=sorted(verdict.pii_types),
                 block_reason="jailbreak" if verdict.jailbreak_blocked else ("pii" if verdict.blocking_pii_types else ""))
         return verdict
 
-    async def _check(self, messages: Sequence[common_pb2.ChatMessage]) -> GuardVerdict:
-        jailbreak_cfg, pii_cfg = self._config.jailbreak, self._config.pii
+    async def _check(self, config: GuardConfig, messages: Sequence[common_pb2.ChatMessage]) -> GuardVerdict:
+        jailbreak_cfg, pii_cfg = config.jailbreak, config.pii
         started = time.perf_counter()
         jailbreak_indices = select_messages(messages, jailbreak_cfg.scope) if jailbreak_cfg.enabled else []
         pii_indices = select_messages(messages, pii_cfg.scope) if pii_cfg.enabled else []

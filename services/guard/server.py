@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 
 from services.common.config import SwitchyardConfig
 from services.common.grpc_server import run_grpc_service
+from services.common.reload import LiveConfig, start_reloading
 from services.common.tokenizer import TokenizerNotFoundError
 from services.common.triton import (LazyTritonModels, ModelNotAvailableError, TritonError, TritonTimeoutError,
                                     set_call_deadline)
@@ -82,11 +85,23 @@ class LazyGuardModels:
         await self._models.close()
 
 
-async def serve(config: SwitchyardConfig) -> None:
+async def serve(config: SwitchyardConfig, config_path: Path | None = None) -> None:
     section = config.guard
     metrics = GuardMetrics()
     models = LazyGuardModels(config)
     guard = RequestGuard(section, models, models, models, metrics)
+    live = LiveConfig(config)
+    live.on_change(lambda new: guard.reconfigure(new.guard))
+    reload_task: asyncio.Task[None] | None = None
+
+    async def start_reloading_config() -> None:
+        nonlocal reload_task
+        reload_task = start_reloading(config_path, live, metrics.registry)
+
+    async def stop() -> None:
+        if reload_task is not None:
+            reload_task.cancel()
+        await models.close()
     await run_grpc_service(
         "guard",
         section.host,
@@ -94,6 +109,6 @@ async def serve(config: SwitchyardConfig) -> None:
         section.metrics_port,
         lambda server: guard_pb2_grpc.add_GuardServicer_to_server(GuardServicer(guard, metrics), server),
         [guard_pb2.DESCRIPTOR.services_by_name["Guard"].full_name],
-        on_shutdown=models.close,
+        on_shutdown=stop, on_started=start_reloading_config,
         registry=metrics.registry,
     )

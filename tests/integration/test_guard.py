@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from services.common.config import GuardConfig, TritonConfig
-from services.common.pii_masking import mask_body, routing_types, unmask_text
+from services.front.masking import mask_body, routing_types, unmask_text
 from services.common.tokenizer import TextTokenizer
 from services.common.triton import TritonModels
 from services.guard.check import RequestGuard

@@ -78,11 +78,10 @@ pointing at Kubernetes Services instead of loopback.
 {{- $bufferLimit := include "switchyard.bufferLimit" . | int64 -}}
 {{- $upstreamTimeout := printf "%.0fs" (float64 ($envoy.upstream_timeout_s | default 300)) -}}
 {{- $routes := list -}}
-{{- range $model, $_ := $config.routing.models -}}
-{{- $backend := include "switchyard.backendFor" (dict "config" $config "model" $model) -}}
+{{- range $backend := $config.backends -}}
 {{- $routes = append $routes (dict
-      "match" (dict "prefix" "/" "headers" (list (dict "name" "x-selected-model" "string_match" (dict "exact" $model))))
-      "route" (dict "cluster" (printf "backend_%s" $backend) "timeout" $upstreamTimeout)) -}}
+      "match" (dict "prefix" "/" "headers" (list (dict "name" "x-selected-backend" "string_match" (dict "exact" $backend.name))))
+      "route" (dict "cluster" (printf "backend_%s" $backend.name) "timeout" $upstreamTimeout)) -}}
 {{- end -}}
 {{- $first := index $config.backends 0 -}}
 {{- $routes = append $routes (dict "match" (dict "prefix" "/") "route" (dict "cluster" (printf "backend_%s" $first.name) "timeout" $upstreamTimeout)) -}}

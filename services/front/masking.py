@@ -1,8 +1,7 @@
 """Masking of guard-found PII in an outgoing chat body with typed placeholders (<PERSON_1>), and back.
 
 The front calls these pure functions. Spans are code-point offsets into a message's text as the
-front flattens it (services.front.chat_request.message_text): string content as is; a list of
-content parts -> the `text` of its "text"/"input_text" parts joined with "\\n". The mapping from
+front flattens it (services.front.chat_request.text_segments, the one definition). The mapping from
 placeholder to value stays inside the router: it prints as a count, never with its values.
 """
 
@@ -14,8 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-TEXT_PART_TYPES = ("text", "input_text")
-PART_JOINER = "\n"
+from services.front.chat_request import PART_JOINER, TextSegment, text_segments
+
 PLACEHOLDER = re.compile(r"<([A-Z][A-Z0-9_]*?)_(\d+)>")
 # Longest placeholder unmask_stream may have to wait for (type names are short upper-case words).
 MAX_PLACEHOLDER_CHARS = 48
@@ -58,19 +57,6 @@ class MaskMapping:
 
     def original(self, placeholder: str) -> str:
         return self._values[placeholder]
-
-
-@dataclass(frozen=True)
-class _Segment:
-    """Where a stretch of the flattened text lives in the message: content string or one part."""
-
-    start: int  # offset in the flattened text
-    text: str
-    part: int | None  # index into the content list; None for string content
-
-    @property
-    def end(self) -> int:
-        return self.start + len(self.text)
 
 
 @dataclass(frozen=True)
@@ -167,22 +153,24 @@ class StreamUnmasker:
         return unmask_text(text, self._mapping)
 
 
-def _segments(message: Any, index: int) -> list[_Segment]:
+def _segments(message: Any, index: int) -> list[TextSegment]:
     content = message.get("content") if isinstance(message, dict) else None
-    if isinstance(content, str):
-        return [_Segment(0, content, None)]
-    segments: list[_Segment] = []
-    if isinstance(content, list):
-        offset = 0
-        for part_index, part in enumerate(content):
-            if isinstance(part, dict) and part.get("type") in TEXT_PART_TYPES and isinstance(part.get("text"), str):
-                if segments:
-                    offset += len(PART_JOINER)
-                segments.append(_Segment(offset, part["text"], part_index))
-                offset += len(part["text"])
+    segments = text_segments(content)
     if not segments:
         raise MaskingError(f"messages[{index}] has no text content, but the guard reported entities in it")
     return segments
+
+
+def redact_text(text: str, entities: Sequence[EntityLike]) -> str:
+    """`text` with each (merged) entity span replaced by "[TYPE]": the classification API's masked_text,
+    with the same span merging as mask_body."""
+    if not entities:
+        return text
+    out, cursor = [], 0
+    for span in _merged_spans(list(entities), 0, len(text)):
+        out += [text[cursor:span.start], f"[{span.type}]"]
+        cursor = span.end
+    return "".join(out) + text[cursor:]
 
 
 def _merged_spans(entities: list[EntityLike], index: int, length: int) -> list[_Span]:
@@ -232,7 +220,7 @@ def _next_placeholder(kind: str, numbers: dict[str, int], taken: set[str]) -> st
             return candidate
 
 
-def _rewrite(message: dict[str, Any], segments: list[_Segment],
+def _rewrite(message: dict[str, Any], segments: list[TextSegment],
              replacements: list[tuple[_Span, str]]) -> dict[str, Any]:
     texts = {id(s): s.text for s in segments}
     # Right to left, so earlier offsets stay valid while later text changes length.

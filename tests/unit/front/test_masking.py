@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from services.common.pii_masking import (MaskingError, StreamUnmasker, mask_body, masked_types, routing_types,
+from services.front.masking import (MaskingError, StreamUnmasker, mask_body, masked_types, routing_types,
                                          unmask_text)
 from services.front.chat_request import message_text
 from switchyard.v1 import guard_pb2
