@@ -119,6 +119,107 @@ def message_text(content: Any, where: str) -> tuple[str, bool]:
                        f"got {type(content).__name__}", "invalid_content", f"{where}.content")
 
 
+# JSON nesting deeper than this is refused: no chat request needs it, and a parser must not recurse on it.
+MAX_JSON_DEPTH = 64
+_INT64 = 2**63
+_Number = (int, float)
+
+
+def _number(low: float, high: float) -> Any:
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, _Number) or not low <= value <= high:
+            return f"a number from {low:g} to {high:g}"
+        return None
+    return check
+
+
+def _integer(low: int, high: int) -> Any:
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            return f"an integer from {low} to {high}"
+        return None
+    return check
+
+
+def _of_type(kind: type | tuple[type, ...], name: str) -> Any:
+    def check(value: Any) -> str | None:
+        # bool is an int in Python: it counts only where a bool is asked for.
+        ok = isinstance(value, bool) if kind is bool else isinstance(value, kind) and not isinstance(value, bool)
+        return None if ok else name
+    return check
+
+
+def _stop(value: Any) -> str | None:
+    if isinstance(value, str) or (isinstance(value, list) and all(isinstance(s, str) for s in value)):
+        return None
+    return "a string or a list of strings"
+
+
+# The fields the router reads or rewrites, and what each must be (OpenAI's ranges). null means "not set".
+# Other fields travel to the backend as they are.
+FIELD_CHECKS: dict[str, Any] = {
+    "n": _integer(1, 128),
+    "max_tokens": _integer(0, 2**31 - 1),
+    "max_completion_tokens": _integer(0, 2**31 - 1),
+    "temperature": _number(0, 2),
+    "top_p": _number(0, 1),
+    "presence_penalty": _number(-2, 2),
+    "frequency_penalty": _number(-2, 2),
+    "seed": _integer(-_INT64, _INT64 - 1),
+    "logprobs": _of_type(bool, "true or false"),
+    "top_logprobs": _integer(0, 20),
+    "stream_options": _of_type(dict, "an object"),
+    "chat_template_kwargs": _of_type(dict, "an object"),
+    "reasoning_effort": _of_type(str, "a string (low, medium or high)"),
+    "response_format": _of_type(dict, "an object with a 'type'"),
+    "tools": _of_type(list, "a list of tool objects"),
+    "functions": _of_type(list, "a list of function objects"),
+    "tool_choice": _of_type((str, dict), "a string or an object"),
+    "stop": _stop,
+    "user": _of_type(str, "a string"),
+    "logit_bias": _of_type(dict, "an object"),
+}
+
+
+def check_json_values(value: Any, path: str = "", depth: int = 0) -> None:
+    """Refuse what no backend can take and the router must not pass on: nesting beyond MAX_JSON_DEPTH,
+    integers beyond 64 bits, strings with lone surrogates (not UTF-8)."""
+    if depth > MAX_JSON_DEPTH:
+        where = path if len(path) <= 80 else path[:80] + "..."
+        raise RequestError(400, f"the request nests JSON deeper than {MAX_JSON_DEPTH} levels at {where}",
+                           "invalid_body")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, f"{path}.{key}" if path else str(key))
+            check_json_values(item, f"{path}.{key}" if path else str(key), depth + 1)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_json_values(item, f"{path}[{i}]", depth + 1)
+    elif isinstance(value, str):
+        _check_text(value, path)
+    elif isinstance(value, int) and not isinstance(value, bool) and not -_INT64 <= value < _INT64:
+        raise RequestError(400, f"{path} is an integer beyond 64 bits", "invalid_value", path)
+
+
+def _check_text(text: str, path: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError(400, f"{path} contains a lone UTF-16 surrogate (\\ud800-\\udfff without its pair); "
+                           "send valid UTF-8 text", "invalid_text", path) from None
+
+
+def check_fields(body: dict[str, Any]) -> None:
+    for name, check in FIELD_CHECKS.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        expected = check(value)
+        if expected:
+            shown = repr(value) if len(repr(value)) <= 40 else type(value).__name__
+            raise RequestError(400, f"'{name}' must be {expected}, got {shown}", f"invalid_{name}", name)
+
+
 def parse_chat_request(raw: bytes) -> ChatRequest:
     """Parse and check a /v1/chat/completions body; raise RequestError with the fix on bad input."""
     if not raw.strip():
@@ -127,10 +228,15 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
     try:
         body = loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(400, f"the request body is not valid JSON: {exc}", "invalid_json") from None
+        raise RequestError(400, f"the request body is not valid JSON: {str(exc)[:200]}", "invalid_json") from None
+    except RecursionError:
+        raise RequestError(400, f"the request nests JSON deeper than {MAX_JSON_DEPTH} levels", "invalid_body") \
+            from None
     if not isinstance(body, dict):
         raise RequestError(400, f"the request body must be a JSON object, got {type(body).__name__}",
                            "invalid_body")
+    check_json_values(body)
+    check_fields(body)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise RequestError(400, "'model' is required: name a model, or 'MoM' to let the router choose",
