@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from services.front.envoy_config import EXT_PROC_CLUSTER, build_envoy_config, envoy_binary
+from services.mesh.envoy_config import EXT_PROC_CLUSTER, build_envoy_config, envoy_binary
 from services.mesh.supervisor import ProcessSpec, http_ok
 from tests.conftest import config_on_free_ports, free_ports
 from tests.mesh_runner import MeshRunner

@@ -36,7 +36,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_envoy_config(args: argparse.Namespace) -> int:
-    from services.front.envoy_config import build_envoy_config
+    from services.mesh.envoy_config import build_envoy_config
 
     print(yaml.safe_dump(build_envoy_config(_load(args.config)), sort_keys=False), end="")
     return 0
@@ -66,7 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from services.mesh.supervisor import Mesh, MeshError, endpoint_table
-    from services.front.envoy_config import EnvoyNotFoundError
+    from services.mesh.envoy_config import EnvoyNotFoundError
 
     config = _load(args.config)
 

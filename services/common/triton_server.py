@@ -128,11 +128,16 @@ def launch_spec(
     return LaunchSpec(argv, env)
 
 
-def _ready(host: str, http_port: int, models: tuple[str, ...]) -> bool:
-    urls = [f"http://{host}:{http_port}/v2/health/ready"]
-    urls += [f"http://{host}:{http_port}/v2/models/{m}/ready" for m in models]
+def ready_urls(config: TritonConfig, models: tuple[str, ...] = io.ENSEMBLE_NAMES) -> list[str]:
+    """What "Triton is ready" means everywhere (switchyard up, the front's /ready, tests): the server and
+    every ensemble the services call answer 200 on Triton's HTTP health endpoints."""
+    base = f"http://{config.host}:{config.http_port}/v2"
+    return [f"{base}/health/ready", *(f"{base}/models/{m}/ready" for m in models)]
+
+
+def _ready(config: TritonConfig, models: tuple[str, ...]) -> bool:
     try:
-        for url in urls:
+        for url in ready_urls(config, models):
             with urllib.request.urlopen(url, timeout=1) as response:
                 if response.status != 200:
                     return False
@@ -150,7 +155,7 @@ def wait_until_ready(
     """Block until the server and `models` answer ready; `is_alive` lets a caller stop early on a crash."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if _ready(config.host, config.http_port, models):
+        if _ready(config, models):
             return
         if not is_alive():
             raise TritonNotReadyError("tritonserver exited before it became ready; see its log")

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.common import model_io
 from services.common.config import SwitchyardConfig
 from services.common.health import grpc_serving, http_ok
+from services.common.triton_server import ready_urls
 from services.front.chat_request import RequestError
 from services.front.masking import redact_text
 from services.front.mesh_clients import ServiceCall
@@ -400,10 +401,7 @@ class ClassificationApi:
             if circuit.value != "closed":
                 # The front is failing calls to it fast (its failure mode applies) until a probe succeeds.
                 checks[name] = f"circuit_{circuit.value}"
-        triton = self.config.triton
-        base = f"http://{triton.host}:{triton.http_port}/v2"
-        urls = [f"{base}/health/ready", *(f"{base}/models/{m}/ready" for m in model_io.ENSEMBLE_NAMES)]
-        checks["triton"] = "ok" if await http_ok(*urls) else "unavailable"
+        checks["triton"] = "ok" if await http_ok(*ready_urls(self.config.triton)) else "unavailable"
         return checks
 
     async def triton_models_ready(self) -> dict[str, bool]:

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import yaml
 
-from services.common import model_io
 from services.common.config import SwitchyardConfig
 from services.common.health import grpc_serving, http_ok
-from services.common.triton_server import launch_spec, repository_problems
-from services.front.envoy_config import build_envoy_config, envoy_binary
+from services.common.triton_server import launch_spec, ready_urls, repository_problems
+from services.mesh.envoy_config import build_envoy_config, envoy_binary
 
 # Seconds a process gets to exit after SIGTERM before it is killed.
 STOP_GRACE_S = 10.0
@@ -99,11 +98,9 @@ class Mesh:
             else:
                 t = c.triton
                 launch = launch_spec(t)
-                base = f"http://{t.host}:{t.http_port}/v2"
 
                 async def triton_ready() -> bool:
-                    return await http_ok(f"{base}/health/ready",
-                                         *(f"{base}/models/{m}/ready" for m in model_io.ENSEMBLE_NAMES))
+                    return await http_ok(*ready_urls(t))
 
                 specs.append(ProcessSpec(
                     "triton", launch.argv, ready=triton_ready, env=launch.env,

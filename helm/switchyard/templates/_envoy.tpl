@@ -1,6 +1,6 @@
 {{/*
 Envoy pieces shared by the plain-Envoy variant and the AI Gateway hook. They mirror
-services/front/envoy_config.py (tests/unit/helm compares the two), with the cluster addresses
+services/mesh/envoy_config.py (tests/unit/helm compares the two), with the cluster addresses
 pointing at Kubernetes Services instead of loopback.
 */}}
 

@@ -12,7 +12,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
 
 from services.common.config import parse_config
-from services.front.envoy_config import build_envoy_config, ext_proc_filter, validate_envoy_message
+from services.mesh.envoy_config import build_envoy_config, ext_proc_filter, validate_envoy_message
 from tests.conftest import example_config_data
 
 from .conftest import CHART, FULLNAME, NAMESPACE, VARIANTS, find, one, render, router_config_data

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from services.common.config import parse_config
-from services.front import envoy_config
-from services.front.envoy_config import EnvoyConfigError, build_envoy_config, validate_envoy_message
+from services.mesh import envoy_config
+from services.mesh.envoy_config import EnvoyConfigError, build_envoy_config, validate_envoy_message
 from tests.conftest import example_config_data
 
 
