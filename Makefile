@@ -13,12 +13,12 @@ WHEELS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
 TOOLS_STAMP := .venv-tools/bin/helm
 
-.PHONY: setup protos models system-deps tools run test test-unit bench clean help
+.PHONY: setup protos models system-deps tools run test test-data test-unit bench clean help
 
 help:
 	@echo "make run    set everything up and start the local router (Envoy on :8801)"
 	@echo "make test   set everything up and run the test suite"
-	@echo "make setup | protos | models | test-unit | bench | clean"
+	@echo "make setup | protos | models | test-unit | test-data | bench | clean"
 
 setup: $(INSTALLED) $(PROTO_STAMP)
 
@@ -63,7 +63,11 @@ run: setup models
 	$(SWITCHYARD) up --config $(CONFIG)
 
 test: system-deps setup models tools
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra -m "not needs_data"
+
+# The tests that read the training/dev data (model cards): ../shared/data or SWITCHYARD_DATA_DIR.
+test-data: setup models
+	$(PY) -m pytest -ra -m needs_data
 
 test-unit: setup tools
 	$(PY) -m pytest -ra tests/unit

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from services.common.config import SwitchyardConfig, load_config
+from services.common.config import SwitchyardConfig, TritonConfig, load_config
 from services.mesh.supervisor import Mesh, ProcessSpec
 
 
@@ -17,8 +17,14 @@ class MeshRunner:
     """Start/stop a Mesh from synchronous test code; keeps every log line for assertions."""
 
     def __init__(self, data: dict[str, Any], directory: Path, extra_specs: list[ProcessSpec] | None = None,
-                 restart: bool = True) -> None:
+                 restart: bool = True, triton: TritonConfig | None = None) -> None:
+        """`triton`: a running Triton to use (the session's), instead of starting one for this mesh."""
         directory.mkdir(parents=True, exist_ok=True)
+        if triton is not None:
+            data = {**data, "triton": {**data.get("triton", {}), "managed": False, "host": triton.host,
+                                       "http_port": triton.http_port, "grpc_port": triton.grpc_port,
+                                       "metrics_port": triton.metrics_port,
+                                       "model_repository": str(triton.model_repository)}}
         self.config_path = directory / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
         self.config: SwitchyardConfig = load_config(self.config_path)

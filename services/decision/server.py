@@ -63,10 +63,12 @@ class DecisionServicer(decision_pb2_grpc.DecisionServicer):
     def _count(self, decision: Decision) -> None:
         source = ("rule" if decision.matched_rule else decision.fallback_reason or "classifier")
         best = decision.candidates[0]
-        self.metrics.decisions.labels(source, decision.category or "none", best.model).inc()
+        # A passed-through client model name must not become a label value.
+        model = best.model if best.model in self.decider.policy.routing.models else "other"
+        self.metrics.decisions.labels(source, decision.category or "none", model).inc()
         if decision.category:
             self.metrics.category_classifications.labels(decision.category).inc()
-            self.metrics.reasoning.labels(decision.category, best.model, str(best.use_reasoning).lower()).inc()
+            self.metrics.reasoning.labels(decision.category, model, str(best.use_reasoning).lower()).inc()
         if decision.probabilities:
             self.metrics.confidence.observe(decision.confidence)
 

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from services.common.config import TritonConfig
 from tests.conftest import config_on_free_ports, free_ports
 from tests.mesh_runner import MeshRunner
 
@@ -63,14 +64,14 @@ def truncating_backend() -> Iterator[int]:
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory, truncating_backend: int) -> Iterator[MeshRunner]:
+def mesh(tmp_path_factory: pytest.TempPathFactory, truncating_backend: int, triton_server: TritonConfig) -> Iterator[MeshRunner]:
     # Generous deadlines: on 2 shared cores a slow lookup would fail open and look like a miss.
     data = config_on_free_ports({"guard": {"deadline_ms": 20000}, "decision": {"deadline_ms": 20000},
                                  "cache": {"deadline_ms": 20000}, "triton": {"timeout_ms": 25000},
                                  "front": {"max_routing_ms": 25000}, "envoy": {"message_timeout_ms": 30000}})
     data["backends"].append({"name": "truncating", "address": "127.0.0.1", "port": truncating_backend})
     data["routing"]["models"][TRUNCATING_MODEL] = {"backend": "truncating", "pii_policy": {"allow_by_default": True}}
-    runner = MeshRunner(data, tmp_path_factory.mktemp("cache-e2e"))
+    runner = MeshRunner(data, tmp_path_factory.mktemp("cache-e2e"), triton=triton_server)
     runner.start()
     yield runner
     runner.stop()

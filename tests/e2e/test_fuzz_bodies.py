@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.front.chat_request import FIELD_CHECKS
+from services.common.config import TritonConfig
 from tests.conftest import config_on_free_ports
 from tests.mesh_runner import MeshRunner
 
@@ -54,8 +55,8 @@ def bodies(draw: st.DrawFn) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    runner = MeshRunner(config_on_free_ports(), tmp_path_factory.mktemp("fuzz"))
+def client(tmp_path_factory: pytest.TempPathFactory, triton_server: TritonConfig) -> Iterator[httpx.Client]:
+    runner = MeshRunner(config_on_free_ports(), tmp_path_factory.mktemp("fuzz"), triton=triton_server)
     runner.start()
     try:
         with httpx.Client(base_url=runner.envoy_url, timeout=60, trust_env=False,

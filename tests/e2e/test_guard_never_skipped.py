@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.common.config import TritonConfig
 from tests.conftest import config_on_free_ports
 from tests.mesh_runner import MeshRunner
 
@@ -50,9 +51,10 @@ def padded(attack: str, length: int, attack_first: bool) -> str:
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshRunner]:
+def mesh(tmp_path_factory: pytest.TempPathFactory, triton_server: TritonConfig) -> Iterator[MeshRunner]:
     # The shipped defaults (guard.on_failure: closed, budget deadlines, admission): nothing is loosened.
-    runner = MeshRunner(config_on_free_ports(), tmp_path_factory.mktemp("guard-never-skipped"))
+    runner = MeshRunner(config_on_free_ports(), tmp_path_factory.mktemp("guard-never-skipped"),
+                        triton=triton_server)
     runner.start()
     yield runner
     runner.stop()

@@ -13,6 +13,7 @@ import httpx
 import pytest
 import yaml
 
+from services.common.config import TritonConfig
 from tests.conftest import config_on_free_ports
 from tests.mesh_runner import MeshRunner
 
@@ -24,8 +25,8 @@ MATH_WITH_PII = "Solve 3x+5=20. I am John Smith, write to john.smith@example.com
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshRunner]:
-    runner = MeshRunner(config_on_free_ports(), tmp_path_factory.mktemp("reload"))
+def mesh(tmp_path_factory: pytest.TempPathFactory, triton_server: TritonConfig) -> Iterator[MeshRunner]:
+    runner = MeshRunner(config_on_free_ports(), tmp_path_factory.mktemp("reload"), triton=triton_server)
     runner.start()
     yield runner
     runner.stop()

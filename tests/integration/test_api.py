@@ -7,6 +7,7 @@ import asyncio
 import httpx
 import pytest
 
+from services.common.config import TritonConfig
 from tests.conftest import config_on_free_ports
 from tests.mesh_runner import MeshRunner
 
@@ -14,9 +15,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory):
+def mesh(tmp_path_factory: pytest.TempPathFactory, triton_server: TritonConfig):
     data = config_on_free_ports({"front": {"api": {"max_batch_size": 5, "max_concurrent_batches": 1}}})
-    runner = MeshRunner(data, tmp_path_factory.mktemp("api"))
+    runner = MeshRunner(data, tmp_path_factory.mktemp("api"), triton=triton_server)
     runner.start()
     yield runner
     runner.stop()

@@ -6,6 +6,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
+from services.common.config import TritonConfig
 from tests.conftest import config_on_free_ports
 from tests.mesh_runner import MeshRunner
 
@@ -13,8 +14,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def api_schema(tmp_path_factory: pytest.TempPathFactory):
-    runner = MeshRunner(config_on_free_ports(), tmp_path_factory.mktemp("schemathesis"))
+def api_schema(tmp_path_factory: pytest.TempPathFactory, triton_server: TritonConfig):
+    runner = MeshRunner(config_on_free_ports(), tmp_path_factory.mktemp("schemathesis"), triton=triton_server)
     runner.start()
     try:
         yield schemathesis.openapi.from_url(f"http://127.0.0.1:{runner.config.front.http_port}/openapi.json")

@@ -30,7 +30,7 @@ UNRELATED = "How do I bake sourdough bread?"
 
 @pytest.fixture(scope="module")
 def triton(triton_server: TritonConfig) -> TritonConfig:
-    """The session's Triton (tests/integration/conftest.py), shared instead of starting another."""
+    """The session's Triton (tests/conftest.py), shared instead of starting another."""
     return triton_server
 
 

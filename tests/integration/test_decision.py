@@ -8,6 +8,7 @@ import httpx
 import pytest
 import yaml
 
+from services.common.config import TritonConfig
 from tests.conftest import config_on_free_ports
 from tests.mesh_runner import MeshRunner
 
@@ -17,13 +18,13 @@ CHAT = "/v1/chat/completions"
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory):
+def mesh(tmp_path_factory: pytest.TempPathFactory, triton_server: TritonConfig):
     # A routing budget large enough for the 100 KB prompt below (the default refuses it with 413: on
     # 2 CPU cores the guard cannot check ~20,000 tokens within 4 s).
     runner = MeshRunner(config_on_free_ports({"front": {"max_routing_ms": 50_000},
                                               "envoy": {"message_timeout_ms": 60_000},
                                               "triton": {"timeout_ms": 50_000}}),
-                        tmp_path_factory.mktemp("decision"))
+                        tmp_path_factory.mktemp("decision"), triton=triton_server)
     runner.start()
     yield runner
     runner.stop()

@@ -9,6 +9,7 @@ import httpx
 import orjson
 import pytest
 
+from services.common.config import TritonConfig
 from tests.conftest import config_on_free_ports, free_ports
 from tests.mesh_runner import MeshRunner
 
@@ -18,8 +19,8 @@ CHAT = "/v1/chat/completions"
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory):
-    runner = MeshRunner(config_on_free_ports(), tmp_path_factory.mktemp("mesh"))
+def mesh(tmp_path_factory: pytest.TempPathFactory, triton_server: TritonConfig):
+    runner = MeshRunner(config_on_free_ports(), tmp_path_factory.mktemp("mesh"), triton=triton_server)
     runner.start()
     yield runner
     runner.stop()
@@ -120,10 +121,10 @@ def test_non_chat_path_passes_through_untouched(client: httpx.Client, mesh: Mesh
     assert "x-vsr-selected-model" not in response.headers
 
 
-def test_unreachable_service_fails_open_to_the_default_model(tmp_path: Path) -> None:
+def test_unreachable_service_fails_open_to_the_default_model(tmp_path: Path, triton_server: TritonConfig) -> None:
     dead = free_ports(1)[0]
     data = config_on_free_ports({"decision": {"address": f"127.0.0.1:{dead}"}})
-    runner = MeshRunner(data, tmp_path / "degraded")
+    runner = MeshRunner(data, tmp_path / "degraded", triton=triton_server)
     runner.start()
     try:
         with httpx.Client(base_url=runner.envoy_url, timeout=30, trust_env=False) as http:

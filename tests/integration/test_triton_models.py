@@ -16,7 +16,7 @@ from services.common.triton import ModelNotAvailableError, TritonModels, TritonU
 from services.models.build import onnx_path, task_encoders
 from services.models.runtime import session
 from tests.conftest import free_ports
-from tests.integration.conftest import REPOSITORY
+from tests.conftest import REPOSITORY
 
 pytestmark = pytest.mark.integration
 
