@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -61,9 +63,10 @@ class MeshRunner:
             self.thread.join(10)
 
     def kill(self, name: str) -> None:
+        """SIGKILL the process and its children (Triton's backend stubs), as a crashed container would be."""
         process = self.mesh.processes[name]
-        process.kill()
-        self._run(process.wait(), 10)
+        os.killpg(process.pid, signal.SIGKILL)
+        self._run(process.wait(), 30)
 
     def log_text(self) -> str:
         return "\n".join(f"[{n}] {line}" for n, line in self.logs)

@@ -16,7 +16,7 @@ from services.cache.embedder import Embedder, EmbedderUnavailableError
 from services.cache.metrics import CacheMetrics
 from services.cache.policy import NO_FINGERPRINT, NO_USER_MESSAGE, CachePolicy, StoreRefusal, completion_from_body
 from services.cache.scope import CacheScope, NoFingerprintError, NoUserMessageError, scope_of
-from services.cache.store import CacheEntry, CacheStore, ScopeFilter, StoredHit, evict
+from services.cache.store import CacheEntry, CacheStore, ScopeFilter, StoredHit, StoreUnavailableError, evict
 from services.cache.verify import Rejection, verify
 from services.common.config import CacheConfig
 from switchyard.v1 import common_pb2
@@ -109,8 +109,12 @@ class SemanticCache:
     # Life cycle ----------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self._run(self.store.compact)
-        self.metrics.entries.set(await self._run(self.store.count))
+        try:
+            await self._run(self.store.compact)
+            self.metrics.entries.set(await self._run(self.store.count))
+        except StoreUnavailableError as exc:
+            # Serve anyway: lookups answer UNAVAILABLE (the front fails open) until the store is back.
+            log.warning("cache: the vector store is unavailable at start (%s); retrying on every call", exc)
         self._worker = asyncio.create_task(self._work(), name="cache-writes")
 
     async def drain(self) -> None:
