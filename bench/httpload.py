@@ -30,8 +30,13 @@ class Results:
     index: list[int] = field(default_factory=list)
     outcome: list[str] = field(default_factory=list)  # backend, blocked, hit, error
     headers: list[dict[str, str]] = field(default_factory=list)
+    # Seconds from the start of the run to when each request was due (open loop with "times": true).
+    sent_s: list[float] = field(default_factory=list)
 
-    def add(self, index: int, lat_ms: float, status: int, outcome: str, headers: dict[str, str] | None) -> None:
+    def add(self, index: int, lat_ms: float, status: int, outcome: str, headers: dict[str, str] | None,
+            sent_s: float | None = None) -> None:
+        if sent_s is not None:
+            self.sent_s.append(round(sent_s, 3))
         self.index.append(index)
         self.lat_ms.append(round(lat_ms, 3))
         self.status.append(status)
@@ -150,11 +155,14 @@ async def open_loop(job: dict[str, Any], raws: list[bytes], results: Results) ->
     opened = 0
     tasks: set[asyncio.Task[None]] = set()
 
+    times = bool(job.get("times"))
+
     async def fire(i: int, scheduled: float) -> None:
         nonlocal opened
         conn = idle.pop() if idle else Connection(url.hostname or "127.0.0.1", url.port or 80)
         status, outcome, _ = await _one(conn, raws[i % len(raws)], None)
-        results.add(i % len(raws), (time.perf_counter() - scheduled) * 1000, status, outcome, None)
+        results.add(i % len(raws), (time.perf_counter() - scheduled) * 1000, status, outcome, None,
+                    scheduled - start if times else None)
         idle.append(conn)
 
     start = time.perf_counter()
@@ -166,7 +174,7 @@ async def open_loop(job: dict[str, Any], raws: list[bytes], results: Results) ->
             await asyncio.sleep(delay)
         if len(tasks) >= MAX_OPEN_CONNECTIONS:
             # The server is this far behind: count the request as an error instead of growing without bound.
-            results.add(i % len(raws), 0.0, 0, "error", None)
+            results.add(i % len(raws), 0.0, 0, "error", None, scheduled - start if times else None)
             continue
         task = asyncio.create_task(fire(i, scheduled))
         tasks.add(task)

@@ -54,6 +54,16 @@ class FrontMetrics:
             "switchyard_front_unverified", "Requests that went on without a guard verdict (guard.on_failure: "
             "open or the guard disabled), by why: timeout, unavailable, error, circuit_open, disabled, no_opinion.",
             ["reason"], registry=r)
+        self.fallbacks = Counter(
+            "switchyard_front_fallbacks", "Backend attempts that went to the next candidate (routing.fallback), by "
+            "the model that failed, the one tried next and why: timeout (per-try) or error (refused, reset, 5xx).",
+            ["from_model", "to_model", "reason"], registry=r)
+        self.backend_failures = Counter(
+            "switchyard_front_backend_failures", "Backend attempts answered 502/503/504, by model and status.",
+            ["model", "status"], registry=r)
+        self.asyncio_tasks = Gauge("switchyard_front_asyncio_tasks",
+                                   "asyncio tasks alive in the front (a leak shows as growth; see make soak).",
+                                   registry=r)
         self.circuit_state = Gauge("switchyard_front_circuit_state",
                                    "Circuit breaker per service: 0 closed, 1 half-open, 2 open.", ["service"],
                                    registry=r)

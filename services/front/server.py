@@ -109,6 +109,8 @@ async def serve(config: SwitchyardConfig, config_path: Path | None = None) -> No
         service).set(STATE_VALUES[state]))
     for service in clients.sections:
         metrics.circuit_state.labels(service).set(STATE_VALUES[CircuitState.CLOSED])
+    loop = asyncio.get_running_loop()
+    metrics.asyncio_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
     await clients.start()
     live = LiveConfig(config)
     context = FrontContext(config=config, clients=clients, metrics=metrics, live=live)
