@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from services.common.cache_fingerprint import last_user_index, normalize_text
 from switchyard.v1 import common_pb2
 
+# The exact-match fields of a scope, as the stores index and filter them: every field but the query.
+SCOPE_FIELDS = ("tenant", "fingerprint")
+
 # Stable namespace for entry ids, so that the same question in the same scope overwrites itself.
 _ENTRY_NAMESPACE = uuid.UUID("6f1d2c3a-5b7e-4e0f-9a41-2f7c8d9e0b15")
 
@@ -37,7 +40,7 @@ class CacheScope:
 
     def fields(self) -> dict[str, str]:
         """The payload fields a hit must match exactly (model/category/route are matched by the front)."""
-        return {"tenant": self.tenant, "fingerprint": self.fingerprint}
+        return {name: getattr(self, name) for name in SCOPE_FIELDS}
 
     def entry_id(self, model: str, category: str, route: str = "") -> str:
         """Same question, scope, model and route → same id, so storing it again replaces the old answer."""

@@ -6,8 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-# Payload fields. The scope fields are matched exactly; created_at/last_used_at order TTL and eviction.
-SCOPE_FIELDS = ("tenant", "fingerprint")
+from services.cache.scope import SCOPE_FIELDS
+
+# Payload fields. The scope fields (defined with CacheScope) are matched exactly; created_at/last_used_at
+# order TTL and eviction.
 KEYWORD_FIELDS = (*SCOPE_FIELDS, "model", "category")
 TIME_FIELDS = ("created_at", "last_used_at")
 
