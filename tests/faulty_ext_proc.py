@@ -22,7 +22,6 @@ def _header(key: str, value: str) -> core.HeaderValueOption:
 class FaultyProcessor(ep_grpc.ExternalProcessorServicer):
     def __init__(self, hang_s: float) -> None:
         self.hang_s = hang_s
-        self.late_replies = 0
 
     async def Process(self, request_iterator: AsyncIterator[ep.ProcessingRequest],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[ep.ProcessingResponse]:
@@ -37,8 +36,7 @@ class FaultyProcessor(ep_grpc.ExternalProcessorServicer):
                 if fault == "grpc_error":
                     await context.abort(grpc.StatusCode.UNAVAILABLE, "injected")
                 if fault == "hang":
-                    await asyncio.sleep(self.hang_s)
-                    self.late_replies += 1
+                    await asyncio.sleep(self.hang_s)  # Envoy gives up first and cancels the stream
                 route = ep.CommonResponse(clear_route_cache=True, header_mutation=ep.HeaderMutation(
                     set_headers=[_header("x-selected-backend", "simulator")]))
                 yield ep.ProcessingResponse(request_headers=ep.HeadersResponse(response=route))
