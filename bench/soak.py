@@ -6,7 +6,8 @@
    process's resident memory (with its children: Triton's backend stubs), open fds and the front's
    asyncio tasks every 5 s.
 4. Judge: 0 errors other than 429 (503, 5xx, transport errors all count), p99 of the last minute
-   within 1.3x the first (after warm-up), RSS growth after warm-up <= 5 %, no growth in fds or tasks.
+   within 1.3x the first (after warm-up), RSS growth after warm-up <= 5 %, no growth in the router's
+   open fds (Envoy's follow the client's connections) or in the front's asyncio tasks.
 
 The mix: short and long prompts (up to 6,000 characters), streaming, every 10th request a jailbreak,
 PII, and repeated questions from a tenant (cache hits). Results: bench/results/soak-<stamp>.{json,md}.
@@ -116,7 +117,10 @@ def judge(run: dict[str, Any], samples: list[dict[str, Any]], duration_s: float,
     p99_first, p99_last = percentile(first, 0.99), percentile(last, 0.99)
     warm = [s for s in samples if s["t"] >= warmup_s] or samples
     rss = [sum(p["rss_mb"] for p in s["processes"].values()) for s in warm]
-    fds = [sum(p["fds"] for p in s["processes"].values()) for s in warm]
+    # Envoy's fds follow the client's connection pool (the open-loop client opens a connection whenever
+    # none is idle), so they are reported but not judged; a leak in the router's processes would show here.
+    fds = [sum(p["fds"] for name, p in s["processes"].items() if name != "envoy") for s in warm]
+    envoy_fds = [s["processes"].get("envoy", {}).get("fds", 0) for s in warm]
     tasks = [s["front_tasks"] for s in warm]
     verdict = {
         "requests": len(statuses), "status": {str(s): statuses.count(s) for s in sorted(set(statuses))},
@@ -125,7 +129,8 @@ def judge(run: dict[str, Any], samples: list[dict[str, Any]], duration_s: float,
         "p99_ratio": round(p99_last / p99_first, 2) if p99_first else None,
         "rss_mb_after_warmup": round(rss[0], 1), "rss_mb_end": round(rss[-1], 1), "rss_max_mb": round(max(rss), 1),
         "rss_growth": round(rss[-1] / rss[0] - 1, 4) if rss[0] else None,
-        "fds_after_warmup": fds[0], "fds_end": fds[-1], "tasks_after_warmup": tasks[0], "tasks_end": tasks[-1],
+        "fds_after_warmup": fds[0], "fds_end": fds[-1], "envoy_fds_after_warmup": envoy_fds[0],
+        "envoy_fds_end": envoy_fds[-1], "tasks_after_warmup": tasks[0], "tasks_end": tasks[-1],
     }
     # A few fds/tasks of slack: connections and requests in flight at the instant of a sample.
     verdict["checks"] = {
@@ -192,7 +197,8 @@ def markdown(report: dict[str, Any], stamp: str) -> str:
         lines.append(f"| {name} | {'pass' if ok else '**FAIL**'} |")
     lines += ["", f"p99 first/last window: {v['p99_first_ms']} / {v['p99_last_ms']} ms (ratio {v['p99_ratio']}); "
                   f"RSS {v['rss_mb_after_warmup']} -> {v['rss_mb_end']} MB (max {v['rss_max_mb']}, growth "
-                  f"{v['rss_growth']:.1%}); fds {v['fds_after_warmup']} -> {v['fds_end']}; front tasks "
+                  f"{v['rss_growth']:.1%}); fds (router processes) {v['fds_after_warmup']} -> {v['fds_end']}, Envoy's "
+                  f"{v['envoy_fds_after_warmup']} -> {v['envoy_fds_end']} (client connections); front tasks "
                   f"{v['tasks_after_warmup']:.0f} -> {v['tasks_end']:.0f}; restarts {v['restarts'] or 'none'}", ""]
     return "\n".join(lines)
 
