@@ -13,6 +13,7 @@ from services.cache.embedder import EmbedderUnavailableError, TritonEmbedder
 from services.cache.metrics import CacheMetrics
 from services.cache.semantic_cache import LookupResult, SemanticCache
 from services.cache.store import StoreUnavailableError
+from services.cache.tool_ranker import ToolRanker
 from services.common.config import SwitchyardConfig
 from services.common.grpc_server import run_grpc_service
 from services.common.reload import LiveConfig, start_reloading
@@ -58,6 +59,29 @@ class CacheServicer(cache_pb2_grpc.CacheServicer):
         return cache_pb2.StoreResponse(stored=result.queued, reason=result.reason)
 
 
+class ToolRankingServicer(cache_pb2_grpc.ToolRankingServicer):
+    """Thin adapter of ToolRanker; an unreachable embedder is UNAVAILABLE (the front then keeps every tool)."""
+
+    def __init__(self, ranker: ToolRanker, metrics: CacheMetrics) -> None:
+        self.ranker = ranker
+        self.metrics = metrics
+
+    async def RankTools(self, request: cache_pb2.RankToolsRequest,
+                        context: grpc.aio.ServicerContext) -> cache_pb2.RankToolsResponse:
+        set_call_deadline(context.time_remaining())
+        try:
+            scores = await self.ranker.rank(request.query, [(t.key, t.text) for t in request.tools])
+        except EmbedderUnavailableError as exc:
+            self.metrics.errors.labels("embedder").inc()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"cache: embedding model unavailable: {exc}")
+        return cache_pb2.RankToolsResponse(similarity=scores)
+
+
+def add_servicers(server: grpc.aio.Server, cache: SemanticCache, ranker: ToolRanker) -> None:
+    cache_pb2_grpc.add_CacheServicer_to_server(CacheServicer(cache), server)
+    cache_pb2_grpc.add_ToolRankingServicer_to_server(ToolRankingServicer(ranker, cache.metrics), server)
+
+
 async def serve(config: SwitchyardConfig, config_path: Path | None = None) -> None:
     section = config.cache
     metrics = CacheMetrics()
@@ -83,8 +107,9 @@ async def serve(config: SwitchyardConfig, config_path: Path | None = None) -> No
         section.host,
         section.port,
         section.metrics_port,
-        lambda server: cache_pb2_grpc.add_CacheServicer_to_server(CacheServicer(cache), server),
-        [cache_pb2.DESCRIPTOR.services_by_name["Cache"].full_name],
+        lambda server: add_servicers(server, cache, ToolRanker(embedder)),
+        [cache_pb2.DESCRIPTOR.services_by_name["Cache"].full_name,
+         cache_pb2.DESCRIPTOR.services_by_name["ToolRanking"].full_name],
         on_shutdown=shutdown, on_started=start_reloading_config,
         registry=metrics.registry,
     )

@@ -143,6 +143,24 @@ class UncertaintyRule(_Section):
     margin: UnitInterval = 0.15
 
 
+class ToolSelectionConfig(_Section):
+    """Tool auto-selection (services/front/tool_selection.py): with tool_choice auto (or absent), only the
+    request's tools closest in meaning to the conversation go to the model; called and forced tools stay."""
+
+    enabled: bool = True
+    # At most this many ranked tools are kept (plus the ones the conversation called or the client forces).
+    top_k: int = Field(default=5, ge=1)
+    # A ranked tool below this cosine similarity to the conversation is cut even within the top k.
+    similarity_threshold: float = Field(default=0.1, ge=-1, le=1)
+    # Requests with fewer tools are left alone: too few to be worth a call.
+    min_tools: int = Field(default=6, ge=1)
+    # The upstream router's tools_db.json ([{"tool": {"type": "function", "function": {...}}, "description",
+    # "category", "tags"}]): its top k are added to a request that has no tools. Relative to the working dir.
+    catalogue_file: Path | None = None
+    # How long the selection may take (the cache service's embedder); past it every tool is kept.
+    deadline_ms: Positive = 300
+
+
 class RoutingConfig(_Section):
     """The decision service's policy: categories, models and their settings."""
 
@@ -160,6 +178,7 @@ class RoutingConfig(_Section):
     keyword_rules: list[KeywordRule] = Field(default_factory=list)
     history: HistoryPolicy = Field(default_factory=HistoryPolicy)
     uncertainty: UncertaintyRule = Field(default_factory=UncertaintyRule)
+    tools: ToolSelectionConfig = Field(default_factory=ToolSelectionConfig)
 
     @model_validator(mode="after")
     def _models_are_known(self) -> RoutingConfig:

@@ -246,3 +246,34 @@ def completion_to_sse(completion: dict[str, Any], include_usage: bool = True) ->
         out += _event({**base, "choices": [], "usage": completion["usage"]})
     out += DONE
     return bytes(out)
+
+
+# -- typed event streams (the Responses API, Anthropic Messages): `event: <type>` + a JSON `data` with "type" --
+
+def typed_event(payload: dict[str, Any]) -> bytes:
+    """One event of a typed stream; the event name is the payload's own "type"."""
+    data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    return f"event: {payload['type']}\ndata: {data}\n\n".encode()
+
+
+def typed_payloads(raw: bytes) -> list[dict[str, Any]] | None:
+    """The JSON objects of a typed stream, in order; None when it is not one (not UTF-8, a payload not an
+    object with a "type")."""
+    payloads = _events(raw)
+    if payloads is None:
+        return None
+    out = []
+    for payload in payloads:
+        try:
+            value = json.loads(payload)
+        except ValueError:
+            return None
+        if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+            return None
+        out.append(value)
+    return out
+
+
+def text_pieces(text: str) -> list[str]:
+    """A stored answer's text cut as a replay sends it (about REPLAY_CHUNKS pieces, at spaces)."""
+    return _pieces(text, REPLAY_CHUNKS)

@@ -35,6 +35,14 @@ class ChatRequest:
     model: str
     stream: bool
     messages: list[common_pb2.ChatMessage] = field(default_factory=list)
+    # The client API the body came in (services/front/apis); None is chat completions.
+    api: Any = None
+    # For another API: the body as a chat completion would carry it (chat field names, `messages` in the
+    # order of `messages` above, an `api` key so that answers of two APIs never share a cache entry).
+    # The fingerprint and the params are computed from it.
+    view: dict[str, Any] | None = None
+    # For another API: where each message's content lives in `body` (a path of keys and indexes).
+    content_paths: list[tuple[Any, ...]] = field(default_factory=list)
 
     def to_context(self, request_id: str, tenant: str, cache_directives: list[str],
                    traceparent: str = "") -> common_pb2.RequestContext:
@@ -43,10 +51,10 @@ class ChatRequest:
             requested_model=self.model,
             messages=self.messages,
             tenant=tenant,
-            params=_params(self.body),
+            params=_params(self.view if self.view is not None else self.body),
             cache_directives=cache_directives,
             traceparent=traceparent,
-            answer_fingerprint=answer_fingerprint(self.body),
+            answer_fingerprint=answer_fingerprint(self.view if self.view is not None else self.body),
         )
 
 
@@ -67,7 +75,8 @@ def dumps(value: Any) -> bytes:
 
 # How a message's content becomes the one text the services read (and PII offsets refer to): string
 # content as it is; a list of content parts -> the `text` of its text parts, joined by PART_JOINER.
-TEXT_PART_TYPES = ("text", "input_text")
+# output_text: the assistant turns of the Responses API.
+TEXT_PART_TYPES = ("text", "input_text", "output_text")
 PART_JOINER = "\n"
 
 

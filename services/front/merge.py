@@ -90,7 +90,7 @@ def merge(config: SwitchyardConfig, request: ChatRequest,
                                      f"does not route requests it has not checked ({call.service}.on_failure: closed)",
                                      f"{call.service}_unavailable", error_type="service_unavailable",
                                      headers=(("retry-after", str(retry_after)),))
-                return Outcome(OutcomeKind.ERROR, reply=error_reply(error), degraded=[call.service])
+                return Outcome(OutcomeKind.ERROR, reply=_error_reply(request, error), degraded=[call.service])
             degraded.append(call.service)
     # Whatever goes on without a guard verdict says so, to the client (header) and in the metrics.
     unverified = guard_unverified_reason(guard)
@@ -117,7 +117,7 @@ def _merge_verdicts(config: SwitchyardConfig, request: ChatRequest,
                     guard: ServiceCall[guard_pb2.CheckResponse],
                     cache: ServiceCall[cache_pb2.LookupResponse], degraded: list[str]) -> Outcome:
     if decision.rejection is not None:
-        return Outcome(OutcomeKind.ERROR, reply=error_reply(decision.rejection), degraded=degraded)
+        return Outcome(OutcomeKind.ERROR, reply=_error_reply(request, decision.rejection), degraded=degraded)
 
     # 1. guard block
     verdict = guard.result
@@ -163,7 +163,7 @@ def _merge_verdicts(config: SwitchyardConfig, request: ChatRequest,
                                         ("x-vsr-cache-similarity", f"{match.similarity:.4f}"),
                                         ("x-vsr-cache-check", match.check),
                                         ("x-vsr-selected-model", route.model)],
-                               reply=_cached_reply(match.body, request.stream))
+                               reply=_cached_reply(request, match.body))
     headers = [("x-vsr-pii-masked-types", ",".join(masked_types(entities, mask_types)))] if masking else []
     return Outcome(OutcomeKind.UPSTREAM, route=route, degraded=degraded, mask_entities=masking, headers=headers)
 
@@ -174,7 +174,16 @@ def route_key(route: Route) -> str:
                              route.reasoning_effort)
 
 
-def _cached_reply(body: bytes, stream: bool) -> Reply:
+def _error_reply(request: ChatRequest, error: RequestError,
+                 headers: tuple[tuple[str, str], ...] = ()) -> Reply:
+    # Another client API (request.api, services/front/apis) answers in its own shape.
+    return request.api.error_reply(error, headers) if request.api is not None else error_reply(error, headers)
+
+
+def _cached_reply(request: ChatRequest, body: bytes) -> Reply:
+    stream = request.stream
+    if request.api is not None:
+        return request.api.cached_reply(body, stream)
     if not stream:
         return Reply(200, body)
     # A streaming client gets the stored answer as the chunk stream a backend would have sent.
@@ -186,7 +195,9 @@ def _blocked(config: SwitchyardConfig, request: ChatRequest, message: str,
     if config.front.blocked_response.value == "error":
         error = RequestError(config.front.blocked_status, message, "content_filter",
                              error_type="content_filter")
-        return error_reply(error, headers)
+        return _error_reply(request, error, headers)
+    if request.api is not None:
+        return request.api.blocked_reply(request.model, message, request.stream, headers)
     return blocked_reply(request.model, message, request.stream, headers)
 
 

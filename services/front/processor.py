@@ -1,9 +1,11 @@
 """The ext_proc protocol: one processor per stream (one HTTP request), one method per processing phase.
 
 The processor for a request is picked by its path at the request-headers phase, as the Envoy AI
-Gateway does: `ChatProcessor` (POST /v1/chat/completions, routed by the `Router`), `ModelsProcessor`
-(GET /v1/models and /v1/models/{id}, answered by the router) and `PassThroughProcessor` (everything
-else, and the base case: untouched, later phases skipped). The pipeline itself lives in router.py.
+Gateway does: `ChatProcessor` (POST /v1/chat/completions, routed by the `Router`), `ResponsesProcessor` and
+`AnthropicProcessor` (POST /v1/responses, /v1/messages: the same `Router` through the API's translator in
+services/front/apis), `ModelsProcessor` (GET /v1/models and /v1/models/{id}, answered by the router) and
+`PassThroughProcessor` (everything else, and the base case: untouched, later phases skipped). The pipeline
+itself lives in router.py.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from services.common.config import SwitchyardConfig
 from services.common.reload import LiveConfig
 from services.common.sse import cacheable, reassemble_sse
 from services.front.admission import Admission, Overloaded
+from services.front.apis import ANTHROPIC, CHAT, RESPONSES, ApiTranslator
 from services.front.chat_request import RequestError, dumps, loads
 from services.front.masking import MaskMapping, StreamUnmasker, unmask_text
 from services.front.merge import Outcome, OutcomeKind, route_key
@@ -315,11 +318,125 @@ class ChatProcessor(PassThroughProcessor):
                 self.metrics.tokens.labels(model).inc(value)
 
 
+class TranslatedProcessor(ChatProcessor):
+    """Another client API (services/front/apis): routed by the same Router through its translator, answered,
+    accounted, cached and unmasked in that API's own shape."""
+
+    api: ApiTranslator = CHAT
+
+    async def process_request_body(self, body: ep.HttpBody) -> ep.ProcessingResponse:
+        try:
+            self.routed = routed = await self.context.router.route(self.config, body.body, self.request_headers,
+                                                                   api=self.api)
+        except RequestError as exc:
+            return self.error(exc)
+        self.outcome = outcome = routed.outcome
+        degraded_headers = [("x-vsr-degraded", ",".join(outcome.degraded))] if outcome.degraded else []
+        if outcome.reply is not None:
+            return immediate(outcome.reply, [*outcome.headers, *degraded_headers])
+        assert outcome.route is not None and routed.body is not None
+        mutation = ep.HeaderMutation(set_headers=[
+            header_option(SELECTED_MODEL_HEADER, outcome.route.model),
+            header_option(SELECTED_BACKEND_HEADER, routed.backend),
+            header_option("content-length", str(len(routed.body))),
+        ])
+        return ep.ProcessingResponse(request_body=ep.BodyResponse(response=ep.CommonResponse(
+            header_mutation=mutation, body_mutation=ep.BodyMutation(body=routed.body), clear_route_cache=True)))
+
+    async def process_response_body(self, body: ep.HttpBody) -> ep.ProcessingResponse:
+        api, mapping = self.api, self._unmask
+        if self.streaming_response:
+            # Events pass through as they come (unmasked where needed); a copy is kept to account and cache.
+            self._response_bytes += len(body.body)
+            if self._response_bytes <= self.config.front.max_body_bytes:
+                self._response_chunks.append(body.body)
+            if body.end_of_stream:
+                whole = b"".join(self._response_chunks) if self._response_bytes <= self.config.front.max_body_bytes \
+                    else b""
+                answer = api.reassemble(whole) if whole else None
+                self._account(api.usage(answer) if answer else api.stream_usage(whole))
+                self._finish(answer)
+            if mapping is None:
+                return ep.ProcessingResponse(response_body=ep.BodyResponse(response=ep.CommonResponse()))
+            if self._stream_unmasker is None:
+                self._stream_unmasker = StreamUnmasker(mapping)
+            text = self._stream_unmasker.feed(self._utf8.decode(body.body, final=body.end_of_stream))
+            if body.end_of_stream:
+                text += self._stream_unmasker.flush()
+            return ep.ProcessingResponse(response_body=ep.BodyResponse(response=ep.CommonResponse(
+                body_mutation=ep.BodyMutation(body=text.encode()))))
+        try:
+            answer = loads(body.body)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            answer = None
+        answer = answer if isinstance(answer, dict) else None
+        self._account(api.usage(answer) if answer else None)
+        self._finish(answer)
+        if mapping is None:
+            return ep.ProcessingResponse(response_body=ep.BodyResponse(response=ep.CommonResponse()))
+        restored = unmask_text(body.body.decode("utf-8", "replace"), mapping).encode()
+        return ep.ProcessingResponse(response_body=ep.BodyResponse(response=ep.CommonResponse(
+            header_mutation=ep.HeaderMutation(set_headers=[header_option("content-length", str(len(restored)))]),
+            body_mutation=ep.BodyMutation(body=restored))))
+
+    def _finish(self, answer: dict[str, Any] | None) -> None:
+        """Remember which model answered (previous_response_id follow-ups) and store a finished answer."""
+        outcome, context = self.outcome, self.context_message
+        if answer is None or outcome is None or outcome.kind is not OutcomeKind.UPSTREAM or outcome.route is None \
+                or self.response_status != 200:
+            return
+        self.context.router.conversations.remember(self.api.answer_id(answer), outcome.route.model)
+        if context is None or self._unmask is not None or not self.config.cache.enabled \
+                or "no-store" in context.cache_directives:
+            return
+        # The cache holds chat completions; each API replays them in its own shape.
+        completion = self.api.stored_answer(answer)
+        if completion is None:
+            return
+        pending = self.context.pending_writes
+        if len(pending) >= self.config.cache.write_queue_size:
+            self.metrics.cache_write_drops.inc()
+            return
+        request = cache_pb2.StoreRequest(request=context, model=outcome.route.model,
+                                         category=outcome.route.category, body=dumps(completion),
+                                         route_fingerprint=route_key(outcome.route))
+        task = asyncio.create_task(self.context.clients.store(request))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    def error(self, error: RequestError) -> ep.ProcessingResponse:
+        self.metrics.errors.labels(error.code).inc()
+        if isinstance(error, Overloaded) or error.code == "prompt_too_long":
+            self.metrics.admission_rejections.labels(error.code).inc()
+        return immediate(self.api.error_reply(error))
+
+
+class ResponsesProcessor(TranslatedProcessor):
+    """POST /v1/responses: the OpenAI Responses API."""
+
+    api = RESPONSES
+
+
+class AnthropicProcessor(TranslatedProcessor):
+    """POST /v1/messages: Anthropic's Messages API."""
+
+    api = ANTHROPIC
+
+
+# The routed APIs by path (POST); each translates its body to the Router's common request.
+TRANSLATED_PATHS: dict[str, type[TranslatedProcessor]] = {
+    "/v1/responses": ResponsesProcessor,
+    "/v1/messages": AnthropicProcessor,
+}
+
+
 def processor_for(method: str, path: str) -> type[PassThroughProcessor]:
     """The processor class for a request (AI Gateway's processor registry, by path)."""
     path = path.split("?", 1)[0]
     if method == "POST" and path in CHAT_PATHS:
         return ChatProcessor
+    if method == "POST" and path in TRANSLATED_PATHS:
+        return TRANSLATED_PATHS[path]
     if method == "GET" and (path.rstrip("/") == MODELS_PATH or path.startswith(MODELS_PATH + "/")):
         return ModelsProcessor
     return PassThroughProcessor

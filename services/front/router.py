@@ -1,7 +1,9 @@
 """The routing pipeline, apart from the ext_proc protocol: parse → admit → fan out → merge → rewrite, each once.
 
-`Router.route` is what the ext_proc processor calls for a chat body and what the HTTP API's dry run
-calls; both get a `Routed`: the typed outcome, what each service answered, and the body to send on.
+`Router.route` is what the ext_proc processor calls for a chat body (or, through its translator in
+services/front/apis, a Responses or Anthropic body) and what the HTTP API's dry run calls; both get a
+`Routed`: the typed outcome, what each service answered, and the body to send on. Tool auto-selection
+(tool_selection.py) runs alongside the fan-out and trims the outgoing body's tools.
 Where to change things: the merge order is `merge.py`, the body rewrite `body_rewrite.py`, deadlines
 and admission `admission.py`, the service calls `mesh_clients.py`.
 """
@@ -17,15 +19,16 @@ from dataclasses import dataclass
 
 from services.common.config import SwitchyardConfig
 from services.front.admission import Admission, Admitted
-from services.front.body_rewrite import rewrite_body
-from services.front.chat_request import ChatRequest, RequestError, dumps, parse_chat_request
-from services.front.masking import MaskingError, MaskMapping, mask_body
+from services.front.apis import CHAT, RESPONSES, ApiTranslator
+from services.front.chat_request import ChatRequest, RequestError, dumps
+from services.front.conversations import ConversationPins
+from services.front.masking import MaskingError, MaskMapping
 from services.front.merge import Outcome, OutcomeKind, merge, pii_blocked_reply
 from services.front.mesh_clients import MeshClients, ServiceCall
 from services.front.metrics import FrontMetrics
-from services.front.replies import error_reply
 from services.front.requested_model import check_requested_model
 from services.front.service_names import Service
+from services.front.tool_selection import ToolSelection, ToolSelector
 from switchyard.v1 import common_pb2
 
 log = logging.getLogger("switchyard.front")
@@ -68,10 +71,14 @@ class Router:
         self.clients = clients
         self.metrics = metrics
         self.admission = admission
+        self.tools = ToolSelector(metrics.registry)
+        # Responses API conversations: the model that answered each response id (previous_response_id).
+        self.conversations = ConversationPins()
 
     async def route(self, config: SwitchyardConfig, raw: bytes, headers: Mapping[str, str],
-                    dry_run: bool = False) -> Routed:
-        """Route one chat body under one config snapshot; RequestError for input the router refuses.
+                    dry_run: bool = False, api: ApiTranslator = CHAT) -> Routed:
+        """Route one body of `api` (chat completions by default) under one config snapshot; RequestError for
+        input the router refuses.
 
         `headers` are the request's, lower-cased. `dry_run` (the HTTP API) leaves the traffic metrics alone.
         """
@@ -79,7 +86,8 @@ class Router:
         if len(raw) > config.front.max_body_bytes:
             raise RequestError(413, f"the request body is {len(raw)} bytes; the limit is "
                                f"{config.front.max_body_bytes} (front.max_body_bytes)", "request_too_large")
-        request = parse_chat_request(raw)
+        request = api.parse(raw)
+        self._pin_conversation(config, request)
         try:
             # Before any service is asked: what is accepted must not depend on a service being up.
             check_requested_model(config, request.model)
@@ -87,7 +95,7 @@ class Router:
             # A routing verdict (as a service's rejection would be), so the dry run reports it too.
             if not dry_run:
                 self.metrics.errors.labels(exc.code).inc()
-            outcome = Outcome(OutcomeKind.ERROR, reply=error_reply(exc))
+            outcome = Outcome(OutcomeKind.ERROR, reply=api.error_reply(exc))
             return Routed(outcome, {s.value: ServiceCall(s.value, failure="not_called") for s in Service}, request)
         context = request.to_context(
             request_id=headers.get("x-request-id", ""),
@@ -97,22 +105,49 @@ class Router:
         )
         admitted = self.admission.admit(self.admission.work_of(m.text for m in request.messages))
         self._observe_admission()
+        # Alongside the three services: which of the request's tools go on (tool_selection.py).
+        selecting = asyncio.create_task(self.tools.select(config, request))
         try:
             calls = await self._fan_out(context, admitted)
         finally:
             self.admission.release(admitted)
             self._observe_admission()
         outcome = merge(config, request, calls["decision"], calls["guard"], calls["cache"])
+        selection = await self._selection(selecting, outcome)
         if not dry_run:
             self.metrics.routing_latency.observe(time.perf_counter() - started)
-        routed = self._rewrite(config, request, outcome, calls)
+        routed = self._rewrite(config, request, outcome, calls, selection)
         routed.context = context
         if not dry_run:
             self._count(config, request, routed.outcome, calls)
+            if selection is not None and routed.outcome.kind is OutcomeKind.UPSTREAM:
+                self.tools.record(selection)
         return routed
 
+    def _pin_conversation(self, config: SwitchyardConfig, request: ChatRequest) -> None:
+        """A Responses API follow-up (previous_response_id) for an alias goes to the model that answered the
+        response it continues: the backend holds that conversation, and its answer must not change voice."""
+        previous = request.body.get("previous_response_id") if request.api is RESPONSES else None
+        if not previous or request.model not in config.routing.aliases:
+            return
+        model = self.conversations.model_for(previous)
+        if model is not None and model in config.routing.models:
+            # From here on it is a request for that model: decision passes it through, policy still applies.
+            request.model = model
+
+    @staticmethod
+    async def _selection(selecting: asyncio.Task[ToolSelection | None], outcome: Outcome) -> ToolSelection | None:
+        if outcome.kind is not OutcomeKind.UPSTREAM:
+            selecting.cancel()
+            return None
+        try:
+            return await selecting
+        except Exception:  # noqa: BLE001 - a selection that fails keeps every tool
+            log.exception("tool selection raised; every tool is kept")
+            return None
+
     def _rewrite(self, config: SwitchyardConfig, request: ChatRequest, outcome: Outcome,
-                 calls: dict[str, ServiceCall]) -> Routed:
+                 calls: dict[str, ServiceCall], selection: ToolSelection | None = None) -> Routed:
         if outcome.reply is not None or outcome.route is None:
             return Routed(outcome, calls, request)
         outgoing = request.body
@@ -120,7 +155,8 @@ class Router:
         if outcome.mask_entities:
             # Before the rewrite: entity offsets refer to the messages as the client sent them.
             try:
-                outgoing, mapping = mask_body(outgoing, outcome.mask_entities, set(config.guard.pii.mask_types))
+                outgoing, mapping = api_of(request).mask(request, outgoing, outcome.mask_entities,
+                                                         set(config.guard.pii.mask_types))
             except MaskingError:
                 # Spans that do not fit the body: never send the text unmasked.
                 log.warning("masking failed; the request is blocked instead")
@@ -129,7 +165,11 @@ class Router:
                                   degraded=outcome.degraded, block_reason="pii", unverified=outcome.unverified)
                 return Routed(blocked, calls, request)
             unmask = _json_escaped(mapping)
-        body = dumps(rewrite_body(outgoing, outcome.route, config.routing, decided(calls)))
+        api = api_of(request)
+        if selection is not None:
+            outgoing = selection.apply(api, outgoing)
+            outcome.headers = [*outcome.headers, selection.header]
+        body = dumps(api.rewrite(outgoing, outcome.route, config.routing, decided(calls)))
         return Routed(outcome, calls, request, body=body, backend=config.backend_for(outcome.route.model).name,
                       unmask=unmask)
 
@@ -188,6 +228,10 @@ class Router:
         action = pii_action(outcome, calls)
         if action:
             metrics.pii_actions.labels(action).inc()
+
+
+def api_of(request: ChatRequest) -> ApiTranslator:
+    return request.api if request.api is not None else CHAT
 
 
 def decided(calls: dict[str, ServiceCall]) -> bool:

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from services.common.config import SimulatorConfig
+from services.simulator.apis import register_apis
 
 # How many received requests /sim/requests remembers (tests read it to see what the backend got).
 RECENT_REQUESTS = 200
@@ -49,6 +50,7 @@ def build_app(config: SimulatorConfig) -> FastAPI:
     recent: deque[dict[str, Any]] = deque(maxlen=RECENT_REQUESTS)
     prompts: deque[str] = deque(maxlen=SEARCHABLE_PROMPTS)
     received_total = 0
+    register_apis(app, config, recent)  # /v1/responses and /v1/messages (apis.py)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
