@@ -7,7 +7,7 @@ of other questions (distinct names), shuffled; the selection runs exactly as in 
 with the cache service's ranker (ToolRanker) on the real Triton `embedder` (all-MiniLM-L6-v2). Many
 distractors are near-duplicates (five hotel bookings, eight probability tools, six sports rankings).
 
-    .venv/bin/python -m bench.tool_selection [--sizes 20 50] [--seeds 3] [--triton-grpc-port 8001]
+    .venv/bin/python -m bench.tool_selection [--sizes 20 50 100] [--seeds 3] [--triton-grpc-port 8001]
 
 Triton at the given port is used when it answers; otherwise one is started from triton_models/ for the run.
 Tokens: estimated (services/common/text_units) over the tools' JSON as a client sends them, each with a
@@ -94,7 +94,7 @@ async def evaluate(ranker: ToolRanker, rows: list[dict[str, Any]], sizes: list[i
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[20, 50])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20, 50, 100])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--top-k", type=int, nargs="+", default=[1, 3, 5])
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 0.1, 0.2])
