@@ -495,7 +495,9 @@ class RequestProcessor:
         """The answer when a phase raised: an error before the backend is called, pass-through after."""
         if phase in ("request_headers", "request_body"):
             self.metrics.errors.labels("internal").inc()
-            return immediate(error_reply(RequestError(
+            # In the client API's own error shape (an Anthropic client gets an Anthropic error).
+            api: ApiTranslator = getattr(self.delegate, "api", CHAT)
+            return immediate(api.error_reply(RequestError(
                 500, "the router failed to process this request; see the front's log", "router_error",
                 error_type="server_error")))
         if phase == "response_headers":

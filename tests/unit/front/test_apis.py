@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
+from envoy.config.core.v3 import base_pb2 as core
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
 from services.common.config import parse_config
 from services.common.sse import typed_payloads
@@ -13,6 +16,8 @@ from services.front.apis.anthropic import message_to_events
 from services.front.apis.responses import response_to_events
 from services.front.chat_request import RequestError
 from services.front.merge import Route
+from services.front.metrics import FrontMetrics
+from services.front.processor import FrontContext, RequestProcessor
 from switchyard.v1 import decision_pb2, guard_pb2
 from tests.conftest import example_config_data
 
@@ -173,3 +178,13 @@ def test_anthropic_reassembles_tool_use_from_json_deltas() -> None:
 def test_chat_translator_is_the_chat_pipeline() -> None:
     request = CHAT.parse(body({"model": "MoM", "messages": [{"role": "user", "content": "hi"}]}))
     assert request.api is CHAT and request.view is None
+
+
+def test_a_failing_phase_answers_in_the_clients_api_shape() -> None:
+    config = parse_config(example_config_data())
+    processor = RequestProcessor(FrontContext(config, clients=None, metrics=FrontMetrics()))  # type: ignore[arg-type]
+    headers = ep.HttpHeaders(headers=core.HeaderMap(headers=[
+        core.HeaderValue(key=":method", raw_value=b"POST"), core.HeaderValue(key=":path", raw_value=b"/v1/messages")]))
+    asyncio.run(processor.process_request_headers(headers))
+    answer = processor.failure_response("request_body").immediate_response
+    assert answer.status.code == 500 and json.loads(answer.body)["type"] == "error"
