@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter
 
+from services.common.cache_fingerprint import normalize_text
 from services.common.config import SwitchyardConfig, ToolSelectionConfig
 from services.common.text_units import estimate_tokens
 from services.front.apis.base import ApiTranslator, ToolChoiceMode, ToolRef
@@ -56,7 +57,8 @@ def selection_query(request: ChatRequest) -> str:
     query = turns[-1]
     if len(query) < SHORT_TURN_CHARS and len(turns) > 1:
         query = f"{turns[-2]}\n{query}"
-    return query[-QUERY_CHARS:]
+    # Normalised as the cache normalises its query, so that both can share one embedding of the same turn.
+    return normalize_text(query[-QUERY_CHARS:])
 
 
 def choose(refs: list[ToolRef], scores: dict[int, float], top_k: int, threshold: float,

@@ -58,7 +58,7 @@ def test_selection_query_takes_the_turn_before_a_short_one() -> None:
     request = CHAT.parse(json.dumps({"model": "MoM", "messages": [
         {"role": "user", "content": "Book a table for four at an Italian place tonight"},
         {"role": "assistant", "content": "Which area?"}, {"role": "user", "content": "Downtown"}]}).encode())
-    assert selection_query(request) == "Book a table for four at an Italian place tonight\nDowntown"
+    assert selection_query(request) == "Book a table for four at an Italian place tonight Downtown"
 
 
 async def test_auto_cuts_to_top_k_and_counts_the_tokens() -> None:
