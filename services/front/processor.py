@@ -423,6 +423,22 @@ class AnthropicProcessor(TranslatedProcessor):
     api = ANTHROPIC
 
 
+class StoredResponseProcessor(PassThroughProcessor):
+    """GET/DELETE /v1/responses/{id}[/input_items|/cancel]: passed through, to the backend of the model that
+    answered that response (the conversation pins), so a stored response is asked where it is stored."""
+
+    async def process_request_headers(self, headers: ep.HttpHeaders) -> ep.ProcessingResponse:
+        response = await super().process_request_headers(headers)
+        path = self.request_headers.get(":path", "").split("?", 1)[0]
+        response_id = path[len(RESPONSES_PATH) + 1:].split("/", 1)[0]
+        model = self.context.router.conversations.model_for(response_id)
+        if model is not None and model in self.config.routing.models:
+            response.request_headers.response.header_mutation.set_headers.append(
+                header_option(SELECTED_BACKEND_HEADER, self.config.backend_for(model).name))
+        return response
+
+
+RESPONSES_PATH = "/v1/responses"
 # The routed APIs by path (POST); each translates its body to the Router's common request.
 TRANSLATED_PATHS: dict[str, type[TranslatedProcessor]] = {
     "/v1/responses": ResponsesProcessor,
@@ -437,6 +453,8 @@ def processor_for(method: str, path: str) -> type[PassThroughProcessor]:
         return ChatProcessor
     if method == "POST" and path in TRANSLATED_PATHS:
         return TRANSLATED_PATHS[path]
+    if path.startswith(RESPONSES_PATH + "/"):
+        return StoredResponseProcessor
     if method == "GET" and (path.rstrip("/") == MODELS_PATH or path.startswith(MODELS_PATH + "/")):
         return ModelsProcessor
     return PassThroughProcessor

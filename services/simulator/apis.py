@@ -113,6 +113,15 @@ def register_apis(app: FastAPI, config: SimulatorConfig, recent: MutableSequence
         events = [{**event, "sequence_number": n} for n, event in enumerate(events)]
         return StreamingResponse(stream(events), media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
+    @app.get("/v1/responses/{response_id}")
+    async def stored_response(response_id: str, request: Request) -> Any:
+        recent.append({"path": f"/v1/responses/{response_id}", "headers": dict(request.headers), "body": None})
+        if response_id not in stored:
+            return JSONResponse({"error": {"message": f"No response found with id '{response_id}'.",
+                                           "type": "invalid_request_error", "param": None, "code": None}},
+                                status_code=404)
+        return stored[response_id]
+
     @app.post("/v1/messages")
     async def messages(request: Request) -> Any:
         try:

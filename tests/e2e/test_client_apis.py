@@ -95,6 +95,8 @@ def test_previous_response_id_stays_with_its_model(oai: openai.OpenAI, mesh: Mes
     follow = oai.responses.with_raw_response.create(model="MoM", input=law, previous_response_id=first.id)
     assert follow.headers["x-vsr-selected-model"] == "deepseek-r1"
     assert last_sent(mesh, "/v1/responses")["previous_response_id"] == first.id
+    # A stored response is asked of the backend of the model that answered it.
+    assert oai.responses.retrieve(first.id).output_text == first.output_text
 
 
 def test_responses_jailbreak_blocked_in_its_shape(oai: openai.OpenAI, mesh: MeshRunner) -> None:

@@ -188,3 +188,26 @@ def test_a_failing_phase_answers_in_the_clients_api_shape() -> None:
     asyncio.run(processor.process_request_headers(headers))
     answer = processor.failure_response("request_body").immediate_response
     assert answer.status.code == 500 and json.loads(answer.body)["type"] == "error"
+
+
+def test_a_stored_response_is_asked_of_the_backend_that_answered_it() -> None:
+    data = example_config_data()
+    data["backends"] = [{"name": "simulator"}, {"name": "other", "port": 8101}]
+    for name, model in data["routing"]["models"].items():
+        model["backend"] = "other" if name == "deepseek-r1" else "simulator"
+    config = parse_config(data)
+    context = FrontContext(config, clients=None, metrics=FrontMetrics())  # type: ignore[arg-type]
+    context.router.conversations.remember("resp_1", "deepseek-r1")
+
+    def backend_for(path: str) -> list[str]:
+        processor = RequestProcessor(context)
+        headers = ep.HttpHeaders(headers=core.HeaderMap(headers=[
+            core.HeaderValue(key=":method", raw_value=b"GET"), core.HeaderValue(key=":path", raw_value=path.encode()),
+            core.HeaderValue(key="x-selected-backend", raw_value=b"simulator")]))
+        mutation = asyncio.run(processor.process_request_headers(headers)).request_headers.response.header_mutation
+        assert "x-selected-backend" in mutation.remove_headers  # the client's is never kept
+        return [h.header.raw_value.decode() for h in mutation.set_headers if h.header.key == "x-selected-backend"]
+
+    assert backend_for("/v1/responses/resp_1") == ["other"]
+    assert backend_for("/v1/responses/resp_1/input_items?limit=5") == ["other"]
+    assert backend_for("/v1/responses/resp_unknown") == []
