@@ -126,3 +126,6 @@ JAILBREAK_ENCODER = "jailbreak_encoder"
 PII_ENCODER = "pii_encoder"
 
 ENSEMBLE_NAMES: tuple[str, ...] = tuple(s.name for s in ENSEMBLE_SPECS)
+
+# The shared multi-task trunk (services.models.trunk): one encoder behind every ensemble, same I/O as ENCODER.
+TRUNK = "trunk"

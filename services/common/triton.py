@@ -19,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 from services.common import model_io as io
 from services.common.config import TritonConfig
 from services.common.tokenizer import (Batch, EntitySpan, TextTokenizer, TokenizerNotFoundError, Truncation,
-                                       decode_bio, merge_chunk_spans)
+                                       bucket_width, decode_bio, merge_chunk_spans)
 
 
 # Monotonic time at which the gRPC call being served gives up (set per call by the services). Triton
@@ -126,18 +126,35 @@ class TritonModels:
     # Low level -----------------------------------------------------------------------------------
 
     async def infer(self, spec: io.ModelSpec, batch: Batch) -> np.ndarray:
-        """Run a batch through a model's first output; rows beyond MAX_BATCH_SIZE go in parallel requests."""
+        """Run a batch through a model's first output, one request per length bucket (and MAX_BATCH_SIZE rows).
+
+        Each row goes out at its own bucket's width, so that the same text is the same tensor whichever
+        service sends it and whatever else is in its batch: Triton then batches the services' requests
+        for one prompt (equal shapes) and the trunk computes their identical rows once.
+        """
         if len(batch) == 0:
             shape = tuple(0 if d < 0 else d for d in spec.outputs[0].dims)
             return np.zeros((0, *shape), dtype=spec.outputs[0].numpy_dtype)
-        step = io.MAX_BATCH_SIZE
+        widths = np.array([bucket_width(int(n)) for n in batch.attention_mask.sum(axis=1)])
+        requests = []
+        for width in sorted(set(widths.tolist())):
+            rows = np.flatnonzero(widths == width)
+            requests += [(rows[i : i + io.MAX_BATCH_SIZE], width) for i in range(0, len(rows), io.MAX_BATCH_SIZE)]
         parts = await asyncio.gather(
-            *(
-                self._infer_once(spec, batch.input_ids[i : i + step], batch.attention_mask[i : i + step])
-                for i in range(0, len(batch), step)
-            )
+            *(self._infer_once(spec, batch.input_ids[rows, :width], batch.attention_mask[rows, :width])
+              for rows, width in requests)
         )
-        return np.concatenate(parts)
+        per_token = spec.outputs[0].dims[:1] == (-1,)
+        full_width = batch.input_ids.shape[1]
+        first = parts[0]
+        shape = (len(batch), full_width, *first.shape[2:]) if per_token else (len(batch), *first.shape[1:])
+        out = np.zeros(shape, dtype=first.dtype)
+        for (rows, width), part in zip(requests, parts):
+            if per_token:
+                out[rows, :width] = part
+            else:
+                out[rows] = part
+        return out
 
     @property
     def _timeout_s(self) -> float:

@@ -9,6 +9,8 @@ from pathlib import Path
 from services.models.paths import ModelPaths, default_paths
 
 TASKS = ("domain", "jailbreak", "pii")
+# `switchyard train trunk`: the shared multi-task trunk (services.models.trunk), not yet the default layout.
+TRAIN_TARGETS = (*TASKS, "trunk")
 
 
 def _paths(args: argparse.Namespace) -> ModelPaths:
@@ -28,15 +30,19 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def cmd_build(args: argparse.Namespace) -> int:
     from services.models.build import build_repository
 
-    build_repository(_paths(args), force=args.force)
+    build_repository(_paths(args), force=args.force, layout=args.layout, int8=args.int8)
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from services.models.train import train
+    from services.models.train import train, train_trunk
 
     finetuned = Path(args.finetuned) if args.finetuned else None
     for task in args.tasks:
+        if task == "trunk":
+            record = train_trunk(_paths(args), finetuned)
+            print(json.dumps({"task": task, "results": record["results"]})[:3000])
+            continue
         record = train(task, _paths(args), args.method, finetuned)
         print(json.dumps({"task": task, "results": record["results"]})[:3000])
     print("weights, model cards and triton_models/ updated")
@@ -57,17 +63,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build = models_sub.add_parser("build", help="export ONNX models, tokenizer, configs and the local backend")
     _common(build)
     build.add_argument("--force", action="store_true", help="re-export even when outputs are up to date")
+    build.add_argument("--layout", choices=("per_task", "trunk"), default="per_task",
+                       help="per_task: one encoder per task (default); trunk: one shared multi-task trunk")
+    build.add_argument("--int8", action="store_true", help="trunk layout: int8 dynamic quantization of the trunk (CPU)")
     build.set_defaults(func=cmd_build)
 
     train = subparsers.add_parser("train", help="train heads on ../shared/data (commercial_ok rows only)")
-    train.add_argument("tasks", nargs="+", choices=TASKS)
+    train.add_argument("tasks", nargs="+", choices=TRAIN_TARGETS)
     train.add_argument(
         "--method",
         choices=("frozen", "finetune"),
         default="frozen",
         help="frozen: MLP head on the frozen encoder (CPU); finetune: LoRA adapter + head (GPU advised)",
     )
-    train.add_argument("--finetuned", help="import a finetune output folder (<task>_encoder_lora.npz, <task>_head.npz)")
+    train.add_argument("--finetuned", help="import a finetune output folder (<task>_encoder_lora.npz, <task>_head.npz; "
+                       "for trunk: the output of `python -m services.models.trunk train`)")
     _common(train)
     train.set_defaults(func=cmd_train)
 

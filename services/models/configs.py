@@ -10,6 +10,9 @@ from services.common.model_io import MAX_BATCH_SIZE, ModelSpec, TensorSpec
 BACKEND = "onnxruntime"
 # Short wait: the latency target is ~10 ms per request; batching mostly helps under concurrent load.
 MAX_QUEUE_DELAY_US = 500
+# The shared trunk waits longer: the decision, guard and cache calls for one request arrive a few ms apart
+# and must meet in one batch (identical rows are then computed once), else each costs a trunk pass.
+TRUNK_QUEUE_DELAY_US = 4000
 # Work whose caller has surely given up is dropped instead of computed: without a queue policy an
 # overload leaves minutes of stale requests in the queue (seen in the benchmarks). Clients pass their
 # own timeout per request (allow_timeout_override); this default covers the rest.
@@ -37,7 +40,7 @@ def _io(spec: ModelSpec) -> str:
     return "".join(_tensor("input", t) for t in spec.inputs) + "".join(_tensor("output", t) for t in spec.outputs)
 
 
-def onnx_model_config(spec: ModelSpec, name: str | None = None) -> str:
+def onnx_model_config(spec: ModelSpec, name: str | None = None, queue_delay_us: int = MAX_QUEUE_DELAY_US) -> str:
     """A generic ONNX model: no instance_group or accelerator, so the deployment decides (see README)."""
     return (
         f'name: "{name or spec.name}"\n'
@@ -45,7 +48,7 @@ def onnx_model_config(spec: ModelSpec, name: str | None = None) -> str:
         f"max_batch_size: {MAX_BATCH_SIZE}\n"
         + _io(spec)
         + "dynamic_batching {\n"
-        f"  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}\n"
+        f"  max_queue_delay_microseconds: {queue_delay_us}\n"
         "  default_queue_policy {\n"
         "    timeout_action: REJECT\n"
         f"    default_timeout_microseconds: {QUEUE_TIMEOUT_US}\n"
@@ -96,14 +99,20 @@ def ensemble_layouts(encoders: dict[str, str]) -> list[EnsembleLayout]:
     return [EnsembleLayout(e, encoders.get(e.name, io.ENCODER), h) for e, h in pairs]
 
 
-def repository_configs(encoders: dict[str, str]) -> dict[str, str]:
-    """Model name -> config.pbtxt text for the whole repository."""
+def repository_configs(encoders: dict[str, str], trunk: bool = False) -> dict[str, str]:
+    """Model name -> config.pbtxt text for the whole repository.
+
+    trunk=True: the shared-trunk layout, every ensemble chains the one `trunk` model to its head.
+    """
+    if trunk:
+        encoders = {name: io.TRUNK for name in io.ENSEMBLE_NAMES}
     configs = {
         spec.name: onnx_model_config(spec)
         for spec in (io.ENCODER_SPEC, io.POOL_NORMALIZE_SPEC, io.DOMAIN_HEAD_SPEC, io.JAILBREAK_HEAD_SPEC, io.PII_HEAD_SPEC)
     }
     for name in sorted(set(encoders.values())):
-        configs[name] = onnx_model_config(io.ENCODER_SPEC, name)
+        delay = TRUNK_QUEUE_DELAY_US if name == io.TRUNK else MAX_QUEUE_DELAY_US
+        configs[name] = onnx_model_config(io.ENCODER_SPEC, name, delay)
     for layout in ensemble_layouts(encoders):
         configs[layout.ensemble.name] = ensemble_config(layout)
     return configs

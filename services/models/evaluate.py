@@ -11,7 +11,7 @@ import numpy as np
 from services.common import model_io as io
 from services.common.tokenizer import EntitySpan, TextTokenizer, Truncation
 from services.models import metrics
-from services.models.build import onnx_path, task_encoders
+from services.models.build import ensemble_encoders, onnx_path
 from services.models.data import load_rows
 from services.models.paths import ModelPaths
 from services.models.runtime import encode_batches, session
@@ -25,7 +25,7 @@ class OnnxPipeline:
         self._repository = repository
         self._threads = threads
         self._sessions: dict[str, object] = {}
-        self._encoders = task_encoders()
+        self._encoders = ensemble_encoders(repository)
         self.tokenizer = TextTokenizer.from_repository(repository)
 
     def _session(self, model: str):

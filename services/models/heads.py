@@ -137,9 +137,18 @@ def token_head_model(name: str, mlp: MLP) -> onnx.ModelProto:
     return _model(name, nodes, init, [_hidden_input()], [output])
 
 
-def pool_normalize_model(name: str) -> onnx.ModelProto:
-    """(last_hidden_state, attention_mask) -> L2-normalised mean pooling, the sentence-transformers embedding."""
+def pool_normalize_model(name: str, projection: MLP | None = None) -> onnx.ModelProto:
+    """(last_hidden_state, attention_mask) -> L2-normalised mean pooling, the sentence-transformers embedding.
+
+    With a projection (the shared trunk's embedder head), the pooled vector is first mapped linearly back
+    into the base model's embedding space.
+    """
     nodes, init, pooled = _pooling_nodes(with_max=False)
+    if projection is not None:
+        (w, b), = projection.layers
+        init += [numpy_helper.from_array(w.astype(np.float32), "proj_w"), numpy_helper.from_array(b.astype(np.float32), "proj_b")]
+        nodes += [helper.make_node("MatMul", [pooled, "proj_w"], ["proj_mm"]), helper.make_node("Add", ["proj_mm", "proj_b"], ["projected"])]
+        pooled = "projected"
     nodes.append(helper.make_node("LpNormalization", [pooled], [EMBEDDING], axis=-1, p=2))
     output = helper.make_tensor_value_info(EMBEDDING, TensorProto.FLOAT, ["batch", HIDDEN_SIZE])
     return _model(name, nodes, init, [_hidden_input(), _mask_input()], [output])

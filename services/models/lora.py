@@ -59,9 +59,10 @@ def merge_adapter(model, adapter: Path):
         if not key.endswith(".a"):
             continue
         name = key[:-2]
-        delta = torch.from_numpy(data[f"{name}.b"] @ data[key])
+        # Adapters may be stored in fp16; the product is taken in fp32.
+        delta = torch.from_numpy(data[f"{name}.b"].astype(np.float32) @ data[key].astype(np.float32))
         with torch.no_grad():
-            modules[name].weight += delta
+            modules[name].weight += delta.to(modules[name].weight)
     return model
 
 

@@ -201,3 +201,49 @@ def train(task: str, paths: ModelPaths, method: str = "frozen", finetuned: Path 
     build_repository(paths)
     results = EVALUATORS[task](OnnxPipeline(paths.repository), paths)
     return cards.write(task, method_record, train_sel, dev_sel, results)
+
+
+TRUNK_EVAL_TASKS = ("domain", "jailbreak", "pii", "pii_guard")
+
+
+def trunk_repository(paths: ModelPaths, int8: bool = False) -> Path:
+    """Where `switchyard train trunk` builds the trunk layout to evaluate it (triton_models/ keeps the default)."""
+    return paths.work_dir / ("trunk-repository-int8" if int8 else "trunk-repository-fp32")
+
+
+def evaluate_trunk(paths: ModelPaths, int8: bool = False) -> dict:
+    """Build the trunk layout (fp32 or int8) into its own repository and score every task on dev."""
+    from services.models.build import build_trunk_repository
+    from services.models.evaluate import EVALUATORS, OnnxPipeline
+
+    built = ModelPaths(repository=trunk_repository(paths, int8), data_dir=paths.data_dir, work_dir=paths.work_dir)
+    build_trunk_repository(built, int8=int8)
+    pipeline = OnnxPipeline(built.repository)
+    return {task: EVALUATORS[task](pipeline, paths) for task in TRUNK_EVAL_TASKS}
+
+
+def train_trunk(paths: ModelPaths, finetuned: Path | None = None) -> dict:
+    """The shared trunk: joint training (services.models.trunk; GPU) or import of its output folder,
+    then dev metrics of the built trunk in fp32 and int8, written to cards/trunk.*."""
+    from services.models import trunk
+    from services.models.build import EMBED_HEAD, TRUNK_ADAPTER, TRUNK_DIR
+
+    if finetuned is None:
+        bundle = trunk.prepare_bundle(paths.work_dir / "trunk")
+        finetuned = paths.work_dir / "trunk-out"
+        trunk.train(bundle, finetuned)
+    target = WEIGHTS_DIR / TRUNK_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (TRUNK_ADAPTER, EMBED_HEAD, "trunk_train.json", *HEAD_WEIGHTS.values()):
+        if not (finetuned / name).is_file():
+            raise FileNotFoundError(f"{finetuned / name} missing: run `python -m services.models.trunk train ...` first")
+        if (finetuned / name).resolve() != (target / name).resolve():
+            shutil.copyfile(finetuned / name, target / name)
+    record = json.loads((target / "trunk_train.json").read_text())
+    results = {"fp32": evaluate_trunk(paths), "int8": evaluate_trunk(paths, int8=True)}
+    train_sel = [load_rows(paths.data_dir, task, "train", True)[1] for task in ("domain", "jailbreak", "pii")]
+    negatives, negatives_sel = pii_negatives(paths)
+    train_sel.append(_negatives_selection(negatives_sel, len(negatives)))
+    dev_sel = [load_rows(paths.data_dir, task, "dev", False)[1] for task in ("domain", "jailbreak", "pii")]
+    return cards.write_trunk({"method": "shared trunk: one LoRA adapter + all heads, jointly trained", **record},
+                             train_sel, dev_sel, results)

@@ -7,10 +7,12 @@ import pytest
 
 from services.common.model_io import MAX_TOKENS, PII_BIO_LABELS
 from services.common.tokenizer import (
+    LENGTH_BUCKETS,
     EntitySpan,
     TextTokenizer,
     TokenizerNotFoundError,
     Truncation,
+    bucket_width,
     decode_bio,
     merge_chunk_spans,
 )
@@ -24,9 +26,10 @@ def tokenizer() -> TextTokenizer:
 
 def test_short_texts_are_padded_with_offsets(tokenizer: TextTokenizer) -> None:
     batch = tokenizer.encode(["Hello John", "x"])
-    assert batch.input_ids.shape == (2, 4)
+    assert batch.input_ids.shape == (2, 32)  # the smallest length bucket
     assert batch.input_ids[0, 0] == 101 and batch.input_ids[0, 3] == 102  # [CLS] ... [SEP]
-    assert batch.attention_mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    assert batch.attention_mask[:, :4].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    assert not batch.attention_mask[:, 4:].any() and not batch.input_ids[:, 4:].any()
     assert batch.offsets[0, 2].tolist() == [6, 10]
 
 
@@ -70,3 +73,13 @@ def test_decode_bio_merges_word_pieces_and_entities() -> None:
 def test_merge_chunk_spans_drops_duplicates() -> None:
     spans = [EntitySpan(10, 20, "PERSON", 0.9), EntitySpan(10, 20, "PERSON", 0.8), EntitySpan(30, 35, "PERSON", 0.7)]
     assert merge_chunk_spans(spans) == [EntitySpan(10, 20, "PERSON", 0.9), EntitySpan(30, 35, "PERSON", 0.7)]
+
+
+def test_rows_are_padded_to_length_buckets(tokenizer: TextTokenizer) -> None:
+    assert [bucket_width(n) for n in (1, 16, 17, 64, 65, 200, 256, 300)] == [32, 32, 32, 64, 128, 256, 256, 300]
+    text = "The quick brown fox jumps over the lazy dog. " * 4
+    alone = tokenizer.encode([text])
+    together = tokenizer.encode([text, "short"])
+    # The same text is the same tensor whatever it is batched with (here both pad to 64).
+    assert alone.input_ids.shape[1] in LENGTH_BUCKETS
+    np.testing.assert_array_equal(alone.input_ids[0], together.input_ids[0])
