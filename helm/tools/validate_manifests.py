@@ -27,6 +27,7 @@ CUSTOM_KINDS = {
     "ClientTrafficPolicy": "gateway.envoyproxy.io/v1alpha1 (Envoy Gateway)",
     "EnvoyPatchPolicy": "gateway.envoyproxy.io/v1alpha1 (Envoy Gateway)",
     "EnvoyExtensionPolicy": "gateway.envoyproxy.io/v1alpha1 (Envoy Gateway)",
+    "BackendTrafficPolicy": "gateway.envoyproxy.io/v1alpha1 (Envoy Gateway)",
     "Backend": "gateway.envoyproxy.io/v1alpha1 (Envoy Gateway)",
     "AIServiceBackend": "aigateway.envoyproxy.io/v1beta1 (Envoy AI Gateway)",
     "AIGatewayRoute": "aigateway.envoyproxy.io/v1beta1 (Envoy AI Gateway)",

@@ -161,6 +161,44 @@ class ToolSelectionConfig(_Section):
     deadline_ms: Positive = 300
 
 
+FallbackFailure = Literal["connect_failure", "reset", "timeout", "502", "503", "504"]
+
+
+class FallbackPolicy(_Section):
+    """Envoy retries a failed backend call with the next candidate the PII policy allows (README, "Fallback")."""
+
+    enabled: bool = True
+    # Candidates tried per request, the first included (1 = no fallback).
+    attempts: int = Field(default=3, ge=1, le=5)
+    # Failures before the first byte that move to the next candidate.
+    retry_on: list[FallbackFailure] = Field(
+        default_factory=lambda: ["connect_failure", "reset", "timeout", "502", "503", "504"])
+    # "timeout": no byte (headers or body) from the backend for this long; a streamed answer that
+    # has begun is never retried, so this is the time to the first byte and then the longest gap.
+    per_try_timeout_ms: Positive = 60000
+    # Key that signs the candidate chain the front hands to its own upstream pass; empty: a key per front
+    # process (enough, since Envoy sends both passes of a request over one connection to one replica).
+    signing_key: str | None = None
+
+    @model_validator(mode="after")
+    def _timeout_is_a_reset(self) -> FallbackPolicy:
+        if "timeout" in self.retry_on and "reset" not in self.retry_on:
+            raise _PathProblems(["retry_on: \"timeout\" needs \"reset\" too (Envoy retries a per-try timeout as "
+                                 f"a reset of the attempt); got {self.retry_on}"])
+        return self
+
+
+class StickyPolicy(_Section):
+    """A conversation keeps the model of its first routed turn until its topic clearly changes."""
+
+    enabled: bool = True
+    # The new turn moves the conversation only when its own top category beats the conversation's
+    # category by this much probability (hysteresis); below it the turn stays on the conversation's model.
+    margin: UnitInterval = 0.3
+    # User turns replayed, latest included (older turns are forgotten: the window is the TTL).
+    window_turns: int = Field(default=8, ge=2, le=32)
+
+
 class RoutingConfig(_Section):
     """The decision service's policy: categories, models and their settings."""
 
@@ -178,6 +216,8 @@ class RoutingConfig(_Section):
     keyword_rules: list[KeywordRule] = Field(default_factory=list)
     history: HistoryPolicy = Field(default_factory=HistoryPolicy)
     uncertainty: UncertaintyRule = Field(default_factory=UncertaintyRule)
+    fallback: FallbackPolicy = Field(default_factory=FallbackPolicy)
+    sticky: StickyPolicy = Field(default_factory=StickyPolicy)
     tools: ToolSelectionConfig = Field(default_factory=ToolSelectionConfig)
 
     @model_validator(mode="after")

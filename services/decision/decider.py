@@ -7,6 +7,7 @@ from typing import Protocol
 
 from services.common.config import HistoryPolicy
 from services.decision.policy import Decision, RoutingPolicy
+from services.decision.sticky import build_turns, replay
 from switchyard.v1 import common_pb2
 
 
@@ -50,6 +51,17 @@ class Decider:
         ruled = policy.for_rule(turns[0][0])
         if ruled is not None:
             return ruled
+        sticky = policy.routing.sticky
+        user_texts = [m.text for m in context.messages if m.role == "user" and m.text.strip()]
+        if sticky.enabled and len(user_texts) >= 2:
+            # The conversation's earlier turns decide with this one (sticky.py): one classifier call.
+            window = user_texts[-sticky.window_turns:]
+            rows = await self.classifier.classify(window)
+            replayed = build_turns(window, rows, self.classifier.labels, policy.routing.history,
+                                   policy.for_rule, policy.for_classification)
+            decision, outcome = replay(replayed, sticky)
+            decision.sticky = outcome.value
+            return decision
         rows = await self.classifier.classify([text for text, _ in turns])
         probabilities = weighted_mean(rows, [weight for _, weight in turns])
         return policy.for_classification(self.classifier.labels, probabilities)

@@ -33,6 +33,8 @@ class Decision:
     matched_rule: str = ""
     fallback_reason: str = ""
     uncertain: bool = False
+    # What the conversation's earlier turns did to this route (sticky.StickyOutcome), "" for a first turn.
+    sticky: str = ""
 
 
 def normalized_entropy(probabilities: Sequence[float]) -> float:

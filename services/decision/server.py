@@ -36,6 +36,7 @@ def decision_to_proto(decision: Decision) -> decision_pb2.DecideResponse:
         system_prompt_mode=_PROMPT_MODES[decision.system_prompt_mode.value],
         matched_rule=decision.matched_rule,
         fallback_reason=decision.fallback_reason,
+        sticky=decision.sticky,
     )
 
 

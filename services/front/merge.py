@@ -57,6 +57,8 @@ class Outcome:
     unverified: str = ""
     # With kind BLOCKED: "jailbreak" or "pii".
     block_reason: str = ""
+    # With kind UPSTREAM: the other candidates the PII policy allows, best first (fallback.py).
+    fallbacks: list[Route] = field(default_factory=list)
 
 
 # Response header on everything that went on without a guard verdict (guard.on_failure: open, or the
@@ -165,7 +167,10 @@ def _merge_verdicts(config: SwitchyardConfig, request: ChatRequest,
                                         ("x-vsr-selected-model", route.model)],
                                reply=_cached_reply(request, match.body))
     headers = [("x-vsr-pii-masked-types", ",".join(masked_types(entities, mask_types)))] if masking else []
-    return Outcome(OutcomeKind.UPSTREAM, route=route, degraded=degraded, mask_entities=masking, headers=headers)
+    if decision.result is not None and decision.result.sticky:
+        headers.append(("x-vsr-sticky", decision.result.sticky))
+    return Outcome(OutcomeKind.UPSTREAM, route=route, degraded=degraded, mask_entities=masking, headers=headers,
+                   fallbacks=allowed[1:])
 
 
 def route_key(route: Route) -> str:

@@ -25,6 +25,7 @@ from envoy.type.v3 import http_status_pb2
 from services.common.config import SwitchyardConfig
 from services.common.reload import LiveConfig
 from services.common.sse import cacheable, reassemble_sse
+from services.front import fallback
 from services.front.admission import Admission, Overloaded
 from services.front.apis import ANTHROPIC, CHAT, RESPONSES, ApiTranslator
 from services.front.chat_request import RequestError, dumps, loads
@@ -193,6 +194,23 @@ class ChatProcessor(PassThroughProcessor):
 
     # -- request body ----------------------------------------------------------------------
     async def process_request_body(self, body: ep.HttpBody) -> ep.ProcessingResponse:
+        self.attempt = attempt = fallback.attempt_from_headers(self.config, self.request_headers)
+        if attempt is not None:
+            # The upstream pass (Envoy's router runs the front again per attempt): rewrite for the
+            # candidate of this attempt, route nothing.
+            if not attempt.is_fallback:
+                # The headers phase removed the routing headers; the backend still learns its model.
+                return ep.ProcessingResponse(request_body=ep.BodyResponse(response=ep.CommonResponse(
+                    header_mutation=ep.HeaderMutation(set_headers=[
+                        header_option(SELECTED_MODEL_HEADER, attempt.link.model)]))))
+            self.metrics.fallbacks.labels(model_label(self.config, attempt.previous.model),
+                                          model_label(self.config, attempt.link.model), attempt.reason).inc()
+            rewritten = fallback.rewrite_for(self.config, body.body, attempt.link)
+            return ep.ProcessingResponse(request_body=ep.BodyResponse(response=ep.CommonResponse(
+                header_mutation=ep.HeaderMutation(set_headers=[
+                    header_option(SELECTED_MODEL_HEADER, attempt.link.model),
+                    header_option("content-length", str(len(rewritten)))]),
+                body_mutation=ep.BodyMutation(body=rewritten))))
         try:
             self.routed = routed = await self.context.router.route(self.config, body.body, self.request_headers)
         except RequestError as exc:
@@ -202,10 +220,12 @@ class ChatProcessor(PassThroughProcessor):
         if outcome.reply is not None:
             return immediate(outcome.reply, [*outcome.headers, *degraded_headers])
         assert outcome.route is not None and routed.body is not None
+        chain = fallback.fallback_chain(self.config, outcome)
         mutation = ep.HeaderMutation(set_headers=[
             header_option(SELECTED_MODEL_HEADER, outcome.route.model),
             header_option(SELECTED_BACKEND_HEADER, routed.backend),
             header_option("content-length", str(len(routed.body))),
+            *(header_option(k, v) for k, v in fallback.request_headers(self.config, chain, self.request_headers)),
         ])
         return ep.ProcessingResponse(request_body=ep.BodyResponse(response=ep.CommonResponse(
             header_mutation=mutation,
@@ -220,10 +240,27 @@ class ChatProcessor(PassThroughProcessor):
             self.response_status = int(values.get(":status", "0"))
         except ValueError:
             self.response_status = 0
+        attempt: fallback.Attempt | None = getattr(self, "attempt", None)
+        if attempt is not None:
+            # The upstream pass: name the model that answered; the downstream pass takes it from here.
+            if self.response_status in fallback.RETRIABLE_STATUSES:
+                self.metrics.backend_failures.labels(model_label(self.config, attempt.link.model),
+                                                     str(self.response_status)).inc()
+            marks = [(fallback.FALLBACK_FROM_HEADER, attempt.first.model),
+                     (fallback.SERVED_MODEL_HEADER, attempt.link.model)] if attempt.is_fallback else []
+            return ep.ProcessingResponse(response_headers=ep.HeadersResponse(response=ep.CommonResponse(
+                header_mutation=ep.HeaderMutation(set_headers=[header_option(k, v) for k, v in marks]))))
+        served_model = values.get(fallback.SERVED_MODEL_HEADER)
+        if served_model is not None and self.outcome is not None:
+            # A later candidate answered: account, cache and label the answer as that model's.
+            served = fallback.route_served(self.outcome, served_model)
+            if served is not None:
+                self.outcome.route = served
         self.streaming_response = values.get("content-type", "").startswith("text/event-stream")
         set_headers = [header_option(k, v) for k, v in self._response_headers()]
         response = ep.ProcessingResponse(response_headers=ep.HeadersResponse(response=ep.CommonResponse(
-            header_mutation=ep.HeaderMutation(set_headers=set_headers))))
+            header_mutation=ep.HeaderMutation(set_headers=set_headers,
+                                              remove_headers=[fallback.SERVED_MODEL_HEADER]))))
         if self.streaming_response:
             # Stream SSE chunks through as they come instead of buffering the whole answer.
             response.mode_override.CopyFrom(pm.ProcessingMode(response_body_mode=pm.ProcessingMode.STREAMED))

@@ -12,13 +12,16 @@ from typing import Any
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
+from envoy.extensions.http.early_header_mutation.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.http.upstream_codec.v3 import upstream_codec_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2, json_format, symbol_database
 from google.protobuf.message import Message
 
 from services.common.config import SwitchyardConfig
+from services.common.fallback_headers import FALLBACK_CHAIN_HEADER
 
 EXT_PROC_CLUSTER = "switchyard_front"
 # Headroom above front.max_body_bytes so that the front, not Envoy, answers 413 with an OpenAI body.
@@ -30,7 +33,9 @@ BUFFER_HEADROOM = 1 << 20
 TYPED_CONFIG_MESSAGES = (
     http_connection_manager_pb2.HttpConnectionManager,
     ext_proc_pb2.ExternalProcessor,
+    header_mutation_pb2.HeaderMutation,
     router_pb2.Router,
+    upstream_codec_pb2.UpstreamCodec,
     http_protocol_options_pb2.HttpProtocolOptions,
 )
 
@@ -153,6 +158,8 @@ def ext_proc_filter(config: SwitchyardConfig) -> dict[str, Any]:
             "failure_mode_allow": config.envoy.failure_mode_allow,
             "message_timeout": f"{timeout_s:.3f}s",
             "allow_mode_override": True,
+            # x-envoy-max-retries: the front lowers the retries of a request to its fallback candidates.
+            "mutation_rules": {"allow_envoy": True},
             "processing_mode": {
                 "request_header_mode": "SEND",
                 "request_body_mode": "BUFFERED",
@@ -165,6 +172,84 @@ def ext_proc_filter(config: SwitchyardConfig) -> dict[str, Any]:
     }
 
 
+# Envoy's response flags for a backend that failed before it answered (refused, reset, timed out, ...).
+UPSTREAM_FAILURE_FLAGS = ("UF", "UH", "UC", "UR", "URX", "UT", "UO", "UPE", "UMSDR")
+
+# Envoy's retry_on / retriable status for each failure that routing.fallback.retry_on names; a per-try
+# timeout is retried as a reset of the attempt ("reset").
+_RETRY_ON = {"connect_failure": "connect-failure", "reset": "reset", "timeout": "reset"}
+
+
+def chain_strip_extension() -> dict[str, Any]:
+    """HCM's early header mutation: the fallback chain header of a client request is removed."""
+    return {
+        "name": "envoy.http.early_header_mutation.header_mutation",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
+            "mutations": [{"remove": FALLBACK_CHAIN_HEADER}],
+        },
+    }
+
+
+def fallback_ext_proc_filter(config: SwitchyardConfig) -> dict[str, Any]:
+    """The front again, as an upstream filter: it sees every attempt and rewrites the body for the
+    candidate of that attempt (x-envoy-attempt-count); only the request and the response headers."""
+    timeout_s = config.envoy.message_timeout_ms / 1000
+    return {
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": {"envoy_grpc": {"cluster_name": EXT_PROC_CLUSTER},
+                             "timeout": f"{max(timeout_s * 6, 30):.0f}s"},
+            "failure_mode_allow": config.envoy.failure_mode_allow,
+            "message_timeout": f"{timeout_s:.3f}s",
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "request_body_mode": "BUFFERED",
+                "response_header_mode": "SEND",
+                "response_body_mode": "NONE",
+                "request_trailer_mode": "SKIP",
+                "response_trailer_mode": "SKIP",
+            },
+        },
+    }
+
+
+def fallback_retry_policy(config: SwitchyardConfig) -> dict[str, Any] | None:
+    """The route's retry policy for routing.fallback (None when off). The front lowers the number of
+    retries per request to its candidates (x-envoy-max-retries), so no model is asked twice."""
+    fallback = config.routing.fallback
+    if not fallback.enabled or fallback.attempts < 2:
+        return None
+    kinds = sorted({_RETRY_ON[k] for k in fallback.retry_on if k in _RETRY_ON})
+    statuses = sorted(int(k) for k in fallback.retry_on if k.isdigit())
+    if statuses:
+        kinds.append("retriable-status-codes")
+    policy: dict[str, Any] = {
+        "retry_on": ",".join(kinds),
+        "num_retries": fallback.attempts - 1,
+        "retry_back_off": {"base_interval": "0.01s", "max_interval": "0.1s"},
+    }
+    if statuses:
+        policy["retriable_status_codes"] = statuses
+    if "timeout" in fallback.retry_on:
+        # Idle, not total: a streamed answer that has begun is never cut by the per-try timeout.
+        policy["per_try_idle_timeout"] = f"{fallback.per_try_timeout_ms / 1000:.3f}s"
+    return policy
+
+
+def router_filter(config: SwitchyardConfig) -> dict[str, Any]:
+    """The router; with fallback on, each attempt passes the front as an upstream filter first."""
+    router: dict[str, Any] = {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+    if fallback_retry_policy(config) is not None:
+        router["upstream_http_filters"] = [
+            fallback_ext_proc_filter(config),
+            {"name": "envoy.filters.http.upstream_codec", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"}},
+        ]
+    return {"name": "envoy.filters.http.router", "typed_config": router}
+
+
 def build_envoy_config(config: SwitchyardConfig) -> dict[str, Any]:
     """The Envoy bootstrap for `config`, validated against Envoy's v3 API (EnvoyConfigError if not)."""
     buffer_limit = config.front.max_body_bytes + BUFFER_HEADROOM
@@ -172,11 +257,15 @@ def build_envoy_config(config: SwitchyardConfig) -> dict[str, Any]:
     # One route per backend on the header the front sets from the model it chose: a model added to the
     # config (hot reload) is routable at once, without a new Envoy config.
     routes: list[dict[str, Any]] = []
+    retry_policy = fallback_retry_policy(config)
     for backend in config.backends:
+        action: dict[str, Any] = {"cluster": backend_cluster_name(backend.name), "timeout": upstream_timeout}
+        if retry_policy is not None:
+            action["retry_policy"] = retry_policy
         routes.append({
             "match": {"prefix": "/", "headers": [
                 {"name": "x-selected-backend", "string_match": {"exact": backend.name}}]},
-            "route": {"cluster": backend_cluster_name(backend.name), "timeout": upstream_timeout},
+            "route": action,
         })
     # Concrete models passed through unknown, and endpoints the router does not touch, go to the first backend.
     routes.append({"match": {"prefix": "/"},
@@ -186,8 +275,13 @@ def build_envoy_config(config: SwitchyardConfig) -> dict[str, Any]:
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "switchyard",
         "codec_type": "AUTO",
-        "route_config": {"name": "switchyard_routes", "virtual_hosts": [
-            {"name": "backends", "domains": ["*"], "routes": routes}]},
+        "route_config": {"name": "switchyard_routes", "virtual_hosts": [{
+            "name": "backends", "domains": ["*"], "routes": routes,
+            # Which attempt an upstream request is (the front picks its candidate by it), and whether a
+            # per-try timeout caused it (the fallback metric's reason).
+            **({"include_request_attempt_count": True, "include_is_timeout_retry_header": True}
+               if retry_policy is not None else {}),
+        }]},
         # A body larger than Envoy's buffer never reaches the front; answer it the OpenAI way too.
         "local_reply_config": {"mappers": [{
             "filter": {"status_code_filter": {"comparison": {
@@ -196,11 +290,20 @@ def build_envoy_config(config: SwitchyardConfig) -> dict[str, Any]:
                 "message": f"the request body is larger than the router accepts ({config.front.max_body_bytes} "
                            "bytes, front.max_body_bytes)",
                 "type": "invalid_request_error", "code": "request_too_large", "param": None}}},
+        }, {
+            # Envoy's own answer when the backend could not be reached or gave up (after every fallback
+            # attempt): OpenAI-shaped too. Only Envoy's upstream failure flags, so the front's replies stay.
+            "filter": {"response_flag_filter": {"flags": list(UPSTREAM_FAILURE_FLAGS)}},
+            "body_format_override": {"json_format": {"error": {
+                "message": "the model's backend did not answer (%RESPONSE_CODE_DETAILS%); the router tried "
+                           "every candidate it may use (routing.fallback)",
+                "type": "server_error", "code": "backend_unavailable", "param": None}}},
         }]},
+        # Before any filter (and routing): a client-sent fallback chain is removed, so only the front writes one.
+        "early_header_mutation_extensions": [chain_strip_extension()],
         "http_filters": [
             ext_proc_filter(config),
-            {"name": "envoy.filters.http.router",
-             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+            router_filter(config),
         ],
     }
     clusters = [_cluster(EXT_PROC_CLUSTER, config.front.host, config.front.grpc_port, True, buffer_limit)]

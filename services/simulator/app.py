@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
 import time
 import uuid
 from collections import deque
@@ -45,6 +47,48 @@ def _answer(model: str, body: dict[str, Any]) -> str:
     return f"[simulated {model}] You asked: {question[:200]}"
 
 
+# Faults for tests and demos: `x-sim-fail-model: <model>[,<model>...]` fails every request for those models,
+# `x-sim-fail-mode` says how: 503 (the default), 502, 504, reset (the connection is reset before any byte)
+# or timeout (no byte until the client gives up).
+FAIL_MODEL_HEADER = "x-sim-fail-model"
+FAIL_MODE_HEADER = "x-sim-fail-mode"
+HANG_LIMIT_S = 300.0
+
+
+async def _injected_failure(request: Request, model: str) -> Any:
+    """The failure the request's headers ask for when `model` is one they name; None to answer normally."""
+    names = {n.strip() for n in request.headers.get(FAIL_MODEL_HEADER, "").split(",") if n.strip()}
+    if model not in names:
+        return None
+    mode = request.headers.get(FAIL_MODE_HEADER, "503").strip().lower()
+    if mode == "reset":
+        _reset_connection()
+        return JSONResponse({}, status_code=500)  # never sent: the connection is gone
+    if mode == "timeout":
+        deadline = time.monotonic() + HANG_LIMIT_S
+        while time.monotonic() < deadline and not await request.is_disconnected():
+            await asyncio.sleep(0.05)
+        return JSONResponse({}, status_code=504)
+    status = int(mode) if mode in ("502", "503", "504") else 503
+    return JSONResponse({"error": {"message": f"simulated failure of model {model!r} ({FAIL_MODEL_HEADER})",
+                                   "type": "server_error", "code": "backend_unavailable", "param": None}},
+                        status_code=status)
+
+
+def _reset_connection() -> None:
+    """Abort the request's TCP connection with a RST. uvicorn runs each request in a task whose coroutine
+    is its RequestResponseCycle.run_asgi; the cycle holds the transport (ASGI has no way to say "reset")."""
+    task = asyncio.current_task()
+    frame = task.get_coro().cr_frame if task is not None else None  # type: ignore[union-attr]
+    transport = getattr(frame.f_locals.get("self") if frame is not None else None, "transport", None)
+    if transport is None:
+        raise RuntimeError("x-sim-fail-mode: reset needs uvicorn's h11 or httptools server")
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
 def build_app(config: SimulatorConfig) -> FastAPI:
     app = FastAPI(title="switchyard backend simulator")
     recent: deque[dict[str, Any]] = deque(maxlen=RECENT_REQUESTS)
@@ -82,6 +126,9 @@ def build_app(config: SimulatorConfig) -> FastAPI:
         prompts.append(_prompt_text(body) if isinstance(body, dict) else "")
         received_total += 1
         model = str(body.get("model", ""))
+        failure = await _injected_failure(request, model)
+        if failure is not None:
+            return failure
         answer = _answer(model, body)
         prompt_tokens = _words(_prompt_text(body))
         completion_tokens = _words(answer)

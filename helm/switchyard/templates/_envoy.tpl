@@ -24,6 +24,7 @@ pointing at Kubernetes Services instead of loopback.
           "failure_mode_allow" (ternary $envoy.failure_mode_allow false (hasKey $envoy "failure_mode_allow"))
           "message_timeout" (printf "%.3fs" $timeoutS)
           "allow_mode_override" true
+          "mutation_rules" (dict "allow_envoy" true)
           "processing_mode" (dict
               "request_header_mode" "SEND"
               "request_body_mode" "BUFFERED"
@@ -33,6 +34,64 @@ pointing at Kubernetes Services instead of loopback.
               "response_trailer_mode" "SKIP"))
 -}}
 {{- toYaml $filter -}}
+{{- end -}}
+
+{{/* The front as an upstream filter of the router, once per attempt (fallback_ext_proc_filter() in envoy_config.py). */}}
+{{- define "switchyard.fallbackExtProcFilter" -}}
+{{- $config := include "switchyard.routerConfigData" .root | fromYaml -}}
+{{- $envoy := $config.envoy | default dict -}}
+{{- $timeoutS := divf ($envoy.message_timeout_ms | default 5000) 1000 -}}
+{{- $filter := dict
+      "name" "envoy.filters.http.ext_proc"
+      "typed_config" (dict
+          "@type" "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+          "grpc_service" (dict "envoy_grpc" (dict "cluster_name" .cluster) "timeout" (printf "%.0fs" (maxf (mulf $timeoutS 6) 30)))
+          "failure_mode_allow" (ternary $envoy.failure_mode_allow false (hasKey $envoy "failure_mode_allow"))
+          "message_timeout" (printf "%.3fs" $timeoutS)
+          "processing_mode" (dict
+              "request_header_mode" "SEND"
+              "request_body_mode" "BUFFERED"
+              "response_header_mode" "SEND"
+              "response_body_mode" "NONE"
+              "request_trailer_mode" "SKIP"
+              "response_trailer_mode" "SKIP"))
+-}}
+{{- toYaml $filter -}}
+{{- end -}}
+
+{{/* The routes' retry policy for routing.fallback, "{}" when off (fallback_retry_policy() in envoy_config.py;
+     the defaults are FallbackPolicy's in config.py). */}}
+{{- define "switchyard.fallbackRetryPolicy" -}}
+{{- $config := include "switchyard.routerConfigData" . | fromYaml -}}
+{{- $fb := $config.routing.fallback | default dict -}}
+{{- $enabled := ternary $fb.enabled true (hasKey $fb "enabled") -}}
+{{- $attempts := int ($fb.attempts | default 3) -}}
+{{- $retryOn := $fb.retry_on | default (list "connect_failure" "reset" "timeout" "502" "503" "504") -}}
+{{- if and $enabled (ge $attempts 2) -}}
+{{- $kinds := list -}}
+{{- $statuses := list -}}
+{{- range $retryOn -}}
+{{- $kind := toString . -}}
+{{- if eq $kind "connect_failure" }}{{ $kinds = append $kinds "connect-failure" }}{{ end -}}
+{{- if or (eq $kind "reset") (eq $kind "timeout") }}{{ $kinds = append $kinds "reset" }}{{ end -}}
+{{- end -}}
+{{- range $code := list 502 503 504 -}}
+{{- if has (toString $code) (toStrings $retryOn) }}{{ $statuses = append $statuses $code }}{{ end -}}
+{{- end -}}
+{{- $kinds = $kinds | uniq | sortAlpha -}}
+{{- if $statuses }}{{ $kinds = append $kinds "retriable-status-codes" }}{{ end -}}
+{{- $policy := dict
+      "retry_on" (join "," $kinds)
+      "num_retries" (sub $attempts 1)
+      "retry_back_off" (dict "base_interval" "0.01s" "max_interval" "0.1s") -}}
+{{- if $statuses }}{{ $_ := set $policy "retriable_status_codes" $statuses }}{{ end -}}
+{{- if has "timeout" $retryOn -}}
+{{- $_ := set $policy "per_try_idle_timeout" (printf "%.3fs" (divf ($fb.per_try_timeout_ms | default 60000) 1000)) -}}
+{{- end -}}
+{{- toYaml $policy -}}
+{{- else -}}
+{{- "{}" -}}
+{{- end -}}
 {{- end -}}
 
 {{/* One STRICT_DNS cluster (_cluster() in envoy_config.py). */}}
@@ -77,28 +136,53 @@ pointing at Kubernetes Services instead of loopback.
 {{- $envoy := $config.envoy -}}
 {{- $bufferLimit := include "switchyard.bufferLimit" . | int64 -}}
 {{- $upstreamTimeout := printf "%.0fs" (float64 ($envoy.upstream_timeout_s | default 300)) -}}
+{{- $retryPolicy := include "switchyard.fallbackRetryPolicy" . | fromYaml -}}
 {{- $routes := list -}}
 {{- range $backend := $config.backends -}}
+{{- $action := dict "cluster" (printf "backend_%s" $backend.name) "timeout" $upstreamTimeout -}}
+{{- if $retryPolicy }}{{ $_ := set $action "retry_policy" $retryPolicy }}{{ end -}}
 {{- $routes = append $routes (dict
       "match" (dict "prefix" "/" "headers" (list (dict "name" "x-selected-backend" "string_match" (dict "exact" $backend.name))))
-      "route" (dict "cluster" (printf "backend_%s" $backend.name) "timeout" $upstreamTimeout)) -}}
+      "route" $action) -}}
+{{- end -}}
+{{- $router := dict "@type" "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" -}}
+{{- if $retryPolicy -}}
+{{- $_ := set $router "upstream_http_filters" (list
+      (include "switchyard.fallbackExtProcFilter" (dict "root" . "cluster" "switchyard_front") | fromYaml)
+      (dict "name" "envoy.filters.http.upstream_codec" "typed_config" (dict
+          "@type" "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"))) -}}
 {{- end -}}
 {{- $first := index $config.backends 0 -}}
 {{- $routes = append $routes (dict "match" (dict "prefix" "/") "route" (dict "cluster" (printf "backend_%s" $first.name) "timeout" $upstreamTimeout)) -}}
+{{- $virtualHost := dict "name" "backends" "domains" (list "*") "routes" $routes -}}
+{{- if $retryPolicy -}}
+{{- $_ := set $virtualHost "include_request_attempt_count" true -}}
+{{- $_ := set $virtualHost "include_is_timeout_retry_header" true -}}
+{{- end -}}
 {{- $hcm := dict
       "@type" "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
       "stat_prefix" "switchyard"
       "codec_type" "AUTO"
-      "route_config" (dict "name" "switchyard_routes" "virtual_hosts" (list (dict "name" "backends" "domains" (list "*") "routes" $routes)))
+      "route_config" (dict "name" "switchyard_routes" "virtual_hosts" (list $virtualHost))
       "local_reply_config" (dict "mappers" (list (dict
           "filter" (dict "status_code_filter" (dict "comparison" (dict
               "op" "EQ" "value" (dict "default_value" 413 "runtime_key" "switchyard.local_reply.413"))))
           "body_format_override" (dict "json_format" (dict "error" (dict
               "message" (printf "the request body is larger than the router accepts (%d bytes, front.max_body_bytes)" (int64 ($config.front.max_body_bytes | default 10485760)))
-              "type" "invalid_request_error" "code" "request_too_large" "param" nil))))))
+              "type" "invalid_request_error" "code" "request_too_large" "param" nil))))
+        (dict
+          "filter" (dict "response_flag_filter" (dict "flags" (list "UF" "UH" "UC" "UR" "URX" "UT" "UO" "UPE" "UMSDR")))
+          "body_format_override" (dict "json_format" (dict "error" (dict
+              "message" "the model's backend did not answer (%RESPONSE_CODE_DETAILS%); the router tried every candidate it may use (routing.fallback)"
+              "type" "server_error" "code" "backend_unavailable" "param" nil))))))
+      "early_header_mutation_extensions" (list (dict
+          "name" "envoy.http.early_header_mutation.header_mutation"
+          "typed_config" (dict
+              "@type" "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation"
+              "mutations" (list (dict "remove" "x-switchyard-fallback-chain")))))
       "http_filters" (list
           (include "switchyard.extProcFilter" (dict "root" . "cluster" "switchyard_front") | fromYaml)
-          (dict "name" "envoy.filters.http.router" "typed_config" (dict "@type" "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router")))
+          (dict "name" "envoy.filters.http.router" "typed_config" $router))
 -}}
 {{- $clusters := list (include "switchyard.envoyCluster" (dict
       "name" "switchyard_front"

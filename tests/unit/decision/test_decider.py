@@ -98,11 +98,13 @@ async def test_earlier_user_turns_keep_a_follow_up_with_its_topic() -> None:
     classifier = StubClassifier(by_text={"Differentiate x^3 + 2x": peaked("math", 0.95),
                                          "and what about its derivative?": peaked("other", 0.3)})
     turns = (("user", "Differentiate x^3 + 2x"), ("assistant", "3x^2 + 2"), ("user", "and what about its derivative?"))
-    without = await Decider(RoutingPolicy(routing(confidence_threshold=0.4)),
+    # Sticky conversations off: this is history weighting alone (test_sticky.py has the replay).
+    without = await Decider(RoutingPolicy(routing(confidence_threshold=0.4, sticky={"enabled": False})),
                             StubClassifier(by_text=classifier.by_text)).decide(context(*turns))
     assert without.fallback_reason == "low_confidence"
     # The threshold applies to the weighted mean: (0.95 * 0.8 + 0.054) / 1.8 = 0.45 for math.
-    decision = await Decider(RoutingPolicy(routing(history=history, confidence_threshold=0.4)),
+    decision = await Decider(RoutingPolicy(routing(history=history, confidence_threshold=0.4,
+                                                   sticky={"enabled": False})),
                              classifier).decide(context(*turns))
     assert classifier.calls == [["and what about its derivative?", "Differentiate x^3 + 2x"]]
     assert decision.category == "math" and decision.candidates[0].model == "deepseek-r1"

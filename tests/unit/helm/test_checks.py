@@ -24,7 +24,8 @@ CHECKOV_ACCEPTED = {
 }
 # Kinds kubernetes-validate has no schema for (CRDs); test_custom_resources.py validates them against their CRDs.
 EXPECTED_CUSTOM_KINDS = {"ServiceMonitor", "GatewayClass", "Gateway", "ClientTrafficPolicy", "EnvoyPatchPolicy",
-                         "EnvoyExtensionPolicy", "Backend", "AIServiceBackend", "AIGatewayRoute"}
+                         "EnvoyExtensionPolicy", "Backend", "AIServiceBackend", "AIGatewayRoute",
+                         "BackendTrafficPolicy"}
 DOCKER_TARGETS = {"front", "decision", "guard", "cache", "simulator", "triton"}
 
 

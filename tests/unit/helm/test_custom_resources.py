@@ -61,7 +61,7 @@ def test_the_variants_render_every_custom_kind(rendered):
     kinds = Counter(d["kind"] for docs in rendered.values() for d in custom_resources(docs))
     assert set(kinds) == EXPECTED_CUSTOM_KINDS
     for variant in ("production-stack", "ai-gateway", "ai-gateway-extension-policy"):
-        assert len(custom_resources(rendered[variant])) == 7, variant
+        assert len(custom_resources(rendered[variant])) == 8, variant
     assert [d["kind"] for d in custom_resources(rendered["plain-envoy"])] == ["ServiceMonitor"]
 
 
@@ -80,7 +80,8 @@ def test_the_command_line_reports_per_kind(rendered_files):
     report = json.loads(result.stdout)
     assert result.returncode == 0 and not report["errors"], "\n".join(report["errors"])
     assert report["validated"]["AIGatewayRoute aigateway.envoyproxy.io/v1beta1"] == 3
-    assert sum(report["validated"].values()) == 22
+    assert report["validated"]["BackendTrafficPolicy gateway.envoyproxy.io/v1alpha1"] == 3
+    assert sum(report["validated"].values()) == 25
     assert report["skipped_builtin"] > 100
 
 

@@ -80,7 +80,8 @@ def test_ai_gateway_routes_every_model_to_its_backend(rendered, variant):
     gateway = one(docs, "Gateway", FULLNAME)
     assert route["spec"]["parentRefs"][0]["name"] == gateway["metadata"]["name"]
     by_model = {}
-    for rule in route["spec"]["rules"]:
+    # The rules that match one header; those with x-vsr-fallback-next too are the fallback pairs (below).
+    for rule in [r for r in route["spec"]["rules"] if len(r["matches"][0]["headers"]) == 1]:
         (header,) = rule["matches"][0]["headers"]
         assert header["name"] == "x-ai-eg-model" and header["type"] == "Exact"
         by_model[header["value"]] = rule["backendRefs"][0]["name"]
@@ -265,3 +266,31 @@ def test_dashboards_render_one_configmap_per_file(tmp_path):
                                                           f"{FULLNAME}-dashboard-triton"]
     assert all(m["metadata"]["labels"]["grafana_dashboard"] == "1" for m in maps)
     assert maps[0]["data"]["Switchyard_Overview.json"] == '{"title": "switchyard"}'
+
+
+@pytest.mark.parametrize("variant", ["ai-gateway", "ai-gateway-extension-policy"])
+def test_ai_gateway_falls_back_to_the_next_candidate_at_priority_one(rendered, variant):
+    """The front names the next allowed candidate (x-vsr-fallback-next); a rule per pair puts it at priority 1
+    under its own name, and one retry of the BackendTrafficPolicy goes there (routing.fallback)."""
+    docs = rendered[variant]
+    config = parse_config(router_config_data(docs))
+    route = one(docs, "AIGatewayRoute", FULLNAME)
+    pairs = {}
+    for rule in [r for r in route["spec"]["rules"] if len(r["matches"][0]["headers"]) == 2]:
+        model, following = (h["value"] for h in rule["matches"][0]["headers"])
+        assert [h["name"] for h in rule["matches"][0]["headers"]] == ["x-ai-eg-model", "x-vsr-fallback-next"]
+        first, second = rule["backendRefs"]
+        assert first["name"] == f"{FULLNAME}-{config.backend_for(model).name}" and "priority" not in first
+        assert second == {"name": f"{FULLNAME}-{config.backend_for(following).name}", "priority": 1,
+                          "modelNameOverride": following}
+        assert rule["streamIdleTimeout"] == f"{config.routing.fallback.per_try_timeout_ms:.0f}ms"
+        pairs[(model, following)] = rule
+    models = list(config.routing.models)
+    assert set(pairs) == {(a, b) for a in models for b in models if a != b}
+    policy = one(docs, "BackendTrafficPolicy", f"{FULLNAME}-fallback")
+    assert policy["spec"]["targetRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute",
+                                             "name": route["metadata"]["name"]}]
+    retry = policy["spec"]["retry"]
+    assert retry["numRetries"] == 1 and retry["numAttemptsPerPriority"] == 1
+    assert retry["retryOn"] == {"triggers": ["connect-failure", "reset", "retriable-status-codes"],
+                                "httpStatusCodes": [502, 503, 504]}

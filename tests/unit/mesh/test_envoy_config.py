@@ -95,3 +95,50 @@ def test_what_envoy_would_reject_is_named(config, change, message):
     with pytest.raises(EnvoyConfigError) as caught:
         validate_envoy_message(bootstrap)
     assert message in str(caught.value)
+
+
+def test_fallback_is_router_retries_with_the_front_as_upstream_filter(config):
+    hcm_config = hcm(build_envoy_config(config))
+    virtual_host = hcm_config["route_config"]["virtual_hosts"][0]
+    assert virtual_host["include_request_attempt_count"] and virtual_host["include_is_timeout_retry_header"]
+    *backend_routes, catch_all = virtual_host["routes"]
+    policy = backend_routes[0]["route"]["retry_policy"]
+    assert policy["retry_on"] == "connect-failure,reset,retriable-status-codes"
+    assert policy["retriable_status_codes"] == [502, 503, 504]
+    assert policy["num_retries"] == config.routing.fallback.attempts - 1
+    assert policy["per_try_idle_timeout"] == f"{config.routing.fallback.per_try_timeout_ms / 1000:.3f}s"
+    assert "retry_policy" not in catch_all["route"]  # pass-through paths are not routed, so not retried
+    upstream = hcm_config["http_filters"][-1]["typed_config"]["upstream_http_filters"]
+    assert [f["name"] for f in upstream] == ["envoy.filters.http.ext_proc", "envoy.filters.http.upstream_codec"]
+    mode = upstream[0]["typed_config"]["processing_mode"]
+    assert mode["request_body_mode"] == "BUFFERED" and mode["response_body_mode"] == "NONE"
+    # A client-sent chain never reaches the front; the front may lower the retries of a request.
+    (strip,) = hcm_config["early_header_mutation_extensions"]
+    assert strip["typed_config"]["mutations"] == [{"remove": "x-switchyard-fallback-chain"}]
+    assert hcm_config["http_filters"][0]["typed_config"]["mutation_rules"] == {"allow_envoy": True}
+
+
+def test_fallback_off_means_no_retries(config):
+    data = example_config_data()
+    data["routing"]["fallback"] = {"enabled": False}
+    hcm_config = hcm(build_envoy_config(parse_config(data)))
+    virtual_host = hcm_config["route_config"]["virtual_hosts"][0]
+    assert all("retry_policy" not in r["route"] for r in virtual_host["routes"])
+    assert "include_request_attempt_count" not in virtual_host
+    assert "upstream_http_filters" not in hcm_config["http_filters"][-1]["typed_config"]
+
+
+def test_only_the_failures_named_are_retried(config):
+    data = example_config_data()
+    data["routing"]["fallback"] = {"retry_on": ["connect_failure", "503"]}
+    policy = hcm(build_envoy_config(parse_config(data)))["route_config"]["virtual_hosts"][0]["routes"][0][
+        "route"]["retry_policy"]
+    assert policy["retry_on"] == "connect-failure,retriable-status-codes"
+    assert policy["retriable_status_codes"] == [503] and "per_try_idle_timeout" not in policy
+
+
+def test_envoys_own_upstream_failures_are_openai_errors(config):
+    mappers = hcm(build_envoy_config(config))["local_reply_config"]["mappers"]
+    (upstream,) = [m for m in mappers if "response_flag_filter" in m["filter"]]
+    assert "URX" in upstream["filter"]["response_flag_filter"]["flags"]
+    assert upstream["body_format_override"]["json_format"]["error"]["code"] == "backend_unavailable"
