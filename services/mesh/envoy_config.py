@@ -11,12 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.extensions.common.matching.v3 import extension_matcher_pb2
+from envoy.extensions.filters.common.matcher.action.v3 import skip_action_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 from envoy.extensions.http.early_header_mutation.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.http.upstream_codec.v3 import upstream_codec_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.matcher.v3 import http_inputs_pb2
 from google.protobuf import any_pb2, json_format, symbol_database
 from google.protobuf.message import Message
 
@@ -36,6 +39,9 @@ TYPED_CONFIG_MESSAGES = (
     header_mutation_pb2.HeaderMutation,
     router_pb2.Router,
     upstream_codec_pb2.UpstreamCodec,
+    extension_matcher_pb2.ExtensionWithMatcher,
+    http_inputs_pb2.HttpRequestHeaderMatchInput,
+    skip_action_pb2.SkipFilter,
     http_protocol_options_pb2.HttpProtocolOptions,
 )
 
@@ -238,12 +244,33 @@ def fallback_retry_policy(config: SwitchyardConfig) -> dict[str, Any] | None:
     return policy
 
 
+def only_with_chain(http_filter: dict[str, Any]) -> dict[str, Any]:
+    """`http_filter`, skipped for a request without a fallback chain (pass-through paths, and any request the
+    front routed without one): only the attempts of a chained request pay for the upstream pass."""
+    return {
+        "name": "envoy.filters.http.match_delegate",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher",
+            "extension_config": http_filter,
+            "xds_matcher": {"matcher_list": {"matchers": [{
+                "predicate": {"not_matcher": {"single_predicate": {
+                    "input": {"name": "chain", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput",
+                        "header_name": FALLBACK_CHAIN_HEADER}},
+                    "value_match": {"safe_regex": {"google_re2": {}, "regex": ".+"}}}}},
+                "on_match": {"action": {"name": "skip", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.common.matcher.action.v3.SkipFilter"}}},
+            }]}},
+        },
+    }
+
+
 def router_filter(config: SwitchyardConfig) -> dict[str, Any]:
     """The router; with fallback on, each attempt passes the front as an upstream filter first."""
     router: dict[str, Any] = {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
     if fallback_retry_policy(config) is not None:
         router["upstream_http_filters"] = [
-            fallback_ext_proc_filter(config),
+            only_with_chain(fallback_ext_proc_filter(config)),
             {"name": "envoy.filters.http.upstream_codec", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"}},
         ]

@@ -148,7 +148,17 @@ pointing at Kubernetes Services instead of loopback.
 {{- $router := dict "@type" "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" -}}
 {{- if $retryPolicy -}}
 {{- $_ := set $router "upstream_http_filters" (list
-      (include "switchyard.fallbackExtProcFilter" (dict "root" . "cluster" "switchyard_front") | fromYaml)
+      (dict "name" "envoy.filters.http.match_delegate" "typed_config" (dict
+          "@type" "type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher"
+          "extension_config" (include "switchyard.fallbackExtProcFilter" (dict "root" . "cluster" "switchyard_front") | fromYaml)
+          "xds_matcher" (dict "matcher_list" (dict "matchers" (list (dict
+              "predicate" (dict "not_matcher" (dict "single_predicate" (dict
+                  "input" (dict "name" "chain" "typed_config" (dict
+                      "@type" "type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput"
+                      "header_name" "x-switchyard-fallback-chain"))
+                  "value_match" (dict "safe_regex" (dict "google_re2" dict "regex" ".+")))))
+              "on_match" (dict "action" (dict "name" "skip" "typed_config" (dict
+                  "@type" "type.googleapis.com/envoy.extensions.filters.common.matcher.action.v3.SkipFilter")))))))))
       (dict "name" "envoy.filters.http.upstream_codec" "typed_config" (dict
           "@type" "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"))) -}}
 {{- end -}}

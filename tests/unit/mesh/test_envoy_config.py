@@ -109,8 +109,15 @@ def test_fallback_is_router_retries_with_the_front_as_upstream_filter(config):
     assert policy["per_try_idle_timeout"] == f"{config.routing.fallback.per_try_timeout_ms / 1000:.3f}s"
     assert "retry_policy" not in catch_all["route"]  # pass-through paths are not routed, so not retried
     upstream = hcm_config["http_filters"][-1]["typed_config"]["upstream_http_filters"]
-    assert [f["name"] for f in upstream] == ["envoy.filters.http.ext_proc", "envoy.filters.http.upstream_codec"]
-    mode = upstream[0]["typed_config"]["processing_mode"]
+    assert [f["name"] for f in upstream] == ["envoy.filters.http.match_delegate", "envoy.filters.http.upstream_codec"]
+    # Only requests that carry a chain pay for the upstream pass (pass-through paths skip it).
+    delegated = upstream[0]["typed_config"]
+    (matcher,) = delegated["xds_matcher"]["matcher_list"]["matchers"]
+    assert matcher["predicate"]["not_matcher"]["single_predicate"]["input"]["typed_config"]["header_name"] == \
+        "x-switchyard-fallback-chain"
+    assert matcher["on_match"]["action"]["name"] == "skip"
+    assert delegated["extension_config"]["name"] == "envoy.filters.http.ext_proc"
+    mode = delegated["extension_config"]["typed_config"]["processing_mode"]
     assert mode["request_body_mode"] == "BUFFERED" and mode["response_body_mode"] == "NONE"
     # A client-sent chain never reaches the front; the front may lower the retries of a request.
     (strip,) = hcm_config["early_header_mutation_extensions"]
