@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shutil
 import sys
@@ -277,6 +278,13 @@ def router_filter(config: SwitchyardConfig) -> dict[str, Any]:
     return {"name": "envoy.filters.http.router", "typed_config": router}
 
 
+# The APIs the front routes (it always sets x-selected-backend or answers itself).
+ROUTED_PATHS = ("/v1/chat/completions", "/v1/responses", "/v1/messages")
+UNPROCESSED_BODY = json.dumps({"error": {
+    "message": "the router did not process this request (its ext_proc stream ended early); retry it",
+    "type": "service_unavailable", "code": "router_unavailable", "param": None}})
+
+
 def build_envoy_config(config: SwitchyardConfig) -> dict[str, Any]:
     """The Envoy bootstrap for `config`, validated against Envoy's v3 API (EnvoyConfigError if not)."""
     buffer_limit = config.front.max_body_bytes + BUFFER_HEADROOM
@@ -293,6 +301,16 @@ def build_envoy_config(config: SwitchyardConfig) -> dict[str, Any]:
             "match": {"prefix": "/", "headers": [
                 {"name": "x-selected-backend", "string_match": {"exact": backend.name}}]},
             "route": action,
+        })
+    # A request on a routed API that reaches the route table without a backend chosen was not processed
+    # by the front (an ext_proc server that closed its stream cleanly makes Envoy go on unprocessed): it
+    # is refused here rather than sent on with `model: MoM` and no guard verdict.
+    for path in ROUTED_PATHS:
+        routes.append({
+            "match": {"path": path, "headers": [{"name": ":method", "string_match": {"exact": "POST"}}]},
+            "direct_response": {"status": 503, "body": {"inline_string": UNPROCESSED_BODY}},
+            "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"},
+                                         "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
         })
     # Concrete models passed through unknown, and endpoints the router does not touch, go to the first backend.
     routes.append({"match": {"prefix": "/"},

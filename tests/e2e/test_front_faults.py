@@ -106,6 +106,14 @@ def test_a_failing_processor_is_answered_by_envoy_and_nothing_reaches_a_backend(
     assert reached_backend(stand.simulator_url, f"{MARK} {fault}") == 0
 
 
+def test_a_processor_that_closes_its_stream_early_does_not_let_the_request_through(stand: Stand) -> None:
+    # Envoy goes on unprocessed after a clean close (gRPC OK); switchyard's route table refuses a routed
+    # API request that carries no backend chosen by the front.
+    response, _ = send(stand, "close")
+    assert response.status_code == 503 and response.json()["error"]["code"] == "router_unavailable"
+    assert reached_backend(stand.simulator_url, f"{MARK} close") == 0
+
+
 def test_a_processor_past_message_timeout_gets_504_in_time_and_its_late_reply_is_ignored(stand: Stand) -> None:
     response, took = send(stand, "hang")
     assert response.status_code == 504

@@ -162,6 +162,13 @@ pointing at Kubernetes Services instead of loopback.
       (dict "name" "envoy.filters.http.upstream_codec" "typed_config" (dict
           "@type" "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"))) -}}
 {{- end -}}
+{{- /* A routed API without a backend chosen was not processed by the front: refused, never sent on (envoy_config.py). */ -}}
+{{- range $path := list "/v1/chat/completions" "/v1/responses" "/v1/messages" -}}
+{{- $routes = append $routes (dict
+      "match" (dict "path" $path "headers" (list (dict "name" ":method" "string_match" (dict "exact" "POST"))))
+      "direct_response" (dict "status" 503 "body" (dict "inline_string" "{\"error\": {\"message\": \"the router did not process this request (its ext_proc stream ended early); retry it\", \"type\": \"service_unavailable\", \"code\": \"router_unavailable\", \"param\": null}}"))
+      "response_headers_to_add" (list (dict "header" (dict "key" "content-type" "value" "application/json") "append_action" "OVERWRITE_IF_EXISTS_OR_ADD"))) -}}
+{{- end -}}
 {{- $first := index $config.backends 0 -}}
 {{- $routes = append $routes (dict "match" (dict "prefix" "/") "route" (dict "cluster" (printf "backend_%s" $first.name) "timeout" $upstreamTimeout)) -}}
 {{- $virtualHost := dict "name" "backends" "domains" (list "*") "routes" $routes -}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import copy
 from typing import Any
 
@@ -130,7 +131,7 @@ def test_fallback_off_means_no_retries(config):
     data["routing"]["fallback"] = {"enabled": False}
     hcm_config = hcm(build_envoy_config(parse_config(data)))
     virtual_host = hcm_config["route_config"]["virtual_hosts"][0]
-    assert all("retry_policy" not in r["route"] for r in virtual_host["routes"])
+    assert all("retry_policy" not in r.get("route", {}) for r in virtual_host["routes"])
     assert "include_request_attempt_count" not in virtual_host
     assert "upstream_http_filters" not in hcm_config["http_filters"][-1]["typed_config"]
 
@@ -149,3 +150,14 @@ def test_envoys_own_upstream_failures_are_openai_errors(config):
     (upstream,) = [m for m in mappers if "response_flag_filter" in m["filter"]]
     assert "URX" in upstream["filter"]["response_flag_filter"]["flags"]
     assert upstream["body_format_override"]["json_format"]["error"]["code"] == "backend_unavailable"
+
+
+def test_a_routed_api_without_a_chosen_backend_is_refused_not_forwarded(config):
+    """Defence in depth: if the front's stream ends before it answered, Envoy must not send the request on."""
+    routes = hcm(build_envoy_config(config))["route_config"]["virtual_hosts"][0]["routes"]
+    refusals = [r for r in routes if "direct_response" in r]
+    assert {r["match"]["path"] for r in refusals} == {"/v1/chat/completions", "/v1/responses", "/v1/messages"}
+    first_default = next(i for i, r in enumerate(routes) if r["match"] == {"prefix": "/"})
+    assert all(routes.index(r) < first_default for r in refusals)
+    assert all(r["direct_response"]["status"] == 503 for r in refusals)
+    assert json.loads(refusals[0]["direct_response"]["body"]["inline_string"])["error"]["code"] == "router_unavailable"
