@@ -85,3 +85,70 @@ def monolith_latency(repository: Path, prompts: list[Prompt], rounds: int, itera
         print(f"  monolith {size:>6}: same work p50 {out[size]['same_work']['median']} ms, "
               f"shared encoder p50 {out[size]['shared_encoder']['median']} ms", flush=True)
     return out
+
+
+class TrunkPass:
+    """The shared-trunk layout in one process: the unique rows of a text's window plan, one trunk run,
+    every head on its rows (what Triton computes per request once the services' rows coalesce)."""
+
+    def __init__(self, repository: Path) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = INTRA_OP_THREADS
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+
+        def session(name: str) -> ort.InferenceSession:
+            return ort.InferenceSession(str(repository / name / "1" / "model.onnx"), options,
+                                        providers=["CPUExecutionProvider"])
+
+        self.trunk = session(io.TRUNK)
+        self.heads = {name: session(name) for name in (io.DOMAIN_HEAD, io.JAILBREAK_HEAD, io.PII_HEAD,
+                                                      io.POOL_NORMALIZE)}
+        self.tokenizer = TextTokenizer.from_repository(repository)
+
+    def run(self, text: str) -> int:
+        """One request's model work; returns the number of trunk rows computed."""
+        whole = self.tokenizer.encode([text], Truncation.HEAD_TAIL)
+        windows = self.tokenizer.encode([text], Truncation.CHUNKS)
+        rows = {}
+        for batch in (whole, windows):
+            for i in range(len(batch)):
+                n = int(batch.attention_mask[i].sum())
+                rows.setdefault(batch.input_ids[i, :n].tobytes(), batch.input_ids[i, :n])
+        for ids in rows.values():
+            ids = ids[None, :]
+            mask = np.ones_like(ids)
+            hidden = self.trunk.run(None, {io.INPUT_IDS: ids, io.ATTENTION_MASK: mask})[0]
+            for name, session in self.heads.items():
+                feed = {io.HIDDEN_STATES: hidden}
+                if any(i.name == io.ATTENTION_MASK for i in session.get_inputs()):
+                    feed[io.ATTENTION_MASK] = mask
+                session.run(None, feed)
+        return len(rows)
+
+
+def trunk_latency(repositories: dict[str, Path], prompts: list[Prompt], iterations: int = 30) -> dict[str, Any]:
+    """p50 ms of TrunkPass.run per prompt size for each built trunk repository (e.g. fp32, int8)."""
+    out: dict[str, Any] = {}
+    for label, repository in repositories.items():
+        trunk = TrunkPass(repository)
+        for size in SIZES:
+            texts = [p.text for p in prompts if p.size == size]
+            for text in texts[:3]:
+                trunk.run(text)
+            samples, rows = [], []
+            for i in range(iterations):
+                started = time.perf_counter()
+                rows.append(trunk.run(texts[i % len(texts)]))
+                samples.append((time.perf_counter() - started) * 1000)
+            out[f"{label}/{size}"] = {"p50_ms": percentiles(samples)["p50"], "rows_mean": float(np.mean(rows))}
+            print(f"  trunk {label} {size:>6}: p50 {out[f'{label}/{size}']['p50_ms']} ms, "
+                  f"{np.mean(rows):.1f} trunk rows", flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    from bench.prompts import load_prompts
+
+    root = Path(__file__).resolve().parents[1] / ".switchyard"
+    trunk_latency({"fp32": root / "trunk-repository-fp32", "int8": root / "trunk-repository-int8"}, load_prompts())
