@@ -81,16 +81,17 @@ def triton_server() -> Iterator[TritonConfig]:
     problems = repository_problems(REPOSITORY)
     if problems:
         pytest.fail("model repository not built (run `make models`): " + "; ".join(problems), pytrace=False)
+    yield from running_triton(REPOSITORY)
+
+
+def running_triton(repository: Path, backend_dir: Path | None = None) -> Iterator[TritonConfig]:
+    """Run tritonserver (strict model config) over `repository` on free ports until the generator is closed;
+    fail loudly, with the server's own log, when it cannot start."""
     http_port, grpc_port, metrics_port = free_ports(3)
-    config = TritonConfig(
-        host="127.0.0.1",
-        http_port=http_port,
-        grpc_port=grpc_port,
-        metrics_port=metrics_port,
-        model_repository=REPOSITORY,
-        timeout_ms=10000,
-    )
-    spec = launch_spec(config, strict_model_config=True)
+    config = TritonConfig(host="127.0.0.1", http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                          model_repository=repository, timeout_ms=10000)
+    spec = launch_spec(config, strict_model_config=True) if backend_dir is None else \
+        launch_spec(config, backend_dir=backend_dir, strict_model_config=True)
     log = tempfile.NamedTemporaryFile("w+", prefix="tritonserver-", suffix=".log", delete=False)
     process = subprocess.Popen(spec.argv, env=spec.env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -100,11 +101,13 @@ def triton_server() -> Iterator[TritonConfig]:
         process.wait()
         log.seek(0)
         pytest.fail(f"tritonserver did not start: {exc}\n--- {log.name} ---\n{log.read()[-6000:]}", pytrace=False)
-    yield config
-    process.terminate()
     try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    log.close()
+        yield config
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()

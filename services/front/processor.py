@@ -332,6 +332,11 @@ class ChatProcessor(PassThroughProcessor):
                 or context is None or self.response_status != 200 or not self.config.cache.enabled
                 or "no-store" in context.cache_directives or not cacheable(completion)):
             return
+        self._store(context, outcome, completion)
+
+    def _store(self, context: common_pb2.RequestContext, outcome: Outcome, completion: dict[str, Any]) -> None:
+        """Queue a cache write (dropped and counted past cache.write_queue_size in flight)."""
+        assert outcome.route is not None
         pending = self.context.pending_writes
         if len(pending) >= self.config.cache.write_queue_size:
             self.metrics.cache_write_drops.inc()
@@ -430,16 +435,7 @@ class TranslatedProcessor(ChatProcessor):
         completion = self.api.stored_answer(answer)
         if completion is None:
             return
-        pending = self.context.pending_writes
-        if len(pending) >= self.config.cache.write_queue_size:
-            self.metrics.cache_write_drops.inc()
-            return
-        request = cache_pb2.StoreRequest(request=context, model=outcome.route.model,
-                                         category=outcome.route.category, body=dumps(completion),
-                                         route_fingerprint=route_key(outcome.route))
-        task = asyncio.create_task(self.context.clients.store(request))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
+        self._store(context, outcome, completion)
 
     def error(self, error: RequestError) -> ep.ProcessingResponse:
         self.metrics.errors.labels(error.code).inc()

@@ -16,6 +16,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from services.common import telemetry
 from services.common.config import SwitchyardConfig
+from services.common.fallback_headers import FALLBACK_CHAIN_HEADER
 from services.common.reload import LiveConfig, start_reloading
 from services.common.grpc_server import run_grpc_service
 from services.front.api import build_http_app
@@ -28,10 +29,14 @@ log = logging.getLogger("switchyard.front")
 
 
 def start_request_span(headers: ep.HttpHeaders) -> Span:
-    """The front's span for one HTTP request, a child of the client's/Envoy's `traceparent` when it has one."""
-    values = {k: v for k, v in decode_headers(headers).items() if k in ("traceparent", "tracestate")}
-    return telemetry.tracer().start_span("switchyard.front", context=telemetry.context_from_headers(values),
-                                         kind=SpanKind.SERVER)
+    """The front's span for one HTTP request, a child of the client's/Envoy's `traceparent` when it has one.
+
+    Envoy runs the front once more per backend attempt when the request may fall back (the upstream
+    pass); that stream gets its own name, so one request still has one `switchyard.front` span."""
+    decoded = decode_headers(headers)
+    values = {k: v for k, v in decoded.items() if k in ("traceparent", "tracestate")}
+    name = "switchyard.front.attempt" if FALLBACK_CHAIN_HEADER in decoded else "switchyard.front"
+    return telemetry.tracer().start_span(name, context=telemetry.context_from_headers(values), kind=SpanKind.SERVER)
 
 
 def phase_span(phase: str) -> contextlib.AbstractContextManager[object]:

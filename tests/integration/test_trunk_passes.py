@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,11 +15,10 @@ from services.common import model_io as io
 from services.common.config import TritonConfig
 from services.common.tokenizer import Truncation
 from services.common.triton import TritonModels
-from services.common.triton_server import launch_spec, wait_until_ready
 from services.models.build import TRUNK_ADAPTER, TRUNK_DIR, build_trunk_repository
 from services.models.evaluate import OnnxPipeline
 from services.models.paths import WEIGHTS_DIR, ModelPaths, default_paths
-from tests.conftest import free_ports
+from tests.conftest import running_triton
 
 pytestmark = pytest.mark.integration
 
@@ -44,27 +41,7 @@ def trunk_server(tmp_path_factory) -> Iterator[TritonConfig]:
     repository = tmp_path_factory.mktemp("trunk") / "models"
     paths = ModelPaths(repository=repository, work_dir=default_paths().work_dir)
     build_trunk_repository(paths)
-    http_port, grpc_port, metrics_port = free_ports(3)
-    config = TritonConfig(host="127.0.0.1", http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-                          model_repository=repository, timeout_ms=10000)
-    spec = launch_spec(config, backend_dir=paths.backend_dir, strict_model_config=True)
-    log = tempfile.NamedTemporaryFile("w+", prefix="tritonserver-trunk-", suffix=".log", delete=False)
-    process = subprocess.Popen(spec.argv, env=spec.env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_until_ready(config, timeout_s=180, is_alive=lambda: process.poll() is None)
-    except Exception as exc:  # noqa: BLE001 - report the server's own log with the failure
-        process.kill()
-        process.wait()
-        log.seek(0)
-        pytest.fail(f"tritonserver did not start: {exc}\n--- {log.name} ---\n{log.read()[-6000:]}", pytrace=False)
-    yield config
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    log.close()
+    yield from running_triton(repository, backend_dir=paths.backend_dir)
 
 
 async def _trunk_counts(config: TritonConfig) -> tuple[int, int]:
