@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.common.config import SwitchyardConfig
+from services.common.config import FailureMode, SwitchyardConfig
 from services.front.admission import Admission, Admitted
 from services.front.apis import CHAT, RESPONSES, ApiTranslator
 from services.front.chat_request import ChatRequest, RequestError, dumps
@@ -108,7 +108,8 @@ class Router:
         # Alongside the three services: which of the request's tools go on (tool_selection.py).
         selecting = asyncio.create_task(self.tools.select(config, request))
         try:
-            calls = await self._fan_out(context, admitted)
+            calls = await self._fan_out(context, admitted,
+                                        stop_without_guard=config.guard.on_failure is FailureMode.CLOSED)
         finally:
             self.admission.release(admitted)
             self._observe_admission()
@@ -177,8 +178,12 @@ class Router:
         self.metrics.inflight_requests.set(self.admission.inflight_requests)
         self.metrics.inflight_work.set(self.admission.inflight_work)
 
-    async def _fan_out(self, context: common_pb2.RequestContext, admitted: Admitted) -> dict[str, ServiceCall]:
-        """Ask the three services at once, each under its deadline; a guard block cancels the calls still out."""
+    async def _fan_out(self, context: common_pb2.RequestContext, admitted: Admitted,
+                       stop_without_guard: bool = True) -> dict[str, ServiceCall]:
+        """Ask the three services at once, each under its deadline. A guard block cancels the calls still
+        out, and so does a guard failure when the request will be refused for it (`stop_without_guard`):
+        no Triton work is spent on an answer nobody will get — which also lets a Triton that stalled
+        catch up, instead of fail-open services piling work on it."""
         clients = self.clients
         deadlines = admitted.deadlines_s
         started = time.perf_counter()
@@ -197,8 +202,10 @@ class Router:
                     calls[tasks[task]] = call
                     self.metrics.service_latency.labels(tasks[task]).observe(time.perf_counter() - started)
                 guard = calls.get("guard")
-                if guard is not None and guard.result is not None and (
-                        guard.result.jailbreak or guard.result.blocking_pii_types):
+                blocked = guard is not None and guard.result is not None and (
+                    guard.result.jailbreak or guard.result.blocking_pii_types)
+                refused = guard is not None and stop_without_guard and guard.failed and guard.failure != "disabled"
+                if blocked or refused:
                     for task in pending:
                         task.cancel()
                         calls[tasks[task]] = ServiceCall(tasks[task], failure="cancelled")

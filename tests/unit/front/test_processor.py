@@ -515,3 +515,10 @@ async def test_masked_stream_is_unmasked_across_chunk_boundaries() -> None:
         reply = await processor.process_response_body(ep.HttpBody(body=piece, end_of_stream=i == len(pieces) - 1))
         out += reply.response_body.response.body_mutation.body
     assert out == b'data: {"c": "Hi Alice!"}\n\ndata: [DONE]\n\n'
+
+
+async def test_a_guard_failure_that_refuses_the_request_stops_the_other_calls() -> None:
+    clients = ScriptedClients(guard=ServiceCall("guard", failure="unavailable"), others_delay=5.0)
+    response = await asyncio.wait_for(route_chat(make_processor(clients), CHAT), 2.0)
+    assert status_of(response) == 503
+    assert sorted(clients.cancelled) == ["cache", "decision"]  # no Triton work for a refused request
