@@ -282,8 +282,9 @@ class ServiceConfig(_Section):
     # Where the front dials; defaults to host:port.
     address: str | None = None
     # The deadline of one call is a budget: this floor, plus `deadline_per_token_ms` for every token of
-    # routing work in flight (this request's and the ones admitted before it, which share Triton's CPU),
-    # capped by front.max_routing_ms. Defaults measured on 2 CPU cores (README, "Deadlines").
+    # routing work it shares Triton's CPU with (in flight at admission, its own, and half the admission
+    # bound for what is admitted while it runs), capped by front.max_routing_ms. Defaults measured on
+    # 2 CPU cores (README, "Deadlines").
     deadline_ms: Positive = 300
     deadline_per_token_ms: float = Field(default=1.5, ge=0)
     on_failure: FailureMode = FailureMode.OPEN

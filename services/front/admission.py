@@ -22,6 +22,10 @@ from services.front.chat_request import RequestError
 from services.front.service_names import Service
 
 
+# Share of the admission bound a deadline leaves for work admitted after its request.
+BURST_SHARE = 0.5
+
+
 class Overloaded(RequestError):
     """The mesh has as much routing work in flight as it can finish in time: 429, try again later."""
 
@@ -78,7 +82,10 @@ class Admission:
         if self.inflight_work + work > self.max_work:
             raise Overloaded(f"the router is at its routing capacity ({self.inflight_work} of {int(self.max_work)} "
                              "token-equivalents in flight); retry after the Retry-After seconds", self._retry_after_s())
-        ahead = self.inflight_work + work
+        # The work this request shares Triton with: what is in flight now, its own, and room for what is
+        # admitted while it runs (requests that come later share the CPU too; a burst of 50 short
+        # requests otherwise timed out the first ones, admitted into an empty mesh).
+        ahead = self.inflight_work + work + BURST_SHARE * self.max_work
         self.inflight_requests += 1
         self.inflight_work += work
         cap_s = front.max_routing_ms / 1000.0

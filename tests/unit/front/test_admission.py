@@ -29,14 +29,17 @@ def test_work_is_tokens_plus_overhead() -> None:
 
 
 def test_deadline_is_floor_plus_per_token_cost_of_the_work_in_flight() -> None:
-    a = admission()  # guard: 300 ms + 1 ms/token; cache: 150 ms + 1 ms/token; cap 4000 ms
+    a = admission()  # guard: 300 ms + 1 ms/token; cache: 150 ms + 1 ms/token; cap 4000 ms; bound 3700
+    burst = 0.5 * a.max_work  # room for the work admitted while a request runs
     first = a.admit(200)
-    assert first.deadlines_s[Service.GUARD] == pytest.approx(0.5)
-    assert first.deadlines_s[Service.CACHE] == pytest.approx(0.35)
-    second = a.admit(1000)  # queued behind the first: its deadline counts both
-    assert second.deadlines_s[Service.GUARD] == pytest.approx(1.5)
-    a.release(first)
-    a.release(second)
+    assert first.deadlines_s[Service.GUARD] == pytest.approx(0.3 + (200 + burst) / 1000)
+    assert first.deadlines_s[Service.CACHE] == pytest.approx(0.15 + (200 + burst) / 1000)
+    second = a.admit(1000)  # admitted behind the first: its deadline counts both
+    assert second.deadlines_s[Service.GUARD] == pytest.approx(0.3 + (1200 + burst) / 1000)
+    third = a.admit(1500)
+    assert third.deadlines_s[Service.GUARD] == pytest.approx(4.0)  # capped at front.max_routing_ms
+    for admitted in (first, second, third):
+        a.release(admitted)
     assert a.inflight_work == 0 and a.inflight_requests == 0
 
 
