@@ -50,6 +50,15 @@ class TritonTimeoutError(TritonError):
     """A call took longer than TritonConfig.timeout_ms."""
 
 
+TRITON_CHANNEL_ARGS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+]
+
+
 class TritonModels:
     """The switchyard models behind one Triton server. Create once per process; close() at shutdown."""
 
@@ -64,7 +73,9 @@ class TritonModels:
         self._tokenizer = tokenizer
         self._retries = retries
         self._backoff = retry_backoff_s
-        self._client = grpcclient.InferenceServerClient(url=config.grpc_url)
+        # Reconnect within a second after Triton stalled or restarted: gRPC's default backoff grows to
+        # 120 s, and its 20 s connect timeout waits on a server that accepted TCP but was frozen.
+        self._client = grpcclient.InferenceServerClient(url=config.grpc_url, channel_args=TRITON_CHANNEL_ARGS)
 
     @classmethod
     def from_config(cls, config: TritonConfig, model_repository: Path | None = None) -> TritonModels:

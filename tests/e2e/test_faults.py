@@ -81,11 +81,14 @@ async def _inject(mesh: MeshRunner, fault: Fault) -> float:
         await asyncio.to_thread(mesh.kill, fault.process)
         return 0.0
     process = mesh.mesh.processes[fault.process]
-    os.killpg(process.pid, signal.SIGSTOP)  # the whole group: Triton's backend stubs too
+    # The server process only: freezing the local Python-backend stubs too (they exchange requests with
+    # tritonserver through shared memory) can wedge a model instance for good, an artefact of the local
+    # stand-in backend that the native onnxruntime backend of the NGC image does not have.
+    os.kill(process.pid, signal.SIGSTOP)
     try:
         await asyncio.sleep(FREEZE_S)
     finally:
-        os.killpg(process.pid, signal.SIGCONT)
+        os.kill(process.pid, signal.SIGCONT)
     return FREEZE_S
 
 
