@@ -229,11 +229,11 @@ def check_fields(body: dict[str, Any]) -> None:
             raise RequestError(400, f"'{name}' must be {expected}, got {shown}", f"invalid_{name}", name)
 
 
-def parse_chat_request(raw: bytes) -> ChatRequest:
-    """Parse and check a /v1/chat/completions body; raise RequestError with the fix on bad input."""
+def load_json_object(raw: bytes, what: str) -> dict[str, Any]:
+    """The JSON object of a request body (any API), with the checks every body gets: empty, not JSON,
+    not an object, nesting, 64-bit integers, lone surrogates."""
     if not raw.strip():
-        raise RequestError(400, "the request body is empty; send a JSON chat completion request",
-                           "empty_body")
+        raise RequestError(400, f"the request body is empty; send a JSON {what} request", "empty_body")
     try:
         body = loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -245,6 +245,12 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         raise RequestError(400, f"the request body must be a JSON object, got {type(body).__name__}",
                            "invalid_body")
     check_json_values(body)
+    return body
+
+
+def parse_chat_request(raw: bytes) -> ChatRequest:
+    """Parse and check a /v1/chat/completions body; raise RequestError with the fix on bad input."""
+    body = load_json_object(raw, "chat completion")
     check_fields(body)
     model = body.get("model")
     if not isinstance(model, str) or not model:

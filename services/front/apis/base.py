@@ -14,7 +14,7 @@ from typing import Any
 
 from services.common.config import RoutingConfig
 from services.common.sse import cacheable
-from services.front.chat_request import MAX_JSON_DEPTH, ChatRequest, RequestError, check_json_values, loads
+from services.front.chat_request import ChatRequest, RequestError, load_json_object
 from services.front.masking import MaskMapping, mask_body
 from services.front.merge import Route
 from services.front.replies import Reply
@@ -151,19 +151,7 @@ def _set(body: Any, path: tuple[Any, ...], value: Any) -> None:
 
 def require_object(raw: bytes, what: str) -> dict[str, Any]:
     """The JSON object of a request body, checked as chat bodies are (depth, 64-bit integers, UTF-8)."""
-    if not raw.strip():
-        raise RequestError(400, f"the request body is empty; send a JSON {what} request", "empty_body")
-    try:
-        body = loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(400, f"the request body is not valid JSON: {str(exc)[:200]}", "invalid_json") from None
-    except RecursionError:
-        raise RequestError(400, f"the request nests JSON deeper than {MAX_JSON_DEPTH} levels", "invalid_body") \
-            from None
-    if not isinstance(body, dict):
-        raise RequestError(400, f"the request body must be a JSON object, got {type(body).__name__}",
-                           "invalid_body")
-    check_json_values(body)
+    body = load_json_object(raw, what)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise RequestError(400, "'model' is required: name a model, or 'MoM' to let the router choose",
