@@ -96,6 +96,14 @@ def immediate(reply: Reply, extra_headers: list[tuple[str, str]] = ()) -> ep.Pro
     ))
 
 
+def unmasked_body(raw: bytes, mapping: MaskMapping) -> ep.ProcessingResponse:
+    """A buffered answer with the client's own values back in place of the placeholders."""
+    restored = unmask_text(raw.decode("utf-8", "replace"), mapping).encode()
+    return ep.ProcessingResponse(response_body=ep.BodyResponse(response=ep.CommonResponse(
+        header_mutation=ep.HeaderMutation(set_headers=[header_option("content-length", str(len(restored)))]),
+        body_mutation=ep.BodyMutation(body=restored))))
+
+
 def client_headers_to_remove(headers: Mapping[str, str]) -> list[str]:
     """Removed before the request goes on: the routing headers (always) and the x-vsr-* the client sent."""
     return [*ROUTING_HEADERS, *(name for name in headers if name.startswith(ROUTER_HEADER_PREFIX))]
@@ -320,10 +328,7 @@ class ChatProcessor(PassThroughProcessor):
             return ep.ProcessingResponse(response_body=ep.BodyResponse(response=ep.CommonResponse(
                 body_mutation=ep.BodyMutation(body=text.encode()))))
         self._account(_usage_from_json(body.body))
-        restored = unmask_text(body.body.decode("utf-8", "replace"), mapping).encode()
-        return ep.ProcessingResponse(response_body=ep.BodyResponse(response=ep.CommonResponse(
-            header_mutation=ep.HeaderMutation(set_headers=[header_option("content-length", str(len(restored)))]),
-            body_mutation=ep.BodyMutation(body=restored))))
+        return unmasked_body(body.body, mapping)
 
     def _write_cache(self, completion: dict[str, Any] | None) -> None:
         """Send a finished answer to the cache without making the client wait for it."""
@@ -416,10 +421,7 @@ class TranslatedProcessor(ChatProcessor):
         self._finish(answer)
         if mapping is None:
             return ep.ProcessingResponse(response_body=ep.BodyResponse(response=ep.CommonResponse()))
-        restored = unmask_text(body.body.decode("utf-8", "replace"), mapping).encode()
-        return ep.ProcessingResponse(response_body=ep.BodyResponse(response=ep.CommonResponse(
-            header_mutation=ep.HeaderMutation(set_headers=[header_option("content-length", str(len(restored)))]),
-            body_mutation=ep.BodyMutation(body=restored))))
+        return unmasked_body(body.body, mapping)
 
     def _finish(self, answer: dict[str, Any] | None) -> None:
         """Remember which model answered (previous_response_id follow-ups) and store a finished answer."""
