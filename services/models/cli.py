@@ -52,7 +52,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from services.models.evaluate import run_eval
 
-    run_eval(_paths(args), tuple(args.tasks or TASKS), Path(args.output) if args.output else None)
+    tasks = tuple(args.tasks or TASKS)
+    if args.yardstick and "domain" not in tasks:
+        raise SystemExit("--yardstick is a report on the domain classifier: run `switchyard eval domain --yardstick`")
+    run_eval(_paths(args), tasks, Path(args.output) if args.output else None)
+    if args.yardstick:
+        from services.models.yardstick import run_domain_report
+
+        run_domain_report(_paths(args))
     return 0
 
 
@@ -84,6 +91,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate = subparsers.add_parser("eval", help="dev-split metrics of the built models (JSON + PNG report)")
     evaluate.add_argument("tasks", nargs="*", help="domain, jailbreak and/or pii (default: all)")
     evaluate.add_argument("--output", help="report path (default .switchyard/reports/eval.json)")
+    evaluate.add_argument("--yardstick", action="store_true",
+                          help="domain: also a k-NN baseline on frozen embeddings, calibration (ECE) and the "
+                          "coverage/accuracy curve of routing.confidence_threshold "
+                          "(.switchyard/reports/domain_yardstick.json; the first run embeds the train rows: minutes)")
     _common(evaluate)
     evaluate.set_defaults(func=cmd_eval)
 

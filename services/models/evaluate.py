@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from services.models import metrics
 from services.models.build import ensemble_encoders, onnx_path
 from services.models.data import load_rows
 from services.models.paths import ModelPaths
-from services.models.runtime import encode_batches, session
+from services.models.runtime import encode_batches, mean_pool, session
 from services.models.train import gold_entities, pii_entities, pii_spans
 
 
@@ -54,6 +55,25 @@ class OnnxPipeline:
                     out[text] = result[row, 1 : n - 1]  # first chunk only: dev texts are short
                 else:
                     out[text] = result[row]
+        return out
+
+    def base_embeddings(self, texts: list[str], truncation: Truncation = Truncation.HEAD_TAIL,
+                        progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """[n, 384] frozen all-MiniLM-L6-v2 sentence embeddings: the base `encoder`, mean pooling, L2 norm.
+
+        What `pool_normalize` serves for the base model; computed here because in the trunk layout the
+        served `embedder` runs the trunk and a projection instead.
+        """
+        encoder = self._session(io.ENCODER)
+        out = np.zeros((len(texts), io.HIDDEN_SIZE), dtype=np.float32)
+        done = 0
+        for chosen, batch, hidden in encode_batches(encoder, self.tokenizer, texts, truncation):
+            pooled = mean_pool(hidden, batch.attention_mask)
+            rows = [chosen[int(i)] for i in batch.text_index]
+            out[rows] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+            done += len(chosen)
+            if progress:
+                progress(done, len(texts))
         return out
 
     def domain_probabilities(self, texts: list[str]) -> np.ndarray:
