@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from services.models import yardstick
+from services.models.cli import cmd_eval, register
 from services.models.yardstick import (
     coverage_curve,
     expected_calibration_error,
@@ -138,3 +140,12 @@ def test_domain_report_on_the_built_models_is_json(tmp_path: Path) -> None:
     assert 0.0 <= report["calibration"]["ece"] <= 1.0 and len(report["calibration"]["reliability"]) == 15
     assert len(report["threshold"]["coverage_curve"]) == 20
     assert report["knn"]["accuracy"] > 0.3  # far above chance (1/14): the embeddings and the vote work
+
+
+def test_eval_yardstick_option_is_for_the_domain_task() -> None:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["eval", "domain", "--yardstick"])
+    assert args.func is cmd_eval and args.yardstick and args.tasks == ["domain"]
+    with pytest.raises(SystemExit, match="eval domain --yardstick"):
+        cmd_eval(parser.parse_args(["eval", "jailbreak", "--yardstick"]))
