@@ -5,14 +5,16 @@ from __future__ import annotations
 import difflib
 import logging
 import re
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from services.common.classic_config import convert_classic, is_classic
+from services.common.model_io import SAFETY_LABELS, SAFETY_NONE
 
 MODEL_ALIASES_DEFAULT = ("MoM", "auto")
 
@@ -295,20 +297,130 @@ class ServiceConfig(_Section):
         return self.address or f"{self.host}:{self.port}"
 
 
+# Which messages a guard check reads (services/guard/scope.py): the last user message, every user message,
+# user messages and tool results (indirect prompt injection arrives in tool messages), or also the
+# system/developer prompts the client supplied. Assistant turns never.
+GuardScope = Literal["last_user", "all_user", "user_and_tool", "all"]
+
+# Keys that an older JailbreakPolicy had: the windows are now the PII tagger's (services/common/tokenizer.py).
+_REMOVED_WINDOW_KEYS = ("chunk_tokens", "chunk_overlap_tokens")
+
+
 class JailbreakPolicy(_Section):
     enabled: bool = True
     threshold: UnitInterval = 0.5
-    # Which messages are scored: the last user message, every user message, or also the
-    # system and tool messages the client supplied.
-    scope: Literal["last_user", "all_user", "all"] = "all_user"
-    # Long prompts are scored in overlapping windows (tokens) and the highest score counts.
-    chunk_tokens: int = Field(default=256, ge=16, le=512)
-    chunk_overlap_tokens: int = Field(default=64, ge=0, le=256)
+    scope: GuardScope = "user_and_tool"
     # Messages of fewer words are not scored: "hi", "ok" or "help" carry no instruction to
     # override anything, and the classifier, trained on long attacks, scores such fragments
     # unreliably (0.6-0.9 measured for "hi", "ok", "help"). Words as services.common.text_units
     # counts them: every character of a script without spaces (Chinese, Japanese, Thai) is one.
     min_words: int = Field(default=3, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_window_settings(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            removed = [key for key in _REMOVED_WINDOW_KEYS if key in data]
+            if removed:
+                raise _PathProblems([
+                    f"{key}: no longer configurable: long messages are scored in the PII tagger's windows "
+                    "(254 word pieces overlapping by 64, services/common/tokenizer.py), so one trunk pass "
+                    "serves both checks; remove the key" for key in removed])
+        return data
+
+
+class SafetyActionKind(str, Enum):
+    """What the front does with a request the safety head puts in a harm category."""
+
+    BLOCK = "block"  # the content_filter answer, as for a jailbreak
+    ALLOW = "allow"  # on as decided, marked with x-vsr-safety-category
+    ROUTE = "route"  # to one model (a routing.models entry) instead of the decision's choice
+
+
+@dataclass(frozen=True)
+class SafetyAction:
+    kind: SafetyActionKind
+    # With ROUTE: the model; None means guard.safety.safety_model.
+    model: str | None = None
+
+    def __str__(self) -> str:
+        return f"route: {self.model}" if self.kind is SafetyActionKind.ROUTE and self.model else self.kind.value
+
+
+def _safety_action(value: Any) -> SafetyAction:
+    """`block`, `allow`, `route` (to guard.safety.safety_model), `route: <model>` or `{route: <model>}`."""
+    if isinstance(value, SafetyAction):
+        return value
+    if isinstance(value, str):
+        name, colon, model = value.partition(":")
+        name, model = name.strip(), model.strip()
+        if not colon and name in ("block", "allow", "route"):
+            return SafetyAction(SafetyActionKind(name))
+        if colon and name == "route" and model:
+            return SafetyAction(SafetyActionKind.ROUTE, model)
+    if isinstance(value, dict) and list(value) == ["route"] and isinstance(value["route"], str) and value["route"]:
+        return SafetyAction(SafetyActionKind.ROUTE, value["route"])
+    raise ValueError("must be block, allow, route (to guard.safety.safety_model) or {route: <model>}")
+
+
+SafetyActionSetting = Annotated[
+    SafetyAction, BeforeValidator(_safety_action, json_schema_input_type=str | dict[str, str])]
+SAFETY_HARM_CATEGORIES: tuple[str, ...] = tuple(label for label in SAFETY_LABELS if label != SAFETY_NONE)
+# Refused whatever else is configured, unless `policies` names the category: no model should get these asks.
+DEFAULT_SAFETY_POLICIES: dict[str, SafetyAction] = {
+    "child_safety": SafetyAction(SafetyActionKind.BLOCK),
+    "chem_bio": SafetyAction(SafetyActionKind.BLOCK),
+}
+
+
+class SafetyPolicy(_Section):
+    """Content safety (README, "Safety routing"): the messages jailbreak.scope selects are scored by the
+    safety head; an unsafe score (1 - p(none)) at or above `threshold` puts the request in its most
+    likely harm category, whose action the front applies."""
+
+    enabled: bool = True
+    threshold: UnitInterval = 0.5
+    # A routing.models entry that answers harmful asks carefully; categories without their own action
+    # route to it. Without it they are blocked.
+    safety_model: str | None = None
+    # Category -> action, on top of DEFAULT_SAFETY_POLICIES (child_safety and chem_bio: block).
+    policies: dict[str, SafetyActionSetting] = Field(default_factory=dict)
+    # For categories without a policy; unset: route to safety_model when there is one, else block.
+    default_action: SafetyActionSetting | None = None
+
+    @model_validator(mode="after")
+    def _actions_are_complete(self) -> SafetyPolicy:
+        problems: list[str] = []
+        for category in self.policies:
+            if category not in SAFETY_HARM_CATEGORIES:
+                problems.append(_unknown(f"policies.{category}", category, list(SAFETY_HARM_CATEGORIES)))
+        settings = [(f"policies.{c}", a) for c, a in self.policies.items()]
+        if self.default_action is not None:
+            settings.append(("default_action", self.default_action))
+        for path, action in settings:
+            if action.kind is SafetyActionKind.ROUTE and action.model is None and self.safety_model is None:
+                problems.append(f"{path}: `route` sends to guard.safety.safety_model, which is not set; set "
+                                "safety_model to a routing.models entry or write {route: <model>}")
+        if problems:
+            raise _PathProblems(problems)
+        return self
+
+    def action_for(self, category: str) -> SafetyAction:
+        """The action for a harm category; ROUTE always comes with its model."""
+        action = self.policies.get(category) or DEFAULT_SAFETY_POLICIES.get(category) or self.default_action
+        if action is None:
+            action = SafetyAction(SafetyActionKind.ROUTE if self.safety_model else SafetyActionKind.BLOCK)
+        if action.kind is SafetyActionKind.ROUTE and action.model is None:
+            return SafetyAction(SafetyActionKind.ROUTE, self.safety_model)
+        return action
+
+    def route_models(self) -> list[tuple[str, str]]:
+        """(config path, model) of every model this policy may route to: each must be in routing.models."""
+        named = [("safety_model", self.safety_model)] if self.safety_model else []
+        named += [(f"policies.{c}", a.model) for c, a in self.policies.items() if a.model]
+        if self.default_action is not None and self.default_action.model:
+            named.append(("default_action", self.default_action.model))
+        return named
 
 
 class PiiDetection(_Section):
@@ -322,7 +434,7 @@ class PiiDetection(_Section):
     # re-routing; a model's pii_policy is then checked only against the unmasked rest.
     mask_types: list[str] = Field(default_factory=list)
     # Which messages are scanned (same meaning as jailbreak.scope).
-    scope: Literal["last_user", "all_user", "all"] = "all_user"
+    scope: GuardScope = "all_user"
 
 
 class GuardConfig(ServiceConfig):
@@ -333,6 +445,7 @@ class GuardConfig(ServiceConfig):
     # refuse good requests; a healthy guard answers in tens of milliseconds whatever the floor.
     deadline_ms: Positive = 1000
     jailbreak: JailbreakPolicy = Field(default_factory=JailbreakPolicy)
+    safety: SafetyPolicy = Field(default_factory=SafetyPolicy)
     pii: PiiDetection = Field(default_factory=PiiDetection)
 
 
@@ -501,6 +614,10 @@ class SwitchyardConfig(_Section):
             problems.append(f"triton.timeout_ms: must be at least front.max_routing_ms ({self.front.max_routing_ms:g}), "
                             f"or Triton calls are cut off before the deadlines the front grants; got "
                             f"{self.triton.timeout_ms:g}")
+        for path, model in self.guard.safety.route_models():
+            if model not in self.routing.models:
+                problems.append(_unknown(f"guard.safety.{path}", model, list(self.routing.models))
+                                + " (safety routes go to a routing.models entry: add the model there)")
         for name in ("decision", "guard", "cache"):
             floor = getattr(self, name).deadline_ms
             if floor >= self.front.max_routing_ms:

@@ -103,6 +103,19 @@ class TritonModels:
         probs = await self.infer(io.JAILBREAK_CLASSIFIER_SPEC, self._tokenizer.encode(texts, Truncation.HEAD_TAIL))
         return probs[:, io.JAILBREAK_LABELS.index("jailbreak")]
 
+    async def jailbreak_window_scores(self, texts: list[str]) -> list[np.ndarray]:
+        """Per text, the jailbreak probability of each of its windows; empty for a text of one window.
+
+        The windows are the PII tagger's rows (Truncation.CHUNKS, the same tensors tag_pii sends), so
+        Triton batches the two requests and the trunk computes each window once for both heads.
+        """
+        batch = self._tokenizer.encode(texts, Truncation.CHUNKS)
+        rows = long_text_rows(batch)
+        probs = await self.infer(io.JAILBREAK_CLASSIFIER_SPEC, select_rows(batch, rows))
+        scores = probs[:, io.JAILBREAK_LABELS.index("jailbreak")]
+        owners = batch.text_index[rows]
+        return [scores[owners == i] for i in range(len(texts))]
+
     async def tag_pii(self, texts: list[str]) -> list[list[EntitySpan]]:
         """Entity spans (character offsets into each text) for the learned PII types; long texts are chunked."""
         batch = self._tokenizer.encode(texts, Truncation.CHUNKS)
@@ -219,6 +232,18 @@ class TritonModels:
                 f"{model}: cannot reach {where} ({message}); is tritonserver running (`switchyard up`)?"
             )
         return TritonError(f"{model}: {where} failed: {status} {message}")
+
+
+def long_text_rows(batch: Batch) -> np.ndarray:
+    """Indices of the rows of `batch` that belong to texts cut into more than one window."""
+    windows_per_text = np.bincount(batch.text_index, minlength=1)
+    return np.flatnonzero(windows_per_text[batch.text_index] > 1)
+
+
+def select_rows(batch: Batch, rows: np.ndarray) -> Batch:
+    """The given rows of `batch`, unchanged (same width: infer() sends each row at its own bucket's width)."""
+    return Batch(batch.input_ids[rows], batch.attention_mask[rows], batch.offsets[rows], batch.text_index[rows],
+                 batch.word_ids[rows])
 
 
 class LazyTritonModels:

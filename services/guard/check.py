@@ -1,4 +1,4 @@
-"""The guard's verdict on one request: jailbreak score and PII entities, from plain inputs to plain data."""
+"""The guard's verdict on one request: jailbreak score, safety category and PII entities, as plain data."""
 
 from __future__ import annotations
 
@@ -9,14 +9,17 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from services.common.config import GuardConfig
+import numpy as np
+
+from services.common.config import GuardConfig, JailbreakPolicy, SafetyActionKind
 from services.common.text_units import count_words
 from services.common.telemetry import decision_span, set_decision_attributes
-from services.guard.chunking import Chunker
+from services.common.triton import ModelNotAvailableError
 from services.guard.jailbreak import JAILBREAK_TYPE, JailbreakResult, JailbreakScorer, score_messages
-from services.guard.metrics import JAILBREAK, PII_PATTERNS, PII_TAGGER, GuardMetrics
+from services.guard.metrics import JAILBREAK, PII_PATTERNS, PII_TAGGER, SAFETY, GuardMetrics
 from services.guard.pii import PiiTagger, TaggedSpan, entities_in_text
 from services.guard.policy import blocking_types
+from services.guard.safety import SafetyScorer, SafetyState, SafetyVerdict, judge, most_harmful
 from services.guard.scope import select_messages
 from services.guard.spans import Entity
 from switchyard.v1 import common_pb2, guard_pb2
@@ -30,13 +33,38 @@ class MessageEntity:
     entity: Entity
 
 
+_PROTO_ACTIONS = {None: guard_pb2.SAFETY_ACTION_NONE, SafetyActionKind.ALLOW: guard_pb2.SAFETY_ACTION_ALLOW,
+                  SafetyActionKind.BLOCK: guard_pb2.SAFETY_ACTION_BLOCK, SafetyActionKind.ROUTE: guard_pb2.SAFETY_ACTION_ROUTE}
+_PROTO_STATES = {SafetyState.CHECKED: guard_pb2.SAFETY_STATE_CHECKED, SafetyState.DISABLED: guard_pb2.SAFETY_STATE_DISABLED,
+                 SafetyState.UNAVAILABLE: guard_pb2.SAFETY_STATE_UNAVAILABLE}
+
+
+async def _disabled() -> SafetyVerdict:
+    return SafetyVerdict(SafetyState.DISABLED)
+
+
+def scored_texts(messages: Sequence[common_pb2.ChatMessage], policy: JailbreakPolicy) -> list[tuple[int, str]]:
+    """(message index, text) of what the jailbreak and safety checks score: `policy.scope`, at least `min_words`."""
+    return [(i, messages[i].text) for i in select_messages(messages, policy.scope)
+            if count_words(messages[i].text) >= policy.min_words]
+
+
 @dataclass
 class GuardVerdict:
-    checked: bool  # False when both checks are disabled: the guard then has no opinion
+    checked: bool  # False when every check is disabled: the guard then has no opinion
     jailbreak: JailbreakResult = field(default_factory=lambda: JailbreakResult(0.0, -1, 0))
     jailbreak_blocked: bool = False
+    safety: SafetyVerdict = field(default_factory=lambda: SafetyVerdict(SafetyState.DISABLED))
     pii: list[MessageEntity] = field(default_factory=list)
     blocking_pii_types: list[str] = field(default_factory=list)
+
+    @property
+    def block_reason(self) -> str:
+        if self.jailbreak_blocked:
+            return "jailbreak"
+        if self.safety.blocked:
+            return "safety"
+        return "pii" if self.blocking_pii_types else ""
 
     @property
     def pii_types(self) -> set[str]:
@@ -54,25 +82,33 @@ class GuardVerdict:
                 for m in self.pii
             ],
             blocking_pii_types=self.blocking_pii_types,
+            safety=guard_pb2.SafetyVerdict(
+                state=_PROTO_STATES[self.safety.state], score=self.safety.score.score, category=self.safety.category,
+                action=_PROTO_ACTIONS[self.safety.action.kind if self.safety.action else None],
+                route_model=(self.safety.action.model or "") if self.safety.action else "",
+                message_index=self.safety.score.message_index),
         )
 
     def summary(self) -> str:
         """Types and counts only: safe to log (no text, no values)."""
         counts = Counter(m.entity.type for m in self.pii)
         pii = ",".join(f"{t}x{n}" for t, n in sorted(counts.items())) or "none"
+        safety = self.safety.category or self.safety.state.value
+        action = str(self.safety.action) if self.safety.action else "none"
         return (f"jailbreak={self.jailbreak.score:.3f} blocked={self.jailbreak_blocked} "
-                f"windows={self.jailbreak.windows} pii={pii} blocking={','.join(self.blocking_pii_types) or 'none'}")
+                f"windows={self.jailbreak.windows} safety={safety}:{self.safety.score.score:.3f} action={action} "
+                f"pii={pii} blocking={','.join(self.blocking_pii_types) or 'none'}")
 
 
 class RequestGuard:
     """Runs the configured checks on a request's messages; Triton errors propagate to the caller."""
 
-    def __init__(self, config: GuardConfig, scorer: JailbreakScorer, tagger: PiiTagger, chunker: Chunker,
+    def __init__(self, config: GuardConfig, scorer: JailbreakScorer, tagger: PiiTagger, safety: SafetyScorer,
                  metrics: GuardMetrics | None = None) -> None:
         self._config = config
         self._scorer = scorer
         self._tagger = tagger
-        self._chunker = chunker
+        self._safety = safety
         self._metrics = metrics or GuardMetrics()
 
     def reconfigure(self, config: GuardConfig) -> None:
@@ -81,28 +117,27 @@ class RequestGuard:
 
     async def check(self, messages: Sequence[common_pb2.ChatMessage]) -> GuardVerdict:
         config = self._config
-        if not config.jailbreak.enabled and not config.pii.enabled:
+        if not config.jailbreak.enabled and not config.pii.enabled and not config.safety.enabled:
             return GuardVerdict(checked=False)
         with decision_span("guard.check", service="guard") as span:
             verdict = await self._check(config, messages)
-            set_decision_attributes(
-                span, pii_types=sorted(verdict.pii_types),
-                block_reason="jailbreak" if verdict.jailbreak_blocked else ("pii" if verdict.blocking_pii_types else ""))
+            set_decision_attributes(span, pii_types=sorted(verdict.pii_types), block_reason=verdict.block_reason)
         return verdict
 
     async def _check(self, config: GuardConfig, messages: Sequence[common_pb2.ChatMessage]) -> GuardVerdict:
-        jailbreak_cfg, pii_cfg = config.jailbreak, config.pii
+        jailbreak_cfg, safety_cfg, pii_cfg = config.jailbreak, config.safety, config.pii
         started = time.perf_counter()
-        jailbreak_indices = select_messages(messages, jailbreak_cfg.scope) if jailbreak_cfg.enabled else []
+        # Safety reads what jailbreak reads: the same whole-text rows, computed once by the trunk.
+        texts = scored_texts(messages, jailbreak_cfg) if jailbreak_cfg.enabled or safety_cfg.enabled else []
         pii_indices = select_messages(messages, pii_cfg.scope) if pii_cfg.enabled else []
-        # Both Triton calls go out together; if either fails the whole check fails, because half a
+        # The Triton calls go out together; if one fails the whole check fails, because half a
         # verdict would read as "clean" for the half that was not checked.
-        jailbreak, tagged = await asyncio.gather(
-            self._score_jailbreak([(i, messages[i].text) for i in jailbreak_indices
-                                   if count_words(messages[i].text) >= jailbreak_cfg.min_words]),
+        jailbreak, safety, tagged = await asyncio.gather(
+            self._score_jailbreak(texts if jailbreak_cfg.enabled else []),
+            self._score_safety(texts, config) if safety_cfg.enabled else _disabled(),
             self._tag([messages[i].text for i in pii_indices]),
         )
-        verdict = GuardVerdict(checked=True, jailbreak=jailbreak)
+        verdict = GuardVerdict(checked=True, jailbreak=jailbreak, safety=safety)
         verdict.jailbreak_blocked = jailbreak_cfg.enabled and jailbreak.blocked(jailbreak_cfg.threshold)
 
         patterns_started = time.perf_counter()
@@ -120,10 +155,24 @@ class RequestGuard:
             return JailbreakResult(0.0, -1, 0)
         started = time.perf_counter()
         with decision_span("guard.jailbreak", classifier=JAILBREAK):
-            result = await score_messages(texts, self._scorer, self._chunker)
+            result = await score_messages(texts, self._scorer)
         self._metrics.classifier_latency.labels(JAILBREAK).observe(time.perf_counter() - started)
         self._metrics.jailbreak_windows.observe(result.windows)
         return result
+
+    async def _score_safety(self, texts: list[tuple[int, str]], config: GuardConfig) -> SafetyVerdict:
+        if not texts:
+            return SafetyVerdict(SafetyState.CHECKED)
+        started = time.perf_counter()
+        with decision_span("guard.safety", classifier=SAFETY):
+            try:
+                probabilities = await self._safety.safety_probabilities([text for _, text in texts])
+            except ModelNotAvailableError as exc:
+                # A repository without the safety head (per-task layout): say so, never read as safe.
+                log.warning("safety check unavailable, requests are marked x-vsr-safety: unverified: %s", exc)
+                return SafetyVerdict(SafetyState.UNAVAILABLE)
+        self._metrics.classifier_latency.labels(SAFETY).observe(time.perf_counter() - started)
+        return judge(most_harmful(texts, np.asarray(probabilities)), config.safety)
 
     async def _tag(self, texts: list[str]) -> Sequence[Sequence[TaggedSpan]]:
         if not texts:
@@ -140,9 +189,12 @@ class RequestGuard:
         metrics = self._metrics
         metrics.check_latency.observe(seconds)
         metrics.count_pii(verdict.pii_types)
+        metrics.count_safety(verdict.safety)
         if verdict.jailbreak_blocked:
             metrics.jailbreak_blocks.inc()
             outcome = "jailbreak"
+        elif verdict.safety.blocked:
+            outcome = "safety_block"
         elif verdict.blocking_pii_types:
             metrics.pii_blocks.inc()
             outcome = "pii_block"

@@ -8,15 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
+import numpy as np
 
 from services.common.config import SwitchyardConfig
 from services.common.grpc_server import run_grpc_service
 from services.common.reload import LiveConfig, start_reloading
-from services.common.tokenizer import TokenizerNotFoundError
-from services.common.triton import (LazyTritonModels, ModelNotAvailableError, TritonError, TritonTimeoutError,
-                                    set_call_deadline)
+from services.common.triton import LazyTritonModels, TritonError, TritonTimeoutError, set_call_deadline
 from services.guard.check import RequestGuard
-from services.guard.chunking import TokenChunker
 from services.guard.metrics import GuardMetrics
 from services.guard.pii import TaggedSpan
 from switchyard.v1 import guard_pb2, guard_pb2_grpc
@@ -50,36 +48,25 @@ class GuardServicer(guard_pb2_grpc.GuardServicer):
         return verdict.to_proto()
 
 
-def build_chunker(config: SwitchyardConfig) -> TokenChunker:
-    """Token windows from the tokenizer.json the Triton client uses (see services.guard.chunking)."""
-    policy = config.guard.jailbreak
-    return TokenChunker.from_repository(config.triton.model_repository, policy.chunk_tokens,
-                                        policy.chunk_overlap_tokens)
-
-
 class LazyGuardModels:
-    """The guard's Triton models and token windows, built on first use: the guard starts (and reports
-    healthy) on an unbuilt model repository like the other services, and its checks fail with a
-    TritonError saying why, so the front applies guard.on_failure instead of finding no guard at all."""
+    """The guard's Triton models, built on first use: the guard starts (and reports healthy) on an unbuilt
+    model repository like the other services, and its checks fail with a TritonError saying why, so the
+    front applies guard.on_failure instead of finding no guard at all."""
 
     def __init__(self, config: SwitchyardConfig) -> None:
-        self._config = config
         self._models = LazyTritonModels(config.triton)
-        self._chunker: TokenChunker | None = None
 
     async def jailbreak_scores(self, texts: list[str]) -> Sequence[float]:
         return await self._models.get().jailbreak_scores(texts)
 
+    async def jailbreak_window_scores(self, texts: list[str]) -> Sequence[Sequence[float]]:
+        return await self._models.get().jailbreak_window_scores(texts)
+
+    async def safety_probabilities(self, texts: list[str]) -> np.ndarray:
+        return await self._models.get().safety_probabilities(texts)
+
     async def tag_pii(self, texts: list[str]) -> Sequence[Sequence[TaggedSpan]]:
         return await self._models.get().tag_pii(texts)
-
-    def windows(self, text: str) -> list[tuple[int, int]]:
-        if self._chunker is None:
-            try:
-                self._chunker = build_chunker(self._config)
-            except TokenizerNotFoundError as exc:
-                raise ModelNotAvailableError(f"{exc}; run `make models`") from None
-        return self._chunker.windows(text)
 
     async def close(self) -> None:
         await self._models.close()

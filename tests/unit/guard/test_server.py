@@ -11,11 +11,10 @@ import pytest
 from services.common.config import GuardConfig
 from services.common.triton import TritonTimeoutError
 from services.guard.check import RequestGuard
-from services.guard.chunking import CharChunker
 from services.guard.metrics import GuardMetrics
 from services.guard.server import GuardServicer
 from switchyard.v1 import common_pb2, guard_pb2, guard_pb2_grpc
-from tests.unit.guard.fakes import DownTriton, KeywordScorer, NameTagger
+from tests.unit.guard.fakes import CategoryScorer, DownTriton, KeywordScorer, NameTagger
 
 CONFIG = GuardConfig(port=1, metrics_port=2)
 
@@ -26,7 +25,7 @@ class SlowTriton(DownTriton):
 
 
 async def start(scorer, tagger, metrics: GuardMetrics) -> tuple[grpc.aio.Server, grpc.aio.Channel]:
-    guard = RequestGuard(CONFIG, scorer, tagger, CharChunker(64, 16), metrics)
+    guard = RequestGuard(CONFIG, scorer, tagger, CategoryScorer(), metrics)
     server = grpc.aio.server()
     guard_pb2_grpc.add_GuardServicer_to_server(GuardServicer(guard, metrics), server)
     port = server.add_insecure_port("127.0.0.1:0")
