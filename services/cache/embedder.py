@@ -38,8 +38,10 @@ class TritonEmbedder:
     name = "minilm"
     dimension = io.HIDDEN_SIZE
 
-    def __init__(self, triton: TritonConfig, recent: int = RECENT_VECTORS) -> None:
-        self._models = LazyTritonModels(triton)
+    def __init__(self, triton: TritonConfig, recent: int = RECENT_VECTORS,
+                 models: LazyTritonModels | None = None) -> None:
+        # `models`: a client shared with the pair classifier (services/cache/pair_model.py); closed here.
+        self._models = models or LazyTritonModels(triton)
         self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
         self._capacity = recent
 

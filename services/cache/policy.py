@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
-from services.cache.verify import Agreement
+from services.cache.verify import DECISIVE, PROVEN, Agreement, Rejection, Verdict
 from services.common.config import CacheConfig
 from services.common.sse import reassemble_sse, uncacheable_reason
 from switchyard.v1 import common_pb2
@@ -20,6 +22,31 @@ NO_FINGERPRINT = "no-fingerprint"
 ANONYMOUS = "anonymous"
 MODEL_DISABLED = "model-disabled"
 NOT_A_COMPLETION = "not-a-completion"
+
+
+# Match.check when cache.verify is off: the similarity threshold alone let it through.
+SIMILARITY_ONLY = "similarity"
+# Match.check of a candidate the pair classifier accepted.
+PAIR_MODEL = "pair_model"
+# Rejection reasons of the pair-model step (beside verify.Rejection's).
+PAIR_MODEL_REJECTED = "pair-model"  # p(same) below cache.pair_threshold
+PAIR_MODEL_FAILED = "pair-model-failed"  # the classifier did not answer in time: never served unverified
+PAIR_CANDIDATES = "pair-candidates"  # beyond cache.pair_candidates in this lookup
+
+
+class Step(str, Enum):
+    """What the text checks decided about one candidate."""
+
+    SERVE = "serve"
+    REJECT = "reject"
+    ASK_PAIR_MODEL = "ask-pair-model"
+
+
+@dataclass(frozen=True)
+class Screening:
+    step: Step
+    check: str = ""  # with SERVE: which check passed (an Agreement value or SIMILARITY_ONLY)
+    rejection: str = ""  # with REJECT: a Rejection value (a metrics label)
 
 
 class StoreRefusal(Exception):
@@ -74,16 +101,42 @@ class CachePolicy:
 
     def threshold(self, category: str, agreement: Agreement | None = None) -> float:
         """The similarity a candidate needs. The same words (or a self-correction into them) need only the
-        lexical threshold; a paraphrase, or any candidate with verification off, the category's."""
-        if self.config.verify and agreement in (Agreement.EXACT, Agreement.LEXICAL, Agreement.CORRECTION):
+        lexical threshold; a candidate for the pair model the category's candidate threshold; a paraphrase
+        without the pair model, or any candidate with verification off, the category's similarity threshold."""
+        if self.config.verify and agreement in PROVEN:
             return self.config.lexical_threshold
-        return self.config.category_thresholds.get(category, self.config.similarity_threshold)
+        default = self.config.candidate_threshold if self.config.uses_pair_model else self.config.similarity_threshold
+        return self.config.category_thresholds.get(category, default)
 
     @property
     def lowest_threshold(self) -> float:
         """The search cut-off: no candidate may hit below it."""
         lexical = [self.config.lexical_threshold] if self.config.verify else []
-        return min([self.config.similarity_threshold, *self.config.category_thresholds.values(), *lexical])
+        default = self.config.candidate_threshold if self.config.uses_pair_model else self.config.similarity_threshold
+        return min([default, *self.config.category_thresholds.values(), *lexical])
+
+    def screen(self, verdict: Verdict, similarity: float, category: str) -> Screening:
+        """What the text checks (`verdict`, services/cache/verify.py) and the similarity decide about one
+        candidate: served, rejected, or left to the pair classifier (cache.pair_model)."""
+        if not self.config.verify:
+            if similarity >= self.threshold(category):
+                return Screening(Step.SERVE, check=SIMILARITY_ONLY)
+            return Screening(Step.REJECT, rejection=Rejection.SIMILARITY.value)
+        if verdict.agreement in PROVEN:
+            if similarity >= self.config.lexical_threshold:
+                return Screening(Step.SERVE, check=verdict.agreement.value)
+            return Screening(Step.REJECT, rejection=Rejection.SIMILARITY.value)
+        if verdict.rejection is not None and (verdict.rejection in DECISIVE or not self.config.uses_pair_model):
+            return Screening(Step.REJECT, rejection=verdict.rejection.value)
+        # A paraphrase, or a rejection on form, order or edits, which the pair model judges when it is on.
+        if similarity < self.threshold(category, verdict.agreement):
+            return Screening(Step.REJECT, rejection=Rejection.SIMILARITY.value)
+        if self.config.uses_pair_model:
+            return Screening(Step.ASK_PAIR_MODEL)
+        return Screening(Step.SERVE, check=Agreement.PARAPHRASE.value)
+
+    def pair_accepts(self, same_probability: float) -> bool:
+        return same_probability >= self.config.pair_threshold
 
     @property
     def eviction_order(self) -> str:

@@ -12,13 +12,18 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
+import numpy as np
+
 from services.cache.embedder import Embedder, EmbedderUnavailableError
 from services.cache.metrics import CacheMetrics
-from services.cache.policy import NO_FINGERPRINT, NO_USER_MESSAGE, CachePolicy, StoreRefusal, completion_from_body
+from services.cache.pair_model import PairModelUnavailableError, PairScorer
+from services.cache.policy import (NO_FINGERPRINT, NO_USER_MESSAGE, PAIR_CANDIDATES, PAIR_MODEL, PAIR_MODEL_FAILED,
+                                   PAIR_MODEL_REJECTED, CachePolicy, Step, StoreRefusal, completion_from_body)
 from services.cache.scope import CacheScope, NoFingerprintError, NoUserMessageError, scope_of
 from services.cache.store import CacheEntry, CacheStore, ScopeFilter, StoredHit, StoreUnavailableError, evict
-from services.cache.verify import Rejection, verify
+from services.cache.verify import verify
 from services.common.config import CacheConfig
+from services.common.triton import CALL_DEADLINE
 from switchyard.v1 import common_pb2
 
 log = logging.getLogger("switchyard.cache")
@@ -31,8 +36,8 @@ SEARCH_LIMIT = 16
 WRITE_BATCH = 32
 QUEUE_FULL = "queue-full"
 QUEUED = "queued"
-# Match.check when cache.verify is off: the similarity threshold alone let it through.
-SIMILARITY_ONLY = "similarity"
+# Kept back from the served call's deadline for the reply after the pair classifier answers.
+PAIR_REPLY_MARGIN_S = 0.005
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ class Match:
     entry_id: str
     # The route the answer came from (services/common/cache_fingerprint.route_fingerprint).
     route_fingerprint: str = ""
-    # Which check passed: an Agreement value ("exact", "lexical", ...) or SIMILARITY_ONLY.
+    # Which check passed: an Agreement value ("exact", "lexical", ...), PAIR_MODEL or SIMILARITY_ONLY.
     check: str = ""
 
 
@@ -72,6 +77,25 @@ class _Write:
     route: str
 
 
+def _route(hit: StoredHit) -> tuple[str, str, str]:
+    return hit.model, hit.category, hit.route
+
+
+def _match(hit: StoredHit, check: str) -> Match:
+    return Match(hit.model, hit.category, hit.similarity, hit.body.encode(), hit.id, route_fingerprint=hit.route,
+                 check=check)
+
+
+def _best_per_route(served: list[tuple[Match, StoredHit]]) -> list[tuple[Match, StoredHit]]:
+    """The most similar served candidate of each model/category/route."""
+    best: dict[tuple[str, str, str], tuple[Match, StoredHit]] = {}
+    for match, hit in served:
+        key = _route(hit)
+        if key not in best or match.similarity > best[key][0].similarity:
+            best[key] = (match, hit)
+    return list(best.values())
+
+
 class SemanticCache:
     """Lookups run on the caller's task; writes go through a bounded queue drained by one worker.
 
@@ -80,11 +104,13 @@ class SemanticCache:
     """
 
     def __init__(self, config: CacheConfig, store: CacheStore, embedder: Embedder, metrics: CacheMetrics,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, pair_scorer: PairScorer | None = None) -> None:
         self.config = config
         self.policy = CachePolicy(config)
         self.store = store
         self.embedder = embedder
+        # Asked when cache.pair_model is on; without one, what it would judge is never served.
+        self.pair_scorer = pair_scorer
         self.metrics = metrics
         self.clock = clock
         self._queue: asyncio.Queue[_Write] = asyncio.Queue(maxsize=config.write_queue_size)
@@ -164,47 +190,81 @@ class SemanticCache:
         hits = await self._run(self.store.search, vector, where, SEARCH_LIMIT, self.policy.lowest_threshold)
         searched = time.perf_counter()
         # Off the event loop: comparing long texts takes a few milliseconds.
-        found = await self._run(self._verified, scope.query, hits) if hits else []
+        served, asked = await self._run(self._screen, scope.query, hits) if hits else ([], [])
+        screened = time.perf_counter()
+        # On this task, so that the served call's deadline (services.common.triton.CALL_DEADLINE) bounds it.
+        if asked:
+            served += await self._ask_pair_model(scope.query, asked)
         done = time.perf_counter()
-        for stage, seconds in (("embed", embedded - started), ("search", searched - embedded),
-                               ("verify", done - searched), ("total", done - started)):
+        stages = [("embed", embedded - started), ("search", searched - embedded), ("verify", screened - searched)]
+        if asked:
+            stages.append(("pair_model", done - screened))
+        for stage, seconds in (*stages, ("total", done - started)):
             self.metrics.lookup_latency.labels(stage).observe(seconds)
 
+        found = _best_per_route(served)
         for match, hit in found:
             self._record_hit(hit.id, hit.hits + 1)
             self.metrics.matches.labels(match.check).inc()
         (self.metrics.hits if found else self.metrics.misses).inc()
         return LookupResult(sorted((m for m, _ in found), key=lambda m: -m.similarity))
 
-    def _verified(self, query: str, hits: list[StoredHit]) -> list[tuple[Match, StoredHit]]:
-        """In the store thread: the best candidate per model/category/route that passes its checks."""
-        best: dict[tuple[str, str, str], tuple[Match, StoredHit]] = {}
+    def _screen(self, query: str, hits: list[StoredHit]) -> tuple[list[tuple[Match, StoredHit]], list[StoredHit]]:
+        """In the store thread: the text checks on every candidate (best first). Returns the candidates they
+        serve and those left to the pair classifier (at most cache.pair_candidates, and only where no better
+        candidate of the same model/category/route was served already); the rest are counted by reason."""
+        served: list[tuple[Match, StoredHit]] = []
+        asked: list[StoredHit] = []
+        decided: set[tuple[str, str, str]] = set()
         for hit in hits:  # best first
-            key = (hit.model, hit.category, hit.route)
-            if key in best or not self.policy.model_enabled(hit.model):
+            key = _route(hit)
+            if key in decided or not self.policy.model_enabled(hit.model):
                 continue
-            check = self._check(query, hit)
-            if check is not None:
-                best[key] = (Match(hit.model, hit.category, hit.similarity, hit.body.encode(), hit.id,
-                                   route_fingerprint=hit.route, check=check), hit)
-        return list(best.values())
+            screening = self.policy.screen(verify(query, hit.query), hit.similarity, hit.category)
+            if screening.step is Step.SERVE:
+                served.append((_match(hit, screening.check), hit))
+                decided.add(key)
+            elif screening.step is Step.ASK_PAIR_MODEL and len(asked) < self.config.pair_candidates:
+                asked.append(hit)
+            else:
+                self.metrics.rejections.labels(screening.rejection or PAIR_CANDIDATES).inc()
+        return served, asked
 
-    def _check(self, query: str, hit: StoredHit) -> str | None:
-        """Which check lets this candidate serve `query`, or None (counted by reason)."""
-        if not self.config.verify:
-            if hit.similarity >= self.policy.threshold(hit.category):
-                return SIMILARITY_ONLY
-            self.metrics.rejections.labels(Rejection.SIMILARITY.value).inc()
-            return None
-        verdict = verify(query, hit.query)
-        if verdict.agreement is None:
-            assert verdict.rejection is not None
-            self.metrics.rejections.labels(verdict.rejection.value).inc()
-            return None
-        if hit.similarity < self.policy.threshold(hit.category, verdict.agreement):
-            self.metrics.rejections.labels(Rejection.SIMILARITY.value).inc()
-            return None
-        return verdict.agreement.value
+    async def _ask_pair_model(self, query: str, asked: list[StoredHit]) -> list[tuple[Match, StoredHit]]:
+        """One batched call to the pair classifier; what it does not accept in time is not served."""
+        try:
+            scores = await self._pair_scores([(hit.query, query) for hit in asked])
+        except PairModelUnavailableError as exc:
+            log.warning("cache: pair classifier unavailable, %d candidates not served: %s", len(asked), exc)
+            self.metrics.pair_model_calls.labels(exc.reason).inc()
+            self.metrics.rejections.labels(PAIR_MODEL_FAILED).inc(len(asked))
+            return []
+        self.metrics.pair_model_calls.labels("ok").inc()
+        accepted = []
+        for hit, score in zip(asked, scores.tolist()):
+            self.metrics.pair_scores.observe(score)
+            if self.policy.pair_accepts(score):
+                accepted.append((_match(hit, PAIR_MODEL), hit))
+            else:
+                self.metrics.rejections.labels(PAIR_MODEL_REJECTED).inc()
+        return accepted
+
+    async def _pair_scores(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        if self.pair_scorer is None:
+            raise PairModelUnavailableError("unavailable", "no pair classifier configured in this process")
+        deadline = CALL_DEADLINE.get()
+        budget = None if deadline is None else deadline - time.monotonic() - PAIR_REPLY_MARGIN_S
+        if budget is not None and budget <= 0:
+            raise PairModelUnavailableError("timeout", "the lookup's deadline is spent before the pair classifier")
+        try:
+            scores = await asyncio.wait_for(self.pair_scorer.same_scores(pairs), budget)
+        except TimeoutError:
+            raise PairModelUnavailableError("timeout", f"no answer within the lookup's deadline ({budget:.3f} s)") \
+                from None
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        if len(scores) != len(pairs):
+            raise PairModelUnavailableError("error", f"{len(scores)} scores for {len(pairs)} pairs")
+        return scores
 
     # Store ---------------------------------------------------------------------------------------
 

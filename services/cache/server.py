@@ -11,13 +11,14 @@ import grpc
 from services.cache.backends import open_store
 from services.cache.embedder import EmbedderUnavailableError, TritonEmbedder
 from services.cache.metrics import CacheMetrics
+from services.cache.pair_model import TritonPairScorer
 from services.cache.semantic_cache import LookupResult, SemanticCache
 from services.cache.store import StoreUnavailableError
 from services.cache.tool_ranker import ToolRanker
 from services.common.config import SwitchyardConfig
 from services.common.grpc_server import run_grpc_service
 from services.common.reload import LiveConfig, start_reloading
-from services.common.triton import set_call_deadline
+from services.common.triton import LazyTritonModels, set_call_deadline
 from switchyard.v1 import cache_pb2, cache_pb2_grpc
 
 log = logging.getLogger("switchyard.cache")
@@ -85,8 +86,10 @@ def add_servicers(server: grpc.aio.Server, cache: SemanticCache, ranker: ToolRan
 async def serve(config: SwitchyardConfig, config_path: Path | None = None) -> None:
     section = config.cache
     metrics = CacheMetrics()
-    embedder = TritonEmbedder(config.triton)
-    cache = SemanticCache(section, open_store(section, embedder), embedder, metrics)
+    models = LazyTritonModels(config.triton)  # one client for the embedder and the pair classifier
+    embedder = TritonEmbedder(config.triton, models=models)
+    cache = SemanticCache(section, open_store(section, embedder), embedder, metrics,
+                          pair_scorer=TritonPairScorer(models))
     await cache.start()
     live = LiveConfig(config)
     live.on_change(lambda new: cache.reconfigure(new.cache))

@@ -49,6 +49,14 @@ class Rejection(str, Enum):
     SIMILARITY = "similarity"  # agreement shown, but the embeddings are below that agreement's threshold
 
 
+# Agreements shown on the words themselves: no model is needed to serve them.
+PROVEN = frozenset({Agreement.EXACT, Agreement.LEXICAL, Agreement.CORRECTION})
+# Rejections on what decides the answer (a number, a name, a negation, an operator, a direction): final,
+# also when a pair model would be asked, since these are the look-alikes a model misses most.
+DECISIVE = frozenset({Rejection.NUMBERS, Rejection.NEGATION, Rejection.OPERATORS, Rejection.ENTITIES,
+                      Rejection.DIRECTION})
+
+
 @dataclass(frozen=True)
 class Verdict:
     agreement: Agreement | None

@@ -459,9 +459,21 @@ class CacheConfig(ServiceConfig):
     # numbers, names, negations, operators, direction and word order must agree. false serves on
     # similarity alone, which answers look-alikes ("17 times 24" from "17 times 23") wrongly.
     verify: bool = True
-    # The similarity a verified paraphrase (other words) needs; with verify off, what any hit needs.
+    # After those checks, ask the pair classifier (Triton `cache_pair_classifier`) whether the stored
+    # question's answer serves the new one, for the candidates the checks could not prove the same (other
+    # words, a few words changed). Only with verify. false: rules only, a paraphrase needs similarity_threshold.
+    pair_model: bool = True
+    # With pair_model: the similarity a candidate needs before the pair classifier is asked (per category
+    # with category_thresholds).
+    candidate_threshold: UnitInterval = 0.7
+    # With pair_model: the probability "same" a candidate needs to be served.
+    pair_threshold: UnitInterval = 0.9
+    # With pair_model: the most candidates one lookup sends to the pair classifier (one batched call).
+    pair_candidates: int = Field(default=4, gt=0, le=16)
+    # The similarity a verified paraphrase (other words) needs without pair_model; with verify off, what
+    # any hit needs.
     similarity_threshold: UnitInterval = 0.89
-    # Per routing category, instead of similarity_threshold.
+    # Per routing category, instead of similarity_threshold (candidate_threshold with pair_model).
     category_thresholds: dict[str, UnitInterval] = Field(default_factory=dict)
     # The similarity a hit needs when the verifier found the same words (up to case, punctuation, typos,
     # courtesy phrases, sentence order) or a self-correction into the stored question.
@@ -480,6 +492,18 @@ class CacheConfig(ServiceConfig):
     models: list[str] = Field(default_factory=list)
     # Writes waiting in the queue beyond this are dropped (and counted).
     write_queue_size: int = Field(default=1000, gt=0)
+
+    @model_validator(mode="after")
+    def _pair_model_needs_verify(self) -> CacheConfig:
+        # verify: false alone turns every check off, the pair model's too; asking for both is a mistake.
+        if self.pair_model and not self.verify and "pair_model" in self.model_fields_set:
+            raise ValueError("pair_model: true needs verify: true (the pair classifier runs after the text "
+                             "checks); set pair_model: false, or verify: true")
+        return self
+
+    @property
+    def uses_pair_model(self) -> bool:
+        return self.verify and self.pair_model
 
 
 class BlockedResponseStyle(str, Enum):

@@ -97,6 +97,9 @@ def completion(content: str = "an answer", model: str = "m1", finish_reason: str
 
 
 def cache_config(**overrides) -> CacheConfig:
+    """The rules-only cache unless a test asks for the pair model (tests/unit/cache/test_pair_model.py)."""
+    if overrides.get("verify", True):
+        overrides.setdefault("pair_model", False)
     return CacheConfig(port=0, metrics_port=0, **overrides)
 
 
