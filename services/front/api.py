@@ -26,6 +26,7 @@ from services.common.health import grpc_serving, http_ok
 from services.common.triton_server import ready_urls
 from services.front.chat_request import RequestError
 from services.front.masking import redact_text
+from services.front.merge import SAFETY_ACTION_LABELS
 from services.front.mesh_clients import ServiceCall
 from services.front.processor import FrontContext
 from switchyard.v1 import common_pb2, decision_pb2, guard_pb2
@@ -135,6 +136,11 @@ class SecurityResponse(BaseModel):
     recommendation: Literal["block", "allow"]
     reasoning: str | None = None
     patterns_detected: list[str]
+    # The guard's safety head (guard.safety): the harm category at or above its threshold (null below it,
+    # or when no safety model is built), the unsafe score 1 - p(none), and the action its policy gives.
+    safety_category: str | None = None
+    safety_score: float | None = None
+    safety_action: Literal["block", "allow", "route"] | None = None
     processing_time_ms: int
 
 
@@ -291,12 +297,17 @@ class ClassificationApi:
         if request.options.include_reasoning:
             reasoning = (f"jailbreak classifier score {score:.2f} against threshold {threshold:.2f} "
                          f"({request.options.sensitivity} sensitivity)")
+        safety = verdict.safety
+        checked = safety.state == guard_pb2.SAFETY_STATE_CHECKED
+        action = SAFETY_ACTION_LABELS[safety.action] if safety.category else None
         return SecurityResponse(
             is_jailbreak=is_jailbreak, risk_score=round(score, 6),
-            detection_types=["jailbreak"] if is_jailbreak else [],
+            detection_types=(["jailbreak"] if is_jailbreak else []) + (["safety"] if safety.category else []),
             confidence=round(score if is_jailbreak else 1 - score, 6),
-            recommendation="block" if is_jailbreak else "allow", reasoning=reasoning,
-            patterns_detected=[], processing_time_ms=_ms(started))
+            recommendation="block" if is_jailbreak or action == "block" else "allow", reasoning=reasoning,
+            patterns_detected=[], safety_category=safety.category or None,
+            safety_score=round(safety.score, 6) if checked else None, safety_action=action,
+            processing_time_ms=_ms(started))
 
     async def batch(self, request: BatchRequest) -> BatchResponse:
         limits = self.config.front.api
@@ -382,6 +393,8 @@ class ClassificationApi:
                            else "replace"},
             guard={"jailbreak": bool(guard and guard.jailbreak),
                    "jailbreak_score": round(guard.jailbreak_score, 6) if guard else None,
+                   "safety_category": (guard.safety.category or None) if guard else None,
+                   "safety_action": SAFETY_ACTION_LABELS[guard.safety.action] if guard else None,
                    "pii_types": sorted({e.type for e in guard.pii}) if guard else [],
                    "masked_types": sorted({e.type for e in outcome.mask_entities})},
             cache={"hit": outcome.kind == "cache_hit",

@@ -55,7 +55,7 @@ class Outcome:
     mask_entities: list[guard_pb2.PiiEntity] = field(default_factory=list)
     # Why the guard did not verify this request ("" = it did): see guard_unverified_reason.
     unverified: str = ""
-    # With kind BLOCKED: "jailbreak" or "pii".
+    # With kind BLOCKED: "jailbreak", "safety" or "pii".
     block_reason: str = ""
     # With kind UPSTREAM: the other candidates the PII policy allows, best first (fallback.py).
     fallbacks: list[Route] = field(default_factory=list)
@@ -70,6 +70,35 @@ BLOCK_MESSAGE_JAILBREAK = (
     "This request was blocked because it looks like an attempt to bypass the assistant's safety "
     "rules (jailbreak or prompt injection). Rephrase the request without those instructions."
 )
+
+
+BLOCK_MESSAGE_SAFETY = (
+    "This request was blocked because it asks for content that this service does not provide "
+    "({category}). If this is a misunderstanding, rephrase the request."
+)
+# Response headers of the safety verdict (README, "Safety routing").
+SAFETY_CATEGORY_HEADER = "x-vsr-safety-category"
+SAFETY_BLOCKED_HEADER = "x-vsr-safety-blocked"
+SAFETY_ACTION_LABELS = {guard_pb2.SAFETY_ACTION_NONE: "none", guard_pb2.SAFETY_ACTION_ALLOW: "allow",
+                        guard_pb2.SAFETY_ACTION_BLOCK: "block", guard_pb2.SAFETY_ACTION_ROUTE: "route"}
+# On everything that went on without a safety verdict (no safety_classifier in the model repository).
+SAFETY_HEADER = "x-vsr-safety"
+
+
+def safety_headers(guard: guard_pb2.CheckResponse | None) -> list[tuple[str, str]]:
+    """The safety category of a request the guard put in one (allow and route; block adds its own)."""
+    if guard is None or not guard.has_opinion:
+        return []
+    if guard.safety.state in (guard_pb2.SAFETY_STATE_UNSPECIFIED, guard_pb2.SAFETY_STATE_UNAVAILABLE):
+        return [(SAFETY_HEADER, UNVERIFIED)]
+    return [(SAFETY_CATEGORY_HEADER, guard.safety.category)] if guard.safety.category else []
+
+
+def safety_route(guard: guard_pb2.CheckResponse | None) -> str:
+    """The model the guard's safety policy sends this request to ("" = none)."""
+    if guard is None or not guard.has_opinion or guard.safety.action != guard_pb2.SAFETY_ACTION_ROUTE:
+        return ""
+    return guard.safety.route_model
 
 
 def _pii_block_message(types: list[str]) -> str:
@@ -131,13 +160,22 @@ def _merge_verdicts(config: SwitchyardConfig, request: ChatRequest,
             return Outcome(OutcomeKind.BLOCKED, block_reason="jailbreak",
                            reply=_blocked(config, request, BLOCK_MESSAGE_JAILBREAK, headers),
                            degraded=degraded)
+        if verdict.safety.action == guard_pb2.SAFETY_ACTION_BLOCK:
+            category = verdict.safety.category
+            headers = ((SAFETY_CATEGORY_HEADER, category), (SAFETY_BLOCKED_HEADER, "true"))
+            message = BLOCK_MESSAGE_SAFETY.format(category=category.replace("_", " "))
+            return Outcome(OutcomeKind.BLOCKED, block_reason="safety",
+                           reply=_blocked(config, request, message, headers), degraded=degraded)
         if verdict.blocking_pii_types:
             types = sorted(set(verdict.blocking_pii_types))
             return Outcome(OutcomeKind.BLOCKED, block_reason="pii", reply=pii_blocked_reply(config, request, types),
                            degraded=degraded)
 
-    # 3. candidates, filtered by the PII each model may see
-    route_candidates = _candidates(config, request, decision.result)
+    # 3. candidates, filtered by the PII each model may see; a safety route replaces decision's choice
+    safe_model = safety_route(verdict)
+    route_candidates = [Route(model=safe_model, fallback_reason="safety")] if safe_model else \
+        _candidates(config, request, decision.result)
+    marks = safety_headers(verdict)
     entities = list(verdict.pii) if verdict is not None else []
     mask_types = config.guard.pii.mask_types
     # Masked types never reach the model, so only the rest must be allowed by its pii_policy.
@@ -145,7 +183,7 @@ def _merge_verdicts(config: SwitchyardConfig, request: ChatRequest,
     allowed = [c for c in route_candidates if _pii_allowed(config, c.model, found_types)]
     if not allowed:
         return Outcome(OutcomeKind.BLOCKED, block_reason="pii", reply=pii_blocked_reply(config, request, found_types),
-                       degraded=degraded)
+                       degraded=degraded, headers=marks)
     route = allowed[0]
     masking = [e for e in entities if e.type in masked_types(entities, mask_types)]
 
@@ -164,10 +202,11 @@ def _merge_verdicts(config: SwitchyardConfig, request: ChatRequest,
                                headers=[("x-vsr-cache-hit", "true"),
                                         ("x-vsr-cache-similarity", f"{match.similarity:.4f}"),
                                         ("x-vsr-cache-check", match.check),
-                                        ("x-vsr-selected-model", route.model)],
+                                        ("x-vsr-selected-model", route.model), *marks],
                                reply=_cached_reply(request, match.body))
     headers = [("x-vsr-pii-masked-types", ",".join(masked_types(entities, mask_types)))] if masking else []
-    if decision.result is not None and decision.result.sticky:
+    headers += marks
+    if decision.result is not None and decision.result.sticky and not safe_model:
         headers.append(("x-vsr-sticky", decision.result.sticky))
     return Outcome(OutcomeKind.UPSTREAM, route=route, degraded=degraded, mask_entities=masking, headers=headers,
                    fallbacks=allowed[1:])

@@ -40,7 +40,10 @@ class FrontMetrics:
         self.tokens = Counter("llm_model_tokens", "Prompt plus completion tokens by model (from usage).",
                               ["model"], registry=r)
         self.blocks = Counter("switchyard_front_blocks", "Requests the router answered itself as blocked, "
-                              "by reason (jailbreak, pii).", ["reason"], registry=r)
+                              "by reason (jailbreak, safety, pii).", ["reason"], registry=r)
+        self.safety_actions = Counter(
+            "switchyard_front_safety_actions", "Routed requests the guard put in a safety category, by category and "
+            "the policy's action (block, route, allow).", ["category", "action"], registry=r)
         self.pii_actions = Counter("switchyard_front_pii_actions", "Requests in which the guard found PII, by "
                                    "what the router did (allow, mask, reroute, block).", ["action"], registry=r)
         self.admission_rejections = Counter(

@@ -17,19 +17,19 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.common.config import FailureMode, SwitchyardConfig
+from services.common.config import SAFETY_HARM_CATEGORIES, FailureMode, SwitchyardConfig
 from services.front.admission import Admission, Admitted
 from services.front.apis import CHAT, RESPONSES, ApiTranslator
 from services.front.chat_request import ChatRequest, RequestError, dumps
 from services.front.conversations import ConversationPins
 from services.front.masking import MaskingError, MaskMapping
-from services.front.merge import Outcome, OutcomeKind, merge, pii_blocked_reply
+from services.front.merge import SAFETY_ACTION_LABELS, Outcome, OutcomeKind, merge, pii_blocked_reply, safety_route
 from services.front.mesh_clients import MeshClients, ServiceCall
 from services.front.metrics import FrontMetrics
 from services.front.requested_model import check_requested_model
 from services.front.service_names import Service
 from services.front.tool_selection import ToolSelection, ToolSelector
-from switchyard.v1 import common_pb2
+from switchyard.v1 import common_pb2, guard_pb2
 
 log = logging.getLogger("switchyard.front")
 
@@ -170,7 +170,9 @@ class Router:
         if selection is not None:
             outgoing = selection.apply(api, outgoing)
             outcome.headers = [*outcome.headers, selection.header]
-        body = dumps(api.rewrite(outgoing, outcome.route, config.routing, decided(calls)))
+        # A safety route sets the model only: decision's system prompt and reasoning were for its own choice.
+        body = dumps(api.rewrite(outgoing, outcome.route, config.routing,
+                                 decided(calls) and not safety_route(calls["guard"].result)))
         return Routed(outcome, calls, request, body=body, backend=config.backend_for(outcome.route.model).name,
                       unmask=unmask)
 
@@ -203,7 +205,8 @@ class Router:
                     self.metrics.service_latency.labels(tasks[task]).observe(time.perf_counter() - started)
                 guard = calls.get("guard")
                 blocked = guard is not None and guard.result is not None and (
-                    guard.result.jailbreak or guard.result.blocking_pii_types)
+                    guard.result.jailbreak or guard.result.blocking_pii_types
+                    or guard.result.safety.action == guard_pb2.SAFETY_ACTION_BLOCK)
                 refused = guard is not None and stop_without_guard and guard.failed and guard.failure != "disabled"
                 if blocked or refused:
                     for task in pending:
@@ -235,6 +238,9 @@ class Router:
         action = pii_action(outcome, calls)
         if action:
             metrics.pii_actions.labels(action).inc()
+        guard = calls["guard"].result
+        if guard is not None and guard.has_opinion and guard.safety.category in SAFETY_HARM_CATEGORIES:
+            metrics.safety_actions.labels(guard.safety.category, SAFETY_ACTION_LABELS[guard.safety.action]).inc()
 
 
 def api_of(request: ChatRequest) -> ApiTranslator:
@@ -250,14 +256,14 @@ def decided(calls: dict[str, ServiceCall]) -> bool:
 def pii_action(outcome: Outcome, calls: dict[str, ServiceCall]) -> str:
     """What the router did with a request in which the guard found PII: allow, mask, reroute, block ("" = none)."""
     guard = calls["guard"].result
-    if guard is None or not guard.has_opinion or not guard.pii or outcome.block_reason == "jailbreak":
+    if guard is None or not guard.has_opinion or not guard.pii or outcome.block_reason in ("jailbreak", "safety"):
         return ""
     if outcome.block_reason == "pii":
         return "block"
     if outcome.mask_entities:
         return "mask"
     decision = calls["decision"].result
-    first = decision.candidates[0].model if decided(calls) and decision is not None else None
+    first = safety_route(guard) or (decision.candidates[0].model if decided(calls) and decision is not None else None)
     if outcome.route is not None and first is not None and outcome.route.model != first:
         return "reroute"
     return "allow"
