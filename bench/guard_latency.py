@@ -30,10 +30,10 @@ sys.path.insert(0, str(REPO))
 import grpc  # noqa: E402
 
 from services.common.config import GuardConfig, TritonConfig  # noqa: E402
+from services.common.tokenizer import Truncation  # noqa: E402
 from services.common.triton import TritonModels  # noqa: E402
 from services.common.triton_server import launch_spec, wait_until_ready  # noqa: E402
 from services.guard.check import RequestGuard  # noqa: E402
-from services.guard.chunking import TokenChunker  # noqa: E402
 from services.guard.metrics import GuardMetrics  # noqa: E402
 from services.guard.server import GuardServicer  # noqa: E402
 from switchyard.v1 import common_pb2, guard_pb2, guard_pb2_grpc  # noqa: E402
@@ -104,10 +104,8 @@ async def measure(call, warmup: int, iterations: int) -> dict[str, float]:
 async def run(triton: TritonConfig, warmup: int, iterations: int) -> dict:
     guard_config = GuardConfig(port=0, metrics_port=0)
     models = TritonModels.from_config(triton)
-    chunker = TokenChunker.from_repository(triton.model_repository, guard_config.jailbreak.chunk_tokens,
-                                           guard_config.jailbreak.chunk_overlap_tokens)
     metrics = GuardMetrics()
-    guard = RequestGuard(guard_config, models, models, chunker, metrics)
+    guard = RequestGuard(guard_config, models, models, models, metrics)
     server = grpc.aio.server()
     guard_pb2_grpc.add_GuardServicer_to_server(GuardServicer(guard, metrics), server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -120,7 +118,8 @@ async def run(triton: TritonConfig, warmup: int, iterations: int) -> dict:
         for name, text in prompts.items():
             messages = [common_pb2.ChatMessage(role="user", text=text)]
             request = guard_pb2.CheckRequest(request=common_pb2.RequestContext(request_id="bench", messages=messages))
-            windows = len(chunker.windows(text))
+            # The jailbreak windows are the PII tagger's CHUNKS rows (one row: scored whole only).
+            windows = len(models._tokenizer.encode([text], Truncation.CHUNKS))
             results[name] = {
                 "chars": len(text), "jailbreak_windows": windows,
                 "check": await measure(lambda: guard.check(messages), warmup, iterations),

@@ -86,31 +86,33 @@ async def test_one_trunk_execution_per_routed_request(trunk_server: TritonConfig
 
 
 async def test_long_prompt_costs_one_execution_per_window_width(trunk_server: TritonConfig) -> None:
-    """A ~750-token prompt through the guard's real path (whole + its own windows): at most one trunk
-    execution per text window. (The guard still cuts its jailbreak windows from text slices, 256/64
-    tokens, so their rows differ from the PII windows' and are computed in addition.)"""
-    from services.guard.chunking import TokenChunker
+    """A ~750-token prompt through the guard's real path (whole + windows, safety, PII): at most one trunk
+    execution per text window. The guard's jailbreak windows are the PII tagger's CHUNKS rows, so their
+    rows are computed once for both heads."""
     from services.guard.jailbreak import score_messages
 
     prompt = " ".join(PROMPTS) * 5
-    chunker = TokenChunker.from_repository(Path(trunk_server.model_repository), 256, 64)
     clients = [TritonModels.from_config(trunk_server) for _ in range(3)]
     decision, guard, cache = clients
     windows = len(guard._tokenizer.encode([prompt], Truncation.CHUNKS))
+    with_safety = (Path(trunk_server.model_repository) / io.SAFETY_CLASSIFIER).is_dir()
+
+    def one_request() -> list:
+        jobs = [decision.classify_domain([prompt]), score_messages([(0, prompt)], guard), guard.tag_pii([prompt]),
+                cache.embed([prompt])]
+        return [*jobs, guard.safety_probabilities([prompt])] if with_safety else jobs
+
     try:
         before, rows_before = await _trunk_counts(trunk_server)
         for _ in range(3):
-            await asyncio.gather(decision.classify_domain([prompt]),
-                                 score_messages([(0, prompt)], guard, chunker), guard.tag_pii([prompt]),
-                                 cache.embed([prompt]))
+            await asyncio.gather(*one_request())
         after, rows_after = await _trunk_counts(trunk_server)
     finally:
         for client in clients:
             await client.close()
     print(f"long prompt: {(after - before) / 3:.2f} trunk executions and {(rows_after - rows_before) / 3:.1f} rows "
           f"per request; {windows} windows")
-    # Measured: 3.0 executions for 3 windows (10 rows). The margin of one covers a guard call that misses
-    # the batch on a loaded machine; the one-window plan for the guard is what removes it (issue 15).
+    # The margin of one covers a guard call that misses the batch on a loaded machine.
     assert (after - before) / 3 <= windows + 1
 
 
