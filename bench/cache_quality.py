@@ -2,18 +2,27 @@
 
 Each pair is a stored question `a` and an asked question `b`. Similarities come from the real embedder
 (all-MiniLM-L6-v2 through Triton), computed once and kept in .switchyard/cache_pairs_minilm.npz (a
-tritonserver is started on free loopback ports only for texts not in that file). Two caches are compared:
+tritonserver is started on free loopback ports only for texts not in that file). The pair classifier's
+p(same) (Triton `cache_pair_classifier`, through TritonModels.pair_same_scores, as the cache calls it) is kept
+in .switchyard/cache_pairs_pair_model.npz the same way, for the dev pairs and their nearest neighbours.
+Both files are keyed by the model files they came from: a rebuilt model is asked again. Three caches:
 
-- threshold only (the cache before verification): a hit when similarity >= t;
-- threshold + verification (services/cache/verify.py): a hit when the verifier shows the two ask the same and
-  the similarity reaches the threshold of that kind of agreement (cache.lexical_threshold for the same
-  words or a self-correction, cache.similarity_threshold for a paraphrase).
+- similarity only (the cache before verification): a hit when similarity >= t;
+- rules (services/cache/verify.py, cache.pair_model: false): a hit when the verifier shows the two ask the same
+  and the similarity reaches the threshold of that kind of agreement (cache.lexical_threshold for the same
+  words or a self-correction, cache.similarity_threshold for a paraphrase);
+- rules + pair model (the default): the same words or a self-correction as above; what the rules reject on
+  numbers, names, negations, operators or direction stays rejected; every other candidate at
+  cache.candidate_threshold or above is served when p(same) >= cache.pair_threshold. Decided by the cache's
+  own CachePolicy.screen, so the bench and the service cannot disagree.
 
-Thresholds are tuned on the train rows with commercial_ok: true (the most hits with a wrong-hit rate of at
-most --max-wrong) and reported on dev, which is never tuned on (a held-out split judges it). The curve is
-hit rate against wrong-hit rate over thresholds, per split.
+The rules' thresholds are tuned on the train rows with commercial_ok: true (the most hits with a wrong-hit
+rate of at most --max-wrong) and reported on dev. The pair model was trained on train, so its threshold is
+read off the dev curve (the report gives the lowest pair_threshold that keeps dev and its neighbours at
+most --max-wrong; a held-out split judges the default). The curve is hit rate against wrong-hit rate over
+thresholds.
 
-Run: .venv/bin/python -m bench.cache_quality [--data PATH] [--max-wrong 0.005]
+Run: .venv/bin/python -m bench.cache_quality [--data PATH] [--max-wrong 0.005] [--no-pair-model]
 Writes bench/results/cache_quality.json and bench/results/cache_quality.png.
 """
 
@@ -23,12 +32,14 @@ import argparse
 import asyncio
 import hashlib
 import json
+import re
 import socket
 import subprocess
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,17 +47,25 @@ from typing import Any
 import numpy as np
 
 from services.cache.embedder import TritonEmbedder
-from services.cache.verify import EDIT_RATIO, Agreement, verify
+from services.cache.policy import CachePolicy, Step
+from services.cache.verify import EDIT_RATIO, Agreement, Rejection, Verdict, verify
+from services.common import model_io as io
 from services.common.config import CacheConfig, TritonConfig
+from services.common.triton import TritonModels
 from services.common.triton_server import launch_spec, wait_until_ready
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data" / "cache_pairs.jsonl"
 EMBEDDINGS = REPO / ".switchyard" / "cache_pairs_minilm.npz"
+PAIR_SCORES = REPO / ".switchyard" / "cache_pairs_pair_model.npz"
+MODELS = REPO / "triton_models"
 RESULTS = REPO / "bench" / "results"
 TODAY_THRESHOLD = 0.9  # the similarity_threshold of the cache before verification
 # Finer near 1, where threshold-only caches have to sit to stay clear of look-alikes.
 GRID = sorted({round(float(x), 3) for x in [*np.arange(0.5, 0.99, 0.01), *np.arange(0.99, 1.0001, 0.001)]})
+# p(same) thresholds swept for the pair model: finer near 1, where a strict cache sits.
+PAIR_GRID = sorted({round(float(x), 4) for x in [*np.arange(0.05, 0.9, 0.05), *np.arange(0.9, 0.99, 0.01),
+                                                  *np.arange(0.99, 1.0, 0.001), 0.9995, 0.9999]})
 EMBED_BATCH = 64
 
 
@@ -54,6 +73,10 @@ EMBED_BATCH = 64
 
 def _key(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _pair_key(stored: str, asked: str) -> str:
+    return hashlib.sha256(f"{stored}\x00{asked}".encode()).hexdigest()[:24]
 
 
 def _free_ports(count: int) -> list[int]:
@@ -67,20 +90,57 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
-def load_vectors(path: Path) -> dict[str, np.ndarray]:
+def model_fingerprint(ensemble: str, repository: Path = MODELS) -> str:
+    """A digest of the ensemble's config and of every step's model file: what its outputs depend on."""
+    config = repository / ensemble / "config.pbtxt"
+    if not config.is_file():
+        return ""
+    digest = hashlib.sha256(config.read_bytes())
+    for step in sorted(set(re.findall(r'model_name: "([^"]+)"', config.read_text()))):
+        for path in sorted((repository / step).glob("*/model.*")) + [repository / step / "config.pbtxt"]:
+            if path.is_file():
+                stat = path.stat()  # size and mtime: hashing 90 MB encoders on every run is slow
+                digest.update(f"{path.relative_to(repository)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def load_vectors(path: Path, fingerprint: str | None = None) -> dict[str, np.ndarray]:
+    """Kept values; none when the file came from another model (`fingerprint`, when the file has one)."""
     if not path.is_file():
         return {}
     with np.load(path) as data:
+        if fingerprint is not None and "fingerprint" in data and str(data["fingerprint"]) != fingerprint:
+            print(f"  {path.name} came from another model; asking again", flush=True)
+            return {}
         return dict(zip(data["keys"].tolist(), data["vectors"]))
 
 
-def save_vectors(path: Path, vectors: dict[str, np.ndarray]) -> None:
+def save_vectors(path: Path, vectors: dict[str, np.ndarray], fingerprint: str = "") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     keys = list(vectors)
-    np.savez(path, keys=np.array(keys), vectors=np.stack([vectors[k] for k in keys]))
+    np.savez(path, keys=np.array(keys), vectors=np.stack([vectors[k] for k in keys]) if keys else np.zeros(0),
+             fingerprint=np.array(fingerprint))
 
 
-async def _embed(config: TritonConfig, texts: list[str], vectors: dict[str, np.ndarray], path: Path) -> None:
+@contextmanager
+def local_triton(models: tuple[str, ...]) -> Iterator[TritonConfig]:
+    """A tritonserver on free loopback ports serving triton_models/, until the block ends."""
+    http_port, grpc_port, metrics_port = _free_ports(3)
+    config = TritonConfig(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                          model_repository=MODELS, timeout_ms=60000)
+    spec = launch_spec(config)
+    with tempfile.NamedTemporaryFile("w+", prefix="tritonserver-", suffix=".log") as log:
+        process = subprocess.Popen(spec.argv, env=spec.env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_until_ready(config, timeout_s=300, models=models, is_alive=lambda: process.poll() is None)
+            yield config
+        finally:
+            process.terminate()
+            process.wait(60)
+
+
+async def _embed(config: TritonConfig, texts: list[str], vectors: dict[str, np.ndarray], path: Path,
+                 fingerprint: str) -> None:
     embedder = TritonEmbedder(config)
     try:
         for start in range(0, len(texts), EMBED_BATCH):
@@ -89,32 +149,52 @@ async def _embed(config: TritonConfig, texts: list[str], vectors: dict[str, np.n
                 vectors[_key(text)] = vector.astype(np.float32)
             if start // EMBED_BATCH % 40 == 0:
                 print(f"  embedded {start + len(chunk)}/{len(texts)}", flush=True)
-                save_vectors(path, vectors)
+                save_vectors(path, vectors, fingerprint)
     finally:
         await embedder.close()
-        save_vectors(path, vectors)
+        save_vectors(path, vectors, fingerprint)
 
 
 def embeddings(texts: Iterable[str], path: Path = EMBEDDINGS) -> dict[str, np.ndarray]:
-    """Text hash -> MiniLM vector for every text; the missing ones are embedded by a local tritonserver."""
-    vectors = load_vectors(path)
+    """Text hash -> embedder vector for every text; the missing ones are embedded by a local tritonserver."""
+    fingerprint = model_fingerprint(io.EMBEDDER)
+    vectors = load_vectors(path, fingerprint)
     todo = sorted({t for t in texts if _key(t) not in vectors})
     if not todo:
         return vectors
     print(f"  {len(todo)} texts to embed through Triton (kept in {path})", flush=True)
-    http_port, grpc_port, metrics_port = _free_ports(3)
-    config = TritonConfig(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-                          model_repository=REPO / "triton_models", timeout_ms=60000)
-    spec = launch_spec(config)
-    with tempfile.NamedTemporaryFile("w+", prefix="tritonserver-", suffix=".log") as log:
-        process = subprocess.Popen(spec.argv, env=spec.env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_until_ready(config, timeout_s=300, models=("embedder",), is_alive=lambda: process.poll() is None)
-            asyncio.run(_embed(config, todo, vectors, path))
-        finally:
-            process.terminate()
-            process.wait(60)
+    with local_triton((io.EMBEDDER,)) as config:
+        asyncio.run(_embed(config, todo, vectors, path, fingerprint))
     return vectors
+
+
+async def _score(config: TritonConfig, todo: list[tuple[str, str]], scores: dict[str, np.ndarray], path: Path,
+                 fingerprint: str) -> None:
+    async with TritonModels.from_config(config) as models:
+        try:
+            for start in range(0, len(todo), EMBED_BATCH):
+                chunk = todo[start:start + EMBED_BATCH]
+                for pair, score in zip(chunk, await models.pair_same_scores(chunk)):
+                    scores[_pair_key(*pair)] = np.float32(score)
+                if start // EMBED_BATCH % 20 == 0:
+                    print(f"  scored {start + len(chunk)}/{len(todo)} pairs", flush=True)
+        finally:
+            save_vectors(path, scores, fingerprint)
+
+
+def pair_scores(pairs: Iterable[tuple[str, str]], path: Path = PAIR_SCORES) -> dict[str, float] | None:
+    """(stored, asked) hash -> p(same) of the pair classifier; None when triton_models/ has no such model."""
+    fingerprint = model_fingerprint(io.CACHE_PAIR_CLASSIFIER)
+    if not fingerprint:
+        print(f"  no {io.CACHE_PAIR_CLASSIFIER} in {MODELS}: the rules + pair model cache is left out", flush=True)
+        return None
+    scores = load_vectors(path, fingerprint)
+    todo = sorted({pair for pair in pairs if _pair_key(*pair) not in scores})
+    if todo:
+        print(f"  {len(todo)} pairs to score through Triton (kept in {path})", flush=True)
+        with local_triton((io.CACHE_PAIR_CLASSIFIER,)) as config:
+            asyncio.run(_score(config, todo, scores, path, fingerprint))
+    return {k: float(v) for k, v in scores.items()}
 
 
 # -- pairs -------------------------------------------------------------------------------------------------
@@ -125,10 +205,20 @@ class Pair:
     similarity: float
     agreement: Agreement | None
     rejection: str
+    # p(same) of the pair classifier for (stored a, asked b); None when not scored.
+    score: float | None = None
 
     @property
     def same(self) -> bool:
         return self.row["label"] == "same"
+
+    @property
+    def verdict(self) -> Verdict:
+        return Verdict(self.agreement, Rejection(self.rejection) if self.rejection else None)
+
+    @property
+    def texts(self) -> tuple[str, str]:
+        return self.row["a"], self.row["b"]
 
     @property
     def source(self) -> str:
@@ -178,6 +268,32 @@ def neighbour_pairs(pairs: list[Pair], vectors: dict[str, np.ndarray]) -> list[P
                              "source": "neighbour"}, float(block[offset, j]), verdict.agreement,
                             verdict.rejection.value if verdict.rejection else ""))
     return out
+
+
+def attach_scores(pairs: Iterable[Pair], scores: dict[str, float]) -> None:
+    for p in pairs:
+        p.score = scores.get(_pair_key(*p.texts))
+
+
+def policy_for(**overrides: Any) -> CachePolicy:
+    return CachePolicy(CacheConfig(port=1, metrics_port=1, **overrides))
+
+
+def cache_hit(policy: CachePolicy):  # type: ignore[no-untyped-def]
+    """Whether the cache with this policy serves the stored `a` for the asked `b`: CachePolicy.screen, then
+    (for what it leaves to the pair model) the pair classifier's score. An unscored pair is a miss, as a
+    failed pair call is in the service."""
+    def hit(pair: Pair) -> bool:
+        screening = policy.screen(pair.verdict, pair.similarity, "")
+        if screening.step is Step.ASK_PAIR_MODEL:
+            return pair.score is not None and policy.pair_accepts(pair.score)
+        return screening.step is Step.SERVE
+    return hit
+
+
+def pair_model_alone_hit(pair: Pair, candidate: float, threshold: float) -> bool:
+    """The pair classifier without the text checks (for comparison; not a cache mode)."""
+    return pair.similarity >= candidate and pair.score is not None and pair.score >= threshold
 
 
 def threshold_only_hit(pair: Pair, threshold: float) -> bool:
@@ -239,6 +355,35 @@ def curves(pairs: list[Pair], lexical: float) -> dict[str, list[dict[str, Any]]]
     return out
 
 
+def pair_model_curves(pairs: list[Pair], defaults: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Rules + pair model over pair_threshold (at the default candidate_threshold) and over
+    candidate_threshold (at the default pair_threshold); the pair model alone for comparison."""
+    candidate, threshold = defaults["candidate_threshold"], defaults["pair_threshold"]
+    out: dict[str, list[dict[str, Any]]] = {"rules_pair_model": [], "rules_pair_model_by_candidate": [],
+                                            "pair_model_alone": []}
+    for t in PAIR_GRID:
+        hit = cache_hit(policy_for(**{**defaults, "pair_threshold": t}))
+        out["rules_pair_model"].append({"pair_threshold": t, "candidate_threshold": candidate, **rates(pairs, hit)})
+        out["pair_model_alone"].append({"pair_threshold": t, "candidate_threshold": candidate,
+                                        **rates(pairs, lambda p: pair_model_alone_hit(p, candidate, t))})
+    for c in GRID:
+        hit = cache_hit(policy_for(**{**defaults, "candidate_threshold": c}))
+        out["rules_pair_model_by_candidate"].append({"candidate_threshold": c, "pair_threshold": threshold,
+                                                     **rates(pairs, hit)})
+    return out
+
+
+def suggest_pair_threshold(dev: list[Pair], neighbours: list[Pair], defaults: dict[str, Any],
+                           max_wrong: float) -> float | None:
+    """The lowest pair_threshold (the most hits) at which dev and its nearest neighbours both stay at most
+    max_wrong wrong hits."""
+    for t in PAIR_GRID:
+        hit = cache_hit(policy_for(**{**defaults, "pair_threshold": t}))
+        if all(rates(split, hit)["wrong_hit_rate"] <= max_wrong for split in (dev, neighbours)):
+            return t
+    return None
+
+
 def breakdown(pairs: list[Pair], hits: dict[str, Any], by) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
     groups: dict[tuple[str, ...], list[Pair]] = defaultdict(list)
     for p in pairs:
@@ -262,6 +407,15 @@ def verdicts(pairs: list[Pair]) -> dict[str, dict[str, int]]:
 
 # -- report --------------------------------------------------------------------------------------------------
 
+CURVES = (("threshold_only", "similarity only", "tab:blue", "-"),
+          ("verified", "rules (sweeping similarity_threshold)", "tab:orange", "-"),
+          ("rules_pair_model", "rules + pair model (sweeping pair_threshold)", "tab:green", "-"),
+          ("pair_model_alone", "pair model alone, no rules (not a mode)", "tab:gray", "--"))
+POINTS = (("today", "x", f"similarity >= {TODAY_THRESHOLD} (the cache before verification)"),
+          ("verified_default", "s", "rules, defaults"),
+          ("pair_model_default", "*", "rules + pair model, defaults"))
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -269,33 +423,29 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    tuned = result["tuned"]
+    dev = result["splits"]["dev"]
+    curve = {**dev["curve"], **dev.get("pair_model_curve", {})}
     for ax, xmax in zip(axes, (1.0, 0.05)):
-        for split, style in (("dev", "-"), ("train", ":")):
-            curve = result["splits"][split]["curve"]
-            for name, label, color in (("threshold_only", "threshold only", "tab:blue"),
-                                       ("verified", "threshold + verification", "tab:orange"),
-                                       ("verified_lexical_only", "verification, paraphrases off", "tab:green")):
+        for name, label, color, style in CURVES:
+            if name in curve:
                 points = curve[name]
                 ax.plot([p["wrong_hit_rate"] for p in points], [p["hit_rate"] for p in points], style, color=color,
-                        label=f"{label} ({split})", marker="." if split == "dev" else None, markersize=3)
-        dev = result["splits"]["dev"]["operating_points"]
-        for name, marker, label in (("today", "x", f"today: similarity >= {TODAY_THRESHOLD}"),
-                                    ("threshold_only_tuned", "s", "threshold only, tuned on train"),
-                                    ("verified_default", "*", "verified, defaults (tuned on train)")):
-            point = dev[name]
-            ax.plot(point["wrong_hit_rate"], point["hit_rate"], marker, color="black", markersize=9,
-                    label=f"{label} (dev)")
+                        label=label, marker=".", markersize=3)
+        for name, marker, label in POINTS:
+            point = dev["operating_points"].get(name)
+            if point is not None:
+                ax.plot(point["wrong_hit_rate"], point["hit_rate"], marker, color="black", markersize=9, label=label)
         ax.axvline(0.01, color="red", linestyle="--", linewidth=1, label="1 % wrong hits")
         ax.axhline(0.8, color="gray", linestyle="--", linewidth=1, label="80 % hits")
         ax.set_xlim(0, xmax)
         ax.set_ylim(0, 1)
-        ax.set_xlabel("wrong-hit rate on 'different' pairs")
-        ax.set_ylabel("hit rate on 'same' pairs")
+        ax.set_xlabel("wrong-hit rate on 'different' pairs (dev)")
+        ax.set_ylabel("hit rate on 'same' pairs (dev)")
         ax.grid(alpha=0.3)
-    axes[0].set_title("cache_pairs.jsonl: hit rate vs wrong-hit rate over thresholds")
-    axes[1].set_title(f"zoom (lexical_threshold {tuned['lexical_threshold']}; the verified curve sweeps "
-                      "similarity_threshold)", fontsize=9)
+    defaults = result["config_defaults"]
+    axes[0].set_title("cache_pairs.jsonl dev: hit rate vs wrong-hit rate over thresholds")
+    axes[1].set_title(f"zoom (lexical_threshold {defaults['lexical_threshold']}, candidate_threshold "
+                      f"{defaults['candidate_threshold']})", fontsize=9)
     axes[1].legend(fontsize=6.5, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -314,44 +464,69 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     neighbours = {name: neighbour_pairs(split, vectors) for name, split in splits.items()}
     tuned = tune(train, neighbours["train"], args.max_wrong)
     matched = tune_threshold_only(train, neighbours["train"], args.max_wrong)
-    defaults = CacheConfig.model_fields
-    config_defaults = {"lexical_threshold": defaults["lexical_threshold"].default,
-                       "similarity_threshold": defaults["similarity_threshold"].default}
-    lexical, paraphrase = config_defaults["lexical_threshold"], config_defaults["similarity_threshold"]
-    hits = {"verified_default": lambda p: verified_hit(p, lexical, paraphrase),
-            "today": lambda p: threshold_only_hit(p, TODAY_THRESHOLD),
-            "threshold_only_tuned": lambda p: threshold_only_hit(p, matched)}
+    fields = CacheConfig.model_fields
+    config_defaults = {name: fields[name].default for name in
+                       ("lexical_threshold", "similarity_threshold", "candidate_threshold", "pair_threshold")}
+    # The pair model learnt from train: it is judged on dev (and dev's neighbours) only.
+    judged = ("dev", "dev_commercial_ok")
+    scores = None if args.no_pair_model else pair_scores(
+        p.texts for name in judged for p in (*splits[name], *neighbours[name]))
+    if scores is not None:
+        for name in judged:
+            attach_scores([*splits[name], *neighbours[name]], scores)
+    rules_hit = cache_hit(policy_for(pair_model=False))
+    model_hit = cache_hit(policy_for())
+    hits: dict[str, Any] = {"verified_default": rules_hit,
+                            "today": lambda p: threshold_only_hit(p, TODAY_THRESHOLD),
+                            "threshold_only_tuned": lambda p: threshold_only_hit(p, matched)}
     result: dict[str, Any] = {
-        "benchmark": "cache_quality", "data": str(args.data), "embedder": "all-MiniLM-L6-v2 (Triton `embedder`)",
+        "benchmark": "cache_quality", "data": str(args.data), "embedder": "Triton `embedder`",
+        "embedder_fingerprint": model_fingerprint(io.EMBEDDER),
+        "pair_model": None if scores is None else {
+            "model": io.CACHE_PAIR_CLASSIFIER, "fingerprint": model_fingerprint(io.CACHE_PAIR_CLASSIFIER),
+            "input": "[CLS] stored a [SEP] asked b [SEP]"},
         "pair": "a is stored, b is asked", "max_wrong_on_train": args.max_wrong, "edit_ratio": EDIT_RATIO,
         "tuned": tuned, "config_defaults": config_defaults, "threshold_only_tuned": matched,
         "today_threshold": TODAY_THRESHOLD,
         "verify_ms_per_pair": round(verify_s * 1000 / max(len(pairs), 1), 3), "splits": {}}
     for name, split in splits.items():
+        split_hits = {**hits, "pair_model_default": model_hit} if scores is not None and name in judged else hits
         result["splits"][name] = {
-            "operating_points": {k: rates(split, hit) for k, hit in hits.items()},
-            "neighbours": {k: rates(neighbours[name], hit) for k, hit in hits.items()},
-            "per_source": breakdown(split, hits, lambda p: (p.row["label"], p.source)),
-            "per_kind": breakdown(split, hits, lambda p: (p.row["label"], p.row["kind"])),
+            "operating_points": {k: rates(split, hit) for k, hit in split_hits.items()},
+            "neighbours": {k: rates(neighbours[name], hit) for k, hit in split_hits.items()},
+            "per_source": breakdown(split, split_hits, lambda p: (p.row["label"], p.source)),
+            "per_kind": breakdown(split, split_hits, lambda p: (p.row["label"], p.row["kind"])),
             "verdicts": verdicts(split),
-            "curve": curves(split, lexical),
-            "neighbour_curve": curves(neighbours[name], lexical),
+            "curve": curves(split, config_defaults["lexical_threshold"]),
+            "neighbour_curve": curves(neighbours[name], config_defaults["lexical_threshold"]),
         }
+        if scores is not None and name in judged:
+            result["splits"][name]["pair_model_curve"] = pair_model_curves(split, config_defaults)
+            result["splits"][name]["neighbour_pair_model_curve"] = pair_model_curves(neighbours[name],
+                                                                                     config_defaults)
+    if scores is not None:
+        result["suggested_pair_threshold"] = {
+            f"max_wrong_{bound}": suggest_pair_threshold(splits["dev"], neighbours["dev"], config_defaults, bound)
+            for bound in (0.003, 0.005, 0.0075, 0.01)}
     return result
 
 
 def print_summary(result: dict[str, Any]) -> None:
     print(f"tuned on train (wrong <= {result['max_wrong_on_train']:.2%}): {result['tuned']}; "
           f"config defaults {result['config_defaults']}; threshold alone: {result['threshold_only_tuned']}")
+    if "suggested_pair_threshold" in result:
+        print(f"pair_threshold suggested by dev + dev neighbours: {result['suggested_pair_threshold']}")
     for name, split in result["splits"].items():
         points = split["operating_points"]
         line = "  ".join(f"{k} hit {v['hit_rate']:.3f} wrong {v['wrong_hit_rate']:.4f} "
                          f"(neighbours {split['neighbours'][k]['wrong_hit_rate']:.4f})" for k, v in points.items())
         print(f"{name:>17}: {line}")
-    print("dev per source (hit rate on same / wrong-hit rate on different):")
-    for row in result["splits"]["dev"]["per_source"]:
-        print(f"  {row['group']:<45} n={row['n']:>4}  verified {row['verified_default']:.3f}  "
-              f"today {row['today']:.3f}  threshold-only tuned {row['threshold_only_tuned']:.3f}")
+    for table in ("per_kind", "per_source"):
+        print(f"dev {table.replace('_', ' ')} (hit rate on same / wrong-hit rate on different):")
+        for row in result["splits"]["dev"][table]:
+            cells = "  ".join(f"{k} {row[k]:.3f}" for k in ("today", "verified_default", "pair_model_default")
+                              if k in row)
+            print(f"  {row['group']:<45} n={row['n']:>4}  {cells}")
 
 
 def main() -> None:
@@ -361,6 +536,7 @@ def main() -> None:
     parser.add_argument("--max-wrong", type=float, default=0.005,
                         help="wrong-hit rate the tuned thresholds may reach on train (half the 1 %% target: "
                              "dev and held-out pairs include noisier sources)")
+    parser.add_argument("--no-pair-model", action="store_true", help="leave the rules + pair model cache out")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if not args.data.is_file():

@@ -126,8 +126,8 @@ class CachePolicy:
             if similarity >= self.config.lexical_threshold:
                 return Screening(Step.SERVE, check=verdict.agreement.value)
             return Screening(Step.REJECT, rejection=Rejection.SIMILARITY.value)
-        if verdict.rejection is not None and (verdict.rejection in DECISIVE or not self.config.uses_pair_model):
-            return Screening(Step.REJECT, rejection=verdict.rejection.value)
+        if verdict.rejection in DECISIVE or (verdict.agreement is None and not self.config.uses_pair_model):
+            return Screening(Step.REJECT, rejection=(verdict.rejection or Rejection.EDITED).value)
         # A paraphrase, or a rejection on form, order or edits, which the pair model judges when it is on.
         if similarity < self.threshold(category, verdict.agreement):
             return Screening(Step.REJECT, rejection=Rejection.SIMILARITY.value)

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
+from pydantic import ValidationError
 
 from services.cache import policy as p
-from services.cache.policy import CachePolicy, StoreRefusal, completion_from_body
-from services.cache.verify import Agreement
+from services.cache.policy import CachePolicy, Step, StoreRefusal, completion_from_body
+from services.cache.verify import DECISIVE, Agreement, Rejection, Verdict
+from services.common.config import CacheConfig, ConfigError, load_config
 from services.common.sse import completion_to_sse
+from tests.conftest import REPO
 from tests.unit.cache.conftest import cache_config, completion, request
 
 
@@ -95,3 +99,70 @@ def test_refused_bodies(body, reason):
     with pytest.raises(StoreRefusal) as caught:
         completion_from_body(body)
     assert caught.value.reason == reason
+
+
+def test_with_the_pair_model_candidates_need_the_candidate_threshold():
+    policy = CachePolicy(cache_config(pair_model=True, candidate_threshold=0.7, similarity_threshold=0.9,
+                                      lexical_threshold=0.75, category_thresholds={"math": 0.8}))
+    assert policy.threshold("law") == 0.7
+    assert policy.threshold("math") == 0.8
+    assert policy.threshold("law", Agreement.LEXICAL) == 0.75
+    assert policy.lowest_threshold == 0.7
+
+
+@pytest.mark.parametrize("verdict, similarity, step, label", [
+    (Verdict(Agreement.EXACT), 0.8, Step.SERVE, "exact"),
+    (Verdict(Agreement.LEXICAL), 0.7, Step.REJECT, "similarity"),
+    (Verdict(Agreement.PARAPHRASE), 0.8, Step.ASK_PAIR_MODEL, ""),
+    (Verdict(Agreement.PARAPHRASE), 0.6, Step.REJECT, "similarity"),
+    (Verdict(None, Rejection.SUBSTITUTION), 0.9, Step.ASK_PAIR_MODEL, ""),
+    (Verdict(None, Rejection.WORD_ORDER), 0.9, Step.ASK_PAIR_MODEL, ""),
+    *[(Verdict(None, r), 0.99, Step.REJECT, r.value) for r in DECISIVE],
+])
+def test_screening_with_the_pair_model(verdict, similarity, step, label):
+    screening = CachePolicy(cache_config(pair_model=True, candidate_threshold=0.7, lexical_threshold=0.75)).screen(
+        verdict, similarity, "")
+    assert screening.step is step
+    assert (screening.check or screening.rejection) == label
+
+
+def test_screening_with_rules_only_serves_paraphrases_on_similarity():
+    policy = CachePolicy(cache_config(pair_model=False, similarity_threshold=0.9))
+    assert policy.screen(Verdict(Agreement.PARAPHRASE), 0.92, "").check == "paraphrase"
+    assert policy.screen(Verdict(Agreement.PARAPHRASE), 0.85, "").rejection == "similarity"
+    assert policy.screen(Verdict(None, Rejection.SUBSTITUTION), 0.99, "").rejection == "substitution"
+    assert policy.screen(Verdict(None), 0.99, "").step is Step.REJECT  # never served unverified
+
+
+def test_pair_threshold():
+    policy = CachePolicy(cache_config(pair_model=True, pair_threshold=0.9))
+    assert policy.pair_accepts(0.9) and not policy.pair_accepts(0.899)
+
+
+def test_pair_model_config_is_validated():
+    assert CacheConfig(port=1, metrics_port=2).uses_pair_model  # the default
+    assert not CacheConfig(port=1, metrics_port=2, verify=False).uses_pair_model  # verify off turns it off too
+    with pytest.raises(ValidationError, match="pair_model: true needs verify: true"):
+        CacheConfig(port=1, metrics_port=2, verify=False, pair_model=True)
+    for field, value in (("pair_threshold", 1.5), ("candidate_threshold", -0.1), ("pair_candidates", 0),
+                         ("pair_candidates", 17)):
+        with pytest.raises(ValidationError, match=field):
+            CacheConfig(port=1, metrics_port=2, **{field: value})
+
+
+def test_pair_model_keys_in_yaml(tmp_path):
+    """The shipped config with its cache block changed: the error names the file and the key."""
+    shipped = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    path = tmp_path / "config.yaml"
+
+    def load(**cache):
+        path.write_text(yaml.safe_dump({**shipped, "cache": {**shipped["cache"], "path": str(tmp_path), **cache}}))
+        return load_config(path).cache
+
+    assert load().uses_pair_model
+    with pytest.raises(ConfigError, match=r"config\.yaml: cache.*pair_model: true needs verify: true"):
+        load(verify=False, pair_model=True)
+    with pytest.raises(ConfigError, match="cache.pair_threshold"):
+        load(pair_threshold=2)
+    cache = load(pair_threshold=0.97, candidate_threshold=0.75)
+    assert (cache.pair_threshold, cache.candidate_threshold) == (0.97, 0.75)
