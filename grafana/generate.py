@@ -186,17 +186,21 @@ SERVICES = [
               kind="stat", width=12),
     ]),
     Row("Guard", [
-        Panel("Checks by outcome", "Guard checks per second: clean, pii, pii_block, jailbreak, error.",
+        Panel("Checks by outcome", "Guard checks per second: clean, pii, pii_block, jailbreak, safety_block, error.",
               [(rate("switchyard_guard_checks_total", "outcome"), "{{outcome}}")], unit="reqps"),
         Panel("Check latency", "A whole guard check (classifiers run together): p50 and p99.",
               quantiles("switchyard_guard_check_latency_seconds", qs=(0.5, 0.99)), unit="s"),
-        Panel("Guard classifier latency (p99)", "p99 per guard classifier: jailbreak, pii_tagger (Triton), "
+        Panel("Guard classifier latency (p99)", "p99 per guard classifier: jailbreak, safety, pii_tagger (Triton), "
               "pii_patterns (local).", quantiles("llm_classifier_latency_seconds", "classifier",
                                                  selector='{classifier!="domain"}', qs=(0.99,)), unit="s"),
         Panel("Jailbreak windows per request", "Windows a long prompt is cut into for the jailbreak model (p95).",
               quantiles("switchyard_guard_jailbreak_windows", qs=(0.95,)), width=12),
         Panel("PII found by type", "Requests with PII of each type.",
               [(rate("llm_pii_violations_total", "pii_type"), "{{pii_type}}")], unit="reqps", width=12),
+        Panel("Safety by category and action", "Checked requests the safety head put in a harm category, by the "
+              "policy's action (block, route, allow); unverified: no safety_classifier in the repository.",
+              [(rate("switchyard_guard_safety_total", "category, action", '{category!="none"}'),
+                "{{category}} {{action}}")], unit="reqps", width=12),
     ]),
     Row("Cache", [
         Panel("Hits and misses", "Cache lookups per second that found / did not find an answer.",
