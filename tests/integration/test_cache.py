@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -156,6 +157,44 @@ def test_look_alikes_miss_although_they_embed_close(cache: CacheProcess, stored:
     assert wait_for_hit(cache, context(stored)).matches
     found = lookup(cache, context(asked))
     assert found.has_opinion and not found.matches
+
+
+def cache_metric(cache: CacheProcess, name: str, labels: str = "") -> float:
+    text = httpx.get(f"http://127.0.0.1:{cache.config.cache.metrics_port}/metrics", trust_env=False).text
+    line = next((line for line in text.splitlines() if line.startswith(f"{name}{{{labels}}}" if labels else
+                                                                          f"{name} ")), None)
+    return float(line.rsplit(" ", 1)[1]) if line else 0.0
+
+
+def test_a_paraphrase_hits_through_the_pair_model(cache: CacheProcess) -> None:
+    """Other words than the stored question's: the text checks cannot show it the same, the pair classifier
+    (Triton cache_pair_classifier) does."""
+    stored, asked = "How do I reverse a list in Python?", "What's the way to reverse a Python list?"
+    assert cache.config.cache.uses_pair_model
+    store(cache, context(stored), "Use my_list.reverse() or reversed(my_list).")
+    assert wait_for_hit(cache, context(stored)).matches
+    calls = cache_metric(cache, "switchyard_cache_pair_model_calls_total", 'outcome="ok"')
+    found = lookup(cache, context(asked))
+    assert [(m.check, answer_of(m)) for m in found.matches] == [
+        ("pair_model", "Use my_list.reverse() or reversed(my_list).")]
+    assert cache.config.cache.candidate_threshold <= found.matches[0].similarity < 0.999
+    assert cache_metric(cache, "switchyard_cache_pair_model_calls_total", 'outcome="ok"') == calls + 1
+    assert cache_metric(cache, "switchyard_cache_matches_total", 'check="pair_model"') >= 1
+
+
+@pytest.mark.parametrize("stored, asked, reason", [
+    ("What is 17 times 23?", "What is 17 times 24?", "numbers"),
+    ("convert 100 USD to EUR", "convert 100 EUR to USD", "direction"),
+])
+def test_look_alikes_miss_with_the_pair_model_on(cache: CacheProcess, stored: str, asked: str, reason: str) -> None:
+    """The decisive text checks (numbers, direction) reject these whatever the pair classifier would say."""
+    assert cache.config.cache.uses_pair_model
+    store(cache, context(stored), f"the answer to {stored}")
+    assert wait_for_hit(cache, context(stored)).matches
+    rejected = cache_metric(cache, "switchyard_cache_rejections_total", f'reason="{reason}"')
+    found = lookup(cache, context(asked))
+    assert found.has_opinion and not found.matches
+    assert cache_metric(cache, "switchyard_cache_rejections_total", f'reason="{reason}"') >= rejected + 1
 
 
 def test_other_tools_miss(cache: CacheProcess) -> None:
