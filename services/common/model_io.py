@@ -23,11 +23,16 @@ POOL_NORMALIZE = "pool_normalize"
 DOMAIN_HEAD = "domain_head"
 JAILBREAK_HEAD = "jailbreak_head"
 PII_HEAD = "pii_head"
+SAFETY_HEAD = "safety_head"
+PAIR_HEAD = "cache_pair_head"
 # The ensembles are the contract services call.
 DOMAIN_CLASSIFIER = "domain_classifier"
 JAILBREAK_CLASSIFIER = "jailbreak_classifier"
 PII_TAGGER = "pii_tagger"
 EMBEDDER = "embedder"
+# Heads that exist only on the shared trunk (they were added after it).
+SAFETY_CLASSIFIER = "safety_classifier"
+CACHE_PAIR_CLASSIFIER = "cache_pair_classifier"
 
 # Label sets (order = output column order) ----------------------------------------------------------
 DOMAIN_LABELS: tuple[str, ...] = (
@@ -47,6 +52,25 @@ DOMAIN_LABELS: tuple[str, ...] = (
     "psychology",
 )
 JAILBREAK_LABELS: tuple[str, ...] = ("benign", "jailbreak")
+# Content-safety categories (../shared/data/safety.jsonl); "none" is a safe request.
+SAFETY_NONE = "none"
+SAFETY_LABELS: tuple[str, ...] = (
+    SAFETY_NONE,
+    "violence_weapons",
+    "crime_fraud",
+    "cyber_malware",
+    "sexual",
+    "child_safety",
+    "self_harm",
+    "hate_harassment",
+    "drugs",
+    "privacy_surveillance",
+    "misinformation",
+    "chem_bio",
+    "other_harm",
+)
+# May the cached answer to one prompt be served for the other (cache_pairs.jsonl)?
+PAIR_LABELS: tuple[str, ...] = ("different", "same")
 PII_ENTITY_TYPES: tuple[str, ...] = (
     "PERSON",
     "LOCATION",
@@ -106,18 +130,27 @@ JAILBREAK_HEAD_SPEC = ModelSpec(
     JAILBREAK_HEAD, (_HIDDEN, _MASK), (TensorSpec(PROBABILITIES, "TYPE_FP32", (len(JAILBREAK_LABELS),)),)
 )
 PII_HEAD_SPEC = ModelSpec(PII_HEAD, (_HIDDEN,), (TensorSpec(PROBABILITIES, "TYPE_FP32", (-1, len(PII_BIO_LABELS))),))
+SAFETY_HEAD_SPEC = ModelSpec(
+    SAFETY_HEAD, (_HIDDEN, _MASK), (TensorSpec(PROBABILITIES, "TYPE_FP32", (len(SAFETY_LABELS),)),)
+)
+PAIR_HEAD_SPEC = ModelSpec(PAIR_HEAD, (_HIDDEN, _MASK), (TensorSpec(PROBABILITIES, "TYPE_FP32", (len(PAIR_LABELS),)),))
 
 # Ensembles take token ids and answer with the head's output.
 DOMAIN_CLASSIFIER_SPEC = ModelSpec(DOMAIN_CLASSIFIER, (_IDS, _MASK), DOMAIN_HEAD_SPEC.outputs)
 JAILBREAK_CLASSIFIER_SPEC = ModelSpec(JAILBREAK_CLASSIFIER, (_IDS, _MASK), JAILBREAK_HEAD_SPEC.outputs)
 PII_TAGGER_SPEC = ModelSpec(PII_TAGGER, (_IDS, _MASK), PII_HEAD_SPEC.outputs)
 EMBEDDER_SPEC = ModelSpec(EMBEDDER, (_IDS, _MASK), POOL_NORMALIZE_SPEC.outputs)
+SAFETY_CLASSIFIER_SPEC = ModelSpec(SAFETY_CLASSIFIER, (_IDS, _MASK), SAFETY_HEAD_SPEC.outputs)
+# Input: one row per pair, `[CLS] stored question [SEP] new question [SEP]` (TextTokenizer.encode_pairs).
+CACHE_PAIR_CLASSIFIER_SPEC = ModelSpec(CACHE_PAIR_CLASSIFIER, (_IDS, _MASK), PAIR_HEAD_SPEC.outputs)
 
 ENSEMBLE_SPECS: tuple[ModelSpec, ...] = (
     DOMAIN_CLASSIFIER_SPEC,
     JAILBREAK_CLASSIFIER_SPEC,
     PII_TAGGER_SPEC,
     EMBEDDER_SPEC,
+    SAFETY_CLASSIFIER_SPEC,
+    CACHE_PAIR_CLASSIFIER_SPEC,
 )
 
 # A task whose head needs a fine-tuned encoder gets its own encoder model inside its ensemble.

@@ -4,7 +4,7 @@ Truncation policy (a prompt longer than MAX_TOKENS=256 tokens, e.g. 3,000 tokens
 - ``Truncation.HEAD_TAIL`` (domain, jailbreak): keep the first 127 and the last 127 word pieces,
   so both the set-up and the actual ask at the end of a long prompt are seen.
 - ``Truncation.HEAD`` (embeddings): keep the first 254 word pieces, as sentence-transformers does.
-- ``Truncation.CHUNKS`` (PII): split into windows of 254 word pieces overlapping by 32, so every
+- ``Truncation.CHUNKS`` (PII, jailbreak windows): windows of 254 word pieces overlapping by 64, so every
   token of the prompt is tagged; ``Batch.text_index`` says which text each row came from.
 Every row is ``[CLS] pieces [SEP]``, right-padded with 0 to the smallest of LENGTH_BUCKETS that holds
 the longest row of the batch: the same text gives the same tensor in every service, and concurrent
@@ -23,7 +23,9 @@ from tokenizers import Tokenizer
 from services.common.model_io import ENCODER, MAX_TOKENS
 
 TOKENIZER_FILE = "tokenizer.json"
-CHUNK_OVERLAP = 32
+# Windows overlap by 64 tokens: an injection of up to 64 tokens is whole in some window (the guard scores
+# these same rows for jailbreaks that the PII tagger tags, so one trunk pass serves both).
+CHUNK_OVERLAP = 64
 # Padded widths (tokens, special tokens included); a row goes to the smallest bucket that holds it. Few
 # buckets: a short chat prompt (most are 15-30 tokens) shares one shape with its neighbours; padding
 # 16 tokens to 32 costs less than the batches that a fifth shape would split.
@@ -120,6 +122,36 @@ class TextTokenizer:
                 spans[i, 1 : length - 1] = offs
                 word_ids[i, 1 : length - 1] = words
         return Batch(input_ids, mask, spans, np.array([r[2] for r in rows], dtype=np.int64), word_ids)
+
+
+    def encode_pairs(self, pairs: list[tuple[str, str]]) -> Batch:
+        """One row per pair, ``[CLS] a [SEP] b [SEP]``: the input of the cache's pair classifier.
+
+        When the pair is too long, the longer side loses tokens from its end until both fit, so a short
+        question is never cut for a long one. Offsets are not kept (the pair head reads whole rows).
+        """
+        budget = self.max_tokens - 3
+        texts = [t for pair in pairs for t in pair]
+        encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False) if texts else []
+        rows = []
+        for i in range(len(pairs)):
+            a, b = encodings[2 * i].ids, encodings[2 * i + 1].ids
+            keep_a, keep_b = len(a), len(b)
+            while keep_a + keep_b > budget:
+                if keep_a >= keep_b:
+                    keep_a -= 1
+                else:
+                    keep_b -= 1
+            rows.append([self._cls, *a[:keep_a], self._sep, *b[:keep_b], self._sep])
+        width = bucket_width(max((len(r) for r in rows), default=0))
+        n = len(rows)
+        input_ids = np.zeros((n, width), dtype=np.int64)
+        mask = np.zeros((n, width), dtype=np.int64)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = row
+            mask[i, : len(row)] = 1
+        return Batch(input_ids, mask, np.zeros((n, width, 2), dtype=np.int64), np.arange(n, dtype=np.int64),
+                     np.full((n, width), -1, dtype=np.int64))
 
 
 def _windows(length: int, budget: int, truncation: Truncation) -> list[tuple[int, int]]:

@@ -116,6 +116,15 @@ class TritonModels:
         owners = batch.text_index[rows]
         return [scores[owners == i] for i in range(len(texts))]
 
+    async def safety_probabilities(self, texts: list[str]) -> np.ndarray:
+        """Content-safety probabilities [n, 13] (columns: SAFETY_LABELS; column 0 is "none", a safe request)."""
+        return await self.infer(io.SAFETY_CLASSIFIER_SPEC, self._tokenizer.encode(texts, Truncation.HEAD_TAIL))
+
+    async def pair_same_scores(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        """Probability [n] that the answer to each pair's first prompt also answers its second (cache verifier)."""
+        probs = await self.infer(io.CACHE_PAIR_CLASSIFIER_SPEC, self._tokenizer.encode_pairs(pairs))
+        return probs[:, io.PAIR_LABELS.index("same")]
+
     async def tag_pii(self, texts: list[str]) -> list[list[EntitySpan]]:
         """Entity spans (character offsets into each text) for the learned PII types; long texts are chunked."""
         batch = self._tokenizer.encode(texts, Truncation.CHUNKS)

@@ -20,6 +20,8 @@ HEAD_WEIGHTS = {
     io.DOMAIN_HEAD: "domain_head.npz",
     io.JAILBREAK_HEAD: "jailbreak_head.npz",
     io.PII_HEAD: "pii_head.npz",
+    io.SAFETY_HEAD: "safety_head.npz",
+    io.PAIR_HEAD: "cache_pair_head.npz",
 }
 # The shared-trunk layout (services.models.trunk): one adapter for all tasks, its heads, the embedder head.
 TRUNK_DIR = "trunk"

@@ -95,6 +95,8 @@ def ensemble_layouts(encoders: dict[str, str]) -> list[EnsembleLayout]:
         (io.JAILBREAK_CLASSIFIER_SPEC, io.JAILBREAK_HEAD_SPEC),
         (io.PII_TAGGER_SPEC, io.PII_HEAD_SPEC),
         (io.EMBEDDER_SPEC, io.POOL_NORMALIZE_SPEC),
+        (io.SAFETY_CLASSIFIER_SPEC, io.SAFETY_HEAD_SPEC),
+        (io.CACHE_PAIR_CLASSIFIER_SPEC, io.PAIR_HEAD_SPEC),
     ]
     return [EnsembleLayout(e, encoders.get(e.name, io.ENCODER), h) for e, h in pairs]
 
@@ -108,7 +110,8 @@ def repository_configs(encoders: dict[str, str], trunk: bool = False) -> dict[st
         encoders = {name: io.TRUNK for name in io.ENSEMBLE_NAMES}
     configs = {
         spec.name: onnx_model_config(spec)
-        for spec in (io.ENCODER_SPEC, io.POOL_NORMALIZE_SPEC, io.DOMAIN_HEAD_SPEC, io.JAILBREAK_HEAD_SPEC, io.PII_HEAD_SPEC)
+        for spec in (io.ENCODER_SPEC, io.POOL_NORMALIZE_SPEC, io.DOMAIN_HEAD_SPEC, io.JAILBREAK_HEAD_SPEC, io.PII_HEAD_SPEC,
+                     io.SAFETY_HEAD_SPEC, io.PAIR_HEAD_SPEC)
     }
     for name in sorted(set(encoders.values())):
         delay = TRUNK_QUEUE_DELAY_US if name == io.TRUNK else MAX_QUEUE_DELAY_US

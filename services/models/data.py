@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-TASK_FILES = {"domain": "domain.jsonl", "jailbreak": "jailbreak.jsonl", "pii": "pii.jsonl"}
+TASK_FILES = {"domain": "domain.jsonl", "jailbreak": "jailbreak.jsonl", "pii": "pii.jsonl", "safety": "safety.jsonl"}
 
 
 class DataNotFoundError(FileNotFoundError):

@@ -16,6 +16,7 @@ the three head .npz files (services.models.heads.MLP format) and trunk_train.jso
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,14 +25,14 @@ import numpy as np
 
 from services.models import lora
 
-LABEL_COUNTS = {"domain": 14, "jailbreak": 2, "pii": 15}
+LABEL_COUNTS = {"domain": 14, "jailbreak": 2, "pii": 15, "safety": 13, "pair": 2}
 # Rank 128 on every linear layer of the 6 blocks: 5.3 M parameters (10.6 MB in fp16) for all tasks together;
 # alpha = 2 * rank (the per-task adapters' scale). Rank 64 with distillation weight 20 lost 3 points of
 # domain accuracy and 1.5 of jailbreak F1 (see the trunk card's history).
 RANK = 128
 # Weight of the distillation term (1 - cosine to the base embedding) against the task losses.
 DISTILL_WEIGHT = 5.0
-BATCH_SIZE = 32
+BATCH_SIZE = int(os.environ.get("SWITCHYARD_TRUNK_BATCH", "32"))  # smaller only for CPU smoke runs
 EPOCHS = 7
 DOMAIN_LABEL_SMOOTHING = 0.1
 SEED = 13
@@ -39,16 +40,79 @@ LR_ADAPTER = 5e-4
 LR_HEADS = 1e-3
 # Texts that only feed the distillation term: the cache's own kind of text (commercial train pairs).
 DISTILL_TASK = "cache"
+# The jailbreak loss counts this much more than the others: its target is the tightest (F1 at FPR <= 1 %).
+JAILBREAK_WEIGHT = 1.5
+# Safety batches over-sample the unsafe rows and XSTest's safe look-alikes (hard negatives) this many times.
+SAFETY_OVERSAMPLE = 3
 
 
 # Bundle (runs here) -----------------------------------------------------------------------------------
 
 def _ragged(prefix: str, batch, arrays: dict, tags: np.ndarray | None = None) -> None:
     lengths = batch.attention_mask.sum(axis=1)
-    arrays[f"{prefix}_len"] = lengths.astype(np.int32)
-    arrays[f"{prefix}_ids"] = np.concatenate([batch.input_ids[i, :n] for i, n in enumerate(lengths)]).astype(np.uint16)
+    _ragged_rows(prefix, [batch.input_ids[i, :n] for i, n in enumerate(lengths)], arrays)
     if tags is not None:
         arrays[f"{prefix}_tags"] = np.concatenate([tags[i, :n] for i, n in enumerate(lengths)]).astype(np.int8)
+
+
+def _ragged_rows(prefix: str, rows: list[np.ndarray], arrays: dict) -> None:
+    arrays[f"{prefix}_len"] = np.array([len(r) for r in rows], dtype=np.int32)
+    arrays[f"{prefix}_ids"] = np.concatenate(rows).astype(np.uint16) if rows else np.zeros(0, dtype=np.uint16)
+
+
+def _valid_rows(batch) -> list[np.ndarray]:
+    return [batch.input_ids[i, : int(n)] for i, n in enumerate(batch.attention_mask.sum(axis=1))]
+
+
+def _window_span(batch, row: int) -> tuple[int, int]:
+    """Character span of one CHUNKS row in its text."""
+    n = int(batch.attention_mask[row].sum())
+    offsets = batch.offsets[row, 1 : n - 1]
+    return int(offsets[:, 0].min()), int(offsets[:, 1].max())
+
+
+def buried_windows(tokenizer, documents: list[str], injections: list[str], count: int, rng: np.random.Generator,
+                   keep_clean: float = 0.25) -> tuple[list[np.ndarray], list[int], list[int]]:
+    """Injections buried in long benign documents, as the serving windows (CHUNKS rows) the guard scores.
+
+    A window holding at least 60 % of the injection is a jailbreak row, one holding none of it a benign row
+    (kept with probability `keep_clean`); windows with a sliver of it are left out. Returns the rows, their
+    labels and the index of the buried text each came from.
+    """
+    from services.common.tokenizer import Truncation
+    from services.models.augment import bury
+
+    texts, spans = [], []
+    for _ in range(count):
+        text, start, stop = bury(documents[rng.integers(len(documents))], injections[rng.integers(len(injections))], rng)
+        texts.append(text)
+        spans.append((start, stop))
+    batch = tokenizer.encode(texts, Truncation.CHUNKS)
+    rows, labels, groups = [], [], []
+    for row in range(len(batch)):
+        group = int(batch.text_index[row])
+        lo, hi = _window_span(batch, row)
+        start, stop = spans[group]
+        share = max(0, min(stop, hi) - max(start, lo)) / max(stop - start, 1)
+        if share >= 0.6 or (share == 0 and rng.random() < keep_clean):
+            rows.append(batch.input_ids[row, : int(batch.attention_mask[row].sum())])
+            labels.append(int(share >= 0.6))
+            groups.append(group)
+    return rows, labels, groups
+
+
+def guard_rows(tokenizer, texts: list[str]) -> tuple[list[np.ndarray], list[int]]:
+    """What the guard scores for each text: the whole text (head and tail) and, when long, every window."""
+    from services.common.tokenizer import Truncation
+
+    rows, groups = _valid_rows(tokenizer.encode(texts, Truncation.HEAD_TAIL)), list(range(len(texts)))
+    windows = tokenizer.encode(texts, Truncation.CHUNKS)
+    for row in range(len(windows)):
+        group = int(windows.text_index[row])
+        if int(np.sum(windows.text_index == group)) > 1:
+            rows.append(windows.input_ids[row, : int(windows.attention_mask[row].sum())])
+            groups.append(group)
+    return rows, groups
 
 
 def prepare_bundle(out_dir: Path, limit: int | None = None) -> Path:
@@ -57,6 +121,7 @@ def prepare_bundle(out_dir: Path, limit: int | None = None) -> Path:
 
     from services.common import model_io as io
     from services.common.tokenizer import TextTokenizer, Truncation
+    from services.models import augment
     from services.models.data import load_rows
     from services.models.features import token_labels
     from services.models.finetune import mix_pii_examples
@@ -66,11 +131,16 @@ def prepare_bundle(out_dir: Path, limit: int | None = None) -> Path:
     paths = default_paths()
     tokenizer = TextTokenizer.from_repository(paths.repository)
     arrays: dict[str, np.ndarray] = {}
+    rng = np.random.default_rng(SEED)
 
     def rows(task: str, split: str, commercial: bool) -> list[dict]:
+        # `limit` (smoke runs): evenly spaced rows, `limit` of train and about a quarter as many of dev.
         found, _ = load_rows(paths.data_dir, task, split, commercial)
-        return found[:limit] if limit else found
+        if not limit:
+            return found
+        return found[:: max(1, len(found) // limit)][:limit] if split == "train" else found[:: max(1, len(found) * 4 // limit)]
 
+    safety = {split: rows("safety", split, split == "train") for split in ("train", "dev")}
     domain_index = {label: i for i, label in enumerate(io.DOMAIN_LABELS)}
     for split in ("train", "dev"):
         # Dev rows of every license are scored (never trained on); model selection uses commercial dev rows.
@@ -78,10 +148,59 @@ def prepare_bundle(out_dir: Path, limit: int | None = None) -> Path:
         _ragged(f"domain_{split}", tokenizer.encode([r["text"] for r in d], Truncation.HEAD_TAIL), arrays)
         arrays[f"domain_{split}_labels"] = np.array([domain_index[r["label"]] for r in d], dtype=np.int64)
         j = rows("jailbreak", split, split == "train")
-        _ragged(f"jailbreak_{split}", tokenizer.encode([r["text"] for r in j], Truncation.HEAD_TAIL), arrays)
-        arrays[f"jailbreak_{split}_labels"] = np.array([r["label"] == "jailbreak" for r in j], dtype=np.int64)
-        arrays[f"jailbreak_{split}_chars"] = np.array([len(r["text"]) for r in j], dtype=np.int64)
-        arrays[f"jailbreak_{split}_commercial"] = np.array([r["commercial_ok"] for r in j], dtype=bool)
+        texts = [r["text"] for r in j]
+        labels = [int(r["label"] == "jailbreak") for r in j]
+        benign_long = [t for t, y, r in zip(texts, labels, j) if not y and len(t) > 1000 and r["commercial_ok"]]
+        attacks = [t for t, y, r in zip(texts, labels, j) if y and len(t) <= 800 and r["commercial_ok"]]
+        sentences = augment.harmless_sentences([t for t, y in zip(texts, labels) if not y], rng=rng)
+        if split == "train":
+            job_rows = _valid_rows(tokenizer.encode(texts, Truncation.HEAD_TAIL))
+            job_labels = list(labels)
+            # Evasion: every jailbreak once more with harmless text added, and as many benign prompts.
+            jail = [t for t, y in zip(texts, labels) if y]
+            benign = [t for t, y in zip(texts, labels) if not y]
+            varied = [augment.with_harmless_text(t, rng, sentences) for t in jail]
+            varied_benign = [augment.with_harmless_text(benign[i], rng, sentences)
+                             for i in rng.choice(len(benign), min(len(jail), len(benign)), replace=False)]
+            # Hard negatives: prompts about the assistant itself, and XSTest's safe look-alikes (x3).
+            xstest_safe = [r["text"] for r in safety["train"] if r["source"] == "xstest" and r["label"] == "safe"]
+            negatives = augment.hard_negative_prompts(rng, 1500 if not limit else 20) + xstest_safe * 3
+            extra = varied + varied_benign + negatives
+            job_rows += _valid_rows(tokenizer.encode(extra, Truncation.HEAD_TAIL))
+            job_labels += [1] * len(varied) + [0] * (len(varied_benign) + len(negatives))
+            buried, buried_labels, _ = buried_windows(tokenizer, benign_long, attacks, 3000 if not limit else 20, rng)
+            job_rows += buried
+            job_labels += buried_labels
+            _ragged_rows("jailbreak_train", job_rows, arrays)
+            arrays["jailbreak_train_labels"] = np.array(job_labels, dtype=np.int64)
+        else:
+            _ragged("jailbreak_dev", tokenizer.encode(texts, Truncation.HEAD_TAIL), arrays)
+            arrays["jailbreak_dev_labels"] = np.array(labels, dtype=np.int64)
+            arrays["jailbreak_dev_chars"] = np.array([len(t) for t in texts], dtype=np.int64)
+            arrays["jailbreak_dev_commercial"] = np.array([r["commercial_ok"] for r in j], dtype=bool)
+            # Real user chats (ToxicChat benign, evaluation-only licence): the false-positive yardstick.
+            arrays["jailbreak_dev_userchat"] = np.array(["toxicchat" in r["source"] for r in j], dtype=bool)
+            # The guard's view of long benign documents (whole + windows), and of buried injections.
+            long_rows, long_groups = guard_rows(tokenizer, benign_long)
+            _ragged_rows("jailbreak_longdev", long_rows, arrays)
+            arrays["jailbreak_longdev_group"] = np.array(long_groups, dtype=np.int64)
+            dev_rng = np.random.default_rng(SEED + 1)
+            buried_texts = [augment.bury(benign_long[dev_rng.integers(len(benign_long))],
+                                         attacks[dev_rng.integers(len(attacks))], dev_rng)[0]
+                            for _ in range(300 if not limit else 10)]
+            buried_rows, buried_groups = guard_rows(tokenizer, buried_texts)
+            _ragged_rows("jailbreak_burieddev", buried_rows, arrays)
+            arrays["jailbreak_burieddev_group"] = np.array(buried_groups, dtype=np.int64)
+            # Evasion: each commercial dev jailbreak with harmless text added (its own sentences and seed).
+            owners = [i for i, (y, r) in enumerate(zip(labels, j)) if y and r["commercial_ok"]]
+            varied = [augment.with_harmless_text(texts[i], dev_rng, sentences) for i in owners]
+            _ragged("jailbreak_evasiondev", tokenizer.encode(varied, Truncation.HEAD_TAIL), arrays)
+            arrays["jailbreak_evasiondev_owner"] = np.array(owners, dtype=np.int64)
+        s = safety[split]
+        _ragged(f"safety_{split}", tokenizer.encode([r["text"] for r in s], Truncation.HEAD_TAIL), arrays)
+        arrays[f"safety_{split}_labels"] = np.array([io.SAFETY_LABELS.index(r["category"]) for r in s], dtype=np.int64)
+        arrays[f"safety_{split}_xstest"] = np.array([r["source"] == "xstest" for r in s], dtype=bool)
+        arrays[f"safety_{split}_commercial"] = np.array([r["commercial_ok"] for r in s], dtype=bool)
         p = rows("pii", split, True)
         texts, spans = [r["text"] for r in p], [r["spans"] for r in p]
         if split == "train":
@@ -96,6 +215,13 @@ def prepare_bundle(out_dir: Path, limit: int | None = None) -> Path:
         batch = tokenizer.encode([t for r in c for t in (r["a"], r["b"])], Truncation.HEAD)
         _ragged(f"cache_{split}", batch, arrays)
         arrays[f"cache_{split}_same"] = np.array([r["label"] == "same" for r in c], dtype=bool)
+        # The pair classifier reads both questions in one row; trained in both orders.
+        pairs = [(r["a"], r["b"]) for r in c] + ([(r["b"], r["a"]) for r in c] if split == "train" else [])
+        _ragged(f"pair_{split}", tokenizer.encode_pairs(pairs), arrays)
+        same = [r["label"] == "same" for r in c]
+        arrays[f"pair_{split}_labels"] = np.array(same + (same if split == "train" else []), dtype=np.int64)
+        arrays[f"pair_{split}_commercial"] = np.array([r["commercial_ok"] for r in c] * (2 if split == "train" else 1),
+                                                      dtype=bool)
     out_dir.mkdir(parents=True, exist_ok=True)
     used = np.unique(np.concatenate([v for k, v in arrays.items() if k.endswith("_ids")]).astype(np.int64))
     arrays["vocab"] = used
@@ -196,6 +322,8 @@ def _heads(device):
         "domain": mlp(768, 512, LABEL_COUNTS["domain"]),
         "jailbreak": mlp(768, 512, LABEL_COUNTS["jailbreak"]),
         "pii": mlp(384, 256, LABEL_COUNTS["pii"]),
+        "safety": mlp(768, 512, LABEL_COUNTS["safety"]),
+        "pair": mlp(768, 512, LABEL_COUNTS["pair"]),
         "embed": embed,
     }).to(device)
 
@@ -235,6 +363,26 @@ def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / max(n_pos * n_neg, 1))
 
 
+def _binary(pred: np.ndarray, y: np.ndarray) -> dict:
+    tp, fp, fn = (pred & (y == 1)).sum(), (pred & (y == 0)).sum(), (~pred & (y == 1)).sum()
+    return {"f1": float(2 * tp / max(2 * tp + fp + fn, 1)), "fpr": float(fp / max((y == 0).sum(), 1)),
+            "recall": float(tp / max((y == 1).sum(), 1))}
+
+
+def _group_max(scores: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    out = np.full(int(groups.max()) + 1 if len(groups) else 0, -1.0)
+    np.maximum.at(out, groups, scores)
+    return out
+
+
+def recall_at_wrong(scores: np.ndarray, same: np.ndarray, wrong: float = 0.01) -> tuple[float, float]:
+    """Share of `same` pairs accepted at the lowest threshold that accepts at most `wrong` of the others."""
+    negatives = np.sort(scores[~same])[::-1]
+    allowed = int(np.floor(wrong * len(negatives)))
+    threshold = negatives[allowed] + 1e-6 if allowed < len(negatives) else -np.inf
+    return float((scores[same] >= threshold).mean()), float(threshold)
+
+
 def evaluate(student, teacher, heads, dev: dict, data) -> dict:
     """Dev metrics in fp32 (what the exported ONNX computes): the selection and the card's first look."""
     import torch
@@ -247,20 +395,45 @@ def evaluate(student, teacher, heads, dev: dict, data) -> dict:
             ids, mask = dev[prefix][0], dev[prefix][1]
             return [fn(*_encode(student, ids[i : i + size], mask[i : i + size], False), i) for i in range(0, len(ids), size)]
 
-        probs = torch.cat(run("domain", lambda s, m, w, i: torch.softmax(heads["domain"](_pooled(s, m)), -1)))
-        y = dev["domain"][2]
-        out["domain_accuracy"] = float((probs.argmax(1) == y).float().mean())
-        scores = torch.cat(run("jailbreak", lambda s, m, w, i: torch.softmax(heads["jailbreak"](_pooled(s, m)), -1)[:, 1]))
-        scores = scores.cpu().numpy()
+        def pooled_probs(prefix: str, head: str):
+            return torch.cat(run(prefix, lambda s, m, w, i: torch.softmax(heads[head](_pooled(s, m)), -1))).cpu().numpy()
+
+        probs = pooled_probs("domain", "domain")
+        y = dev["domain"][2].cpu().numpy()
+        out["domain_accuracy"] = float((probs.argmax(1) == y).mean())
+        scores = pooled_probs("jailbreak", "jailbreak")[:, 1]
         y = dev["jailbreak"][2].cpu().numpy()
         commercial = data["jailbreak_dev_commercial"]
         long_neg = (y == 0) & (data["jailbreak_dev_chars"] > 1000) & commercial
         pred = scores >= 0.5
-        yc, pc = y[commercial], pred[commercial]
-        tp, fp, fn = (pc & (yc == 1)).sum(), (pc & (yc == 0)).sum(), (~pc & (yc == 1)).sum()
-        out["jailbreak_f1"] = float(2 * tp / max(2 * tp + fp + fn, 1))
-        out["jailbreak_fpr"] = float(fp / max((yc == 0).sum(), 1))
+        m = _binary(pred[commercial], y[commercial])
+        out["jailbreak_f1"], out["jailbreak_fpr"], out["jailbreak_recall"] = m["f1"], m["fpr"], m["recall"]
         out["jailbreak_fpr_long"] = float((pred & long_neg).sum() / max(long_neg.sum(), 1))
+        userchat = data["jailbreak_dev_userchat"] & (y == 0)
+        out["jailbreak_fpr_userchat"] = float(pred[userchat].mean()) if userchat.any() else 0.0
+        out["jailbreak_recall_all"] = float(pred[y == 1].mean())
+        long_max = _group_max(pooled_probs("jailbreak_longdev", "jailbreak")[:, 1], data["jailbreak_longdev_group"])
+        out["jailbreak_guard_fpr_long"] = float((long_max >= 0.5).mean())
+        buried_max = _group_max(pooled_probs("jailbreak_burieddev", "jailbreak")[:, 1], data["jailbreak_burieddev_group"])
+        out["jailbreak_buried_recall"] = float((buried_max >= 0.5).mean())
+        varied = pooled_probs("jailbreak_evasiondev", "jailbreak")[:, 1]
+        blocked = scores[data["jailbreak_evasiondev_owner"]] >= 0.5
+        out["jailbreak_evasion_kept"] = float((varied[blocked] >= 0.5).mean()) if blocked.any() else 0.0
+        sp = pooled_probs("safety", "safety")
+        unsafe_score = 1.0 - sp[:, 0]
+        sy = dev["safety"][2].cpu().numpy()
+        sc, xs = data["safety_dev_commercial"], data["safety_dev_xstest"]
+        m = _binary(unsafe_score[sc] >= 0.5, (sy[sc] > 0).astype(np.int64))
+        out["safety_f1"], out["safety_fpr"], out["safety_recall"] = m["f1"], m["fpr"], m["recall"]
+        out["safety_fpr_xstest"] = float((unsafe_score[xs & (sy == 0)] >= 0.5).mean())
+        out["safety_recall_all"] = float((unsafe_score[sy > 0] >= 0.5).mean())
+        hit = (sy > 0) & (unsafe_score >= 0.5)
+        out["safety_category_accuracy"] = float((sp[hit][:, 1:].argmax(1) + 1 == sy[hit]).mean()) if hit.any() else 0.0
+        pair = pooled_probs("pair", "pair")[:, 1]
+        same = dev["pair"][2].cpu().numpy() == 1
+        out["pair_auc"] = _auc(pair, same)
+        out["pair_accuracy"] = float(((pair >= 0.5) == same).mean())
+        out["pair_recall_at_1pct_wrong"], _ = recall_at_wrong(pair, same)
         preds = run("pii", lambda s, m, w, i: torch.nn.functional.pad(heads["pii"](s).argmax(-1), (0, dev["pii"][0].shape[1] - w), value=0))
         pred = torch.cat(preds)
         tags = dev["pii"][2]
@@ -291,9 +464,15 @@ def evaluate(student, teacher, heads, dev: dict, data) -> dict:
     return {k: round(v, 4) for k, v in out.items()}
 
 
+SELECTION_RULE = ("best domain accuracy + 2 x jailbreak F1 + PII token F1 + safety F1 + pair AUC + (buried-injection "
+                  "recall + evasion kept) / 2 among epochs with jailbreak FPR <= 1 %, long-benign FPR <= 2 % whole "
+                  "and through the guard's windows (commercial dev rows)")
+
+
 def _selection_value(m: dict) -> float:
-    within = m["jailbreak_fpr"] <= 0.01 and m["jailbreak_fpr_long"] <= 0.02
-    return m["domain_accuracy"] + m["jailbreak_f1"] + m["pii_token_f1"] - (0.0 if within else 1.0)
+    within = m["jailbreak_fpr"] <= 0.01 and m["jailbreak_fpr_long"] <= 0.02 and m["jailbreak_guard_fpr_long"] <= 0.02
+    return (m["domain_accuracy"] + 2 * m["jailbreak_f1"] + m["pii_token_f1"] + m["safety_f1"] + m["pair_auc"]
+            + 0.5 * (m["jailbreak_buried_recall"] + m["jailbreak_evasion_kept"]) - (0.0 if within else 10.0))
 
 
 def _teacher_targets(teacher, ids, mask, lengths: np.ndarray):
@@ -303,14 +482,23 @@ def _teacher_targets(teacher, ids, mask, lengths: np.ndarray):
     out = []
     with torch.no_grad():
         for i in range(0, len(ids), 512):
-            width = int(lengths[i : i + 512].max())
+            width = max(int(lengths[i : i + 512].max()), 2)
             states = teacher(input_ids=ids[i : i + 512, :width], attention_mask=mask[i : i + 512, :width]).last_hidden_state
             out.append(_sentence(states.float(), mask[i : i + 512, :width]))
     return torch.cat(out)
 
 
+def _sampling_pool(data, task: str, prefix: str) -> np.ndarray:
+    """Row indices one pass over a task draws from (over-sampled rows repeated)."""
+    n = len(data[f"{prefix}_len"])
+    if task != "safety":
+        return np.arange(n)
+    weight = np.where((data["safety_train_labels"] > 0) | data["safety_train_xstest"], SAFETY_OVERSAMPLE, 1)
+    return np.repeat(np.arange(n), weight)
+
+
 def train(bundle: Path, out: Path, epochs: int = EPOCHS, seed: int = SEED, max_steps: int | None = None,
-          rank: int = RANK, distill_weight: float = DISTILL_WEIGHT) -> dict:
+          rank: int = RANK, distill_weight: float = DISTILL_WEIGHT, jailbreak_weight: float = JAILBREAK_WEIGHT) -> dict:
     """Joint training: every step is one forward over BATCH_SIZE rows of each task, padded together."""
     import torch
 
@@ -321,19 +509,32 @@ def train(bundle: Path, out: Path, epochs: int = EPOCHS, seed: int = SEED, max_s
     teacher = load_base(bundle, device)
     for p in teacher.parameters():
         p.requires_grad_(False)
-    prefixes = {"domain": "domain_train", "jailbreak": "jailbreak_train", "pii": "pii_train", DISTILL_TASK: "cache_train"}
+    prefixes = {"domain": "domain_train", "jailbreak": "jailbreak_train", "pii": "pii_train", DISTILL_TASK: "cache_train",
+                "safety": "safety_train", "pair": "pair_train"}
+    # Pair rows are two questions glued together: not a text whose embedding the cache would store.
+    distilled = tuple(t for t in prefixes if t != "pair")
     tasks = tuple(prefixes)
-    sets, lengths, targets = {}, {}, {}
+    sets, lengths, targets, pools = {}, {}, {}, {}
     for task, prefix in prefixes.items():
         sets[task] = _padded(data, prefix, device, with_tags=task == "pii")
         lengths[task] = data[f"{prefix}_len"].astype(np.int64)
-        targets[task] = _teacher_targets(teacher, sets[task][0], sets[task][1], lengths[task])
-    labels = {t: torch.from_numpy(data[f"{t}_train_labels"]).to(device) for t in ("domain", "jailbreak")}
+        pools[task] = _sampling_pool(data, task, prefix)
+        if task in distilled:
+            targets[task] = _teacher_targets(teacher, sets[task][0], sets[task][1], lengths[task])
+    classified = ("domain", "jailbreak", "safety", "pair")
+    labels = {t: torch.from_numpy(data[f"{t}_train_labels"]).to(device) for t in classified}
+
+    def dev_set(prefix: str, with_labels: bool = False):
+        padded = _padded(data, prefix, device)
+        return (*padded, torch.from_numpy(data[f"{prefix}_labels"]).to(device)) if with_labels else tuple(padded)
+
     dev = {
-        "domain": (*_padded(data, "domain_dev", device), torch.from_numpy(data["domain_dev_labels"]).to(device)),
-        "jailbreak": (*_padded(data, "jailbreak_dev", device), torch.from_numpy(data["jailbreak_dev_labels"]).to(device)),
+        "domain": dev_set("domain_dev", True), "jailbreak": dev_set("jailbreak_dev", True),
+        "safety": dev_set("safety_dev", True), "pair": dev_set("pair_dev", True),
+        "jailbreak_longdev": dev_set("jailbreak_longdev"), "jailbreak_burieddev": dev_set("jailbreak_burieddev"),
+        "jailbreak_evasiondev": dev_set("jailbreak_evasiondev"),
         "pii": tuple(_padded(data, "pii_dev", device, with_tags=True)),
-        "cache": tuple(_padded(data, "cache_dev", device)),
+        "cache": dev_set("cache_dev"),
     }
     student = load_base(bundle, device)
     lora.add_adapters(student, rank=rank, alpha=2.0 * rank)
@@ -350,18 +551,19 @@ def train(bundle: Path, out: Path, epochs: int = EPOCHS, seed: int = SEED, max_s
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100)
     # Domain labels overlap (other/health, engineering/physics): smoothing keeps the head from memorising.
     domain_loss = torch.nn.CrossEntropyLoss(label_smoothing=DOMAIN_LABEL_SMOOTHING)
+    weights = {"domain": 1.0, "jailbreak": jailbreak_weight, "safety": 1.0, "pair": 1.0, "pii": 1.0}
     orders = {task: np.zeros(0, dtype=np.int64) for task in tasks}
 
     def next_batch(task: str) -> np.ndarray:
         if len(orders[task]) < BATCH_SIZE:
-            orders[task] = np.concatenate([orders[task], rng.permutation(len(lengths[task]))])
+            orders[task] = np.concatenate([orders[task], rng.permutation(pools[task])])
         idx, orders[task] = orders[task][:BATCH_SIZE], orders[task][BATCH_SIZE:]
         return idx
 
     history, best = [], None
     started = time.time()
     for epoch in range(1, epochs + 1):
-        sums = {"domain": 0.0, "jailbreak": 0.0, "pii": 0.0, "distill": 0.0}
+        sums = {t: 0.0 for t in (*classified, "pii", "distill")}
         for _ in range(steps_per_epoch):
             chosen = {task: next_batch(task) for task in tasks}
             # Widths are known on the host: no device synchronisation inside the step.
@@ -369,18 +571,20 @@ def train(bundle: Path, out: Path, epochs: int = EPOCHS, seed: int = SEED, max_s
             index = {t: torch.from_numpy(i).to(device, non_blocking=True) for t, i in chosen.items()}
             ids = torch.cat([sets[t][0][index[t], :width] for t in tasks])
             mask = torch.cat([sets[t][1][index[t], :width] for t in tasks])
-            target = torch.cat([targets[t][index[t]] for t in tasks])
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 states = student(input_ids=ids, attention_mask=mask).last_hidden_state.float()
-            distill = (1 - (_sentence(states, mask, heads["embed"]) * target).sum(-1)).mean()
             part = {t: slice(k * BATCH_SIZE, (k + 1) * BATCH_SIZE) for k, t in enumerate(tasks)}
+            distill_rows = torch.cat([torch.arange(part[t].start, part[t].stop, device=device) for t in distilled])
+            target = torch.cat([targets[t][index[t]] for t in distilled])
+            embedded = _sentence(states[distill_rows], mask[distill_rows], heads["embed"])
+            distill = (1 - (embedded * target).sum(-1)).mean()
             losses = {
                 t: (domain_loss if t == "domain" else loss_fn)(heads[t](_pooled(states[part[t]], mask[part[t]])), labels[t][index[t]])
-                for t in ("domain", "jailbreak")
+                for t in classified
             }
             logits = heads["pii"](states[part["pii"]])
             losses["pii"] = loss_fn(logits.reshape(-1, logits.shape[-1]), sets["pii"][2][index["pii"], :width].reshape(-1))
-            loss = sum(losses.values()) + distill_weight * distill
+            loss = sum(weights[t] * value for t, value in losses.items()) + distill_weight * distill
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -398,40 +602,48 @@ def train(bundle: Path, out: Path, epochs: int = EPOCHS, seed: int = SEED, max_s
         if best is None or value > best[0]:
             best = (value, epoch, lora.adapter_arrays(student),
                     {k: v.detach().cpu().numpy().copy() for k, v in heads.state_dict().items()})
-            _save(out, best, history, epochs, steps_per_epoch, seed, rank, distill_weight)
+            _save(out, best, history, epochs, steps_per_epoch, seed, rank, distill_weight, jailbreak_weight)
     assert best is not None
-    return _save(out, best, history, epochs, steps_per_epoch, seed, rank, distill_weight)
+    return _save(out, best, history, epochs, steps_per_epoch, seed, rank, distill_weight, jailbreak_weight)
+
+
+HEAD_FILES = {"domain": "domain_head.npz", "jailbreak": "jailbreak_head.npz", "pii": "pii_head.npz",
+              "safety": "safety_head.npz", "pair": "cache_pair_head.npz"}
 
 
 def _save(out: Path, best, history: list, epochs: int, steps_per_epoch: int, seed: int, rank: int,
-          distill_weight: float) -> dict:
+          distill_weight: float, jailbreak_weight: float) -> dict:
     """Write the adapter, the heads and the record (after every better epoch, so a cut-off run keeps its best)."""
     import torch
 
     out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out / "trunk_lora.npz", **{k: v.astype(np.float16) for k, v in best[2].items()})
-    for task in ("domain", "jailbreak", "pii"):
-        hs = best[3]
-        np.savez_compressed(out / f"{task}_head.npz",
+    hs = best[3]
+    for task, file in HEAD_FILES.items():
+        np.savez_compressed(out / file,
                             layer0_w=hs[f"{task}.0.weight"].T.astype(np.float32), layer0_b=hs[f"{task}.0.bias"].astype(np.float32),
                             layer1_w=hs[f"{task}.3.weight"].T.astype(np.float32), layer1_b=hs[f"{task}.3.bias"].astype(np.float32))
-    hs = best[3]
     np.savez_compressed(out / "embed_head.npz", layer0_w=hs["embed.weight"].T.astype(np.float32),
                         layer0_b=hs["embed.bias"].astype(np.float32))
     record = {
         "selected_epoch": best[1],
-        "selection_rule": "best domain accuracy + jailbreak F1 + PII token F1 among epochs with jailbreak FPR <= 1 % "
-                          "and long-benign FPR <= 2 % (commercial dev rows)",
+        "selection_rule": SELECTION_RULE,
         "dev_selection": next(h for h in history if h["epoch"] == best[1]),
         "history": history,
         "rank": rank, "lora_alpha": 2.0 * rank, "distill_weight": distill_weight, "domain_label_smoothing": DOMAIN_LABEL_SMOOTHING,
+        "jailbreak_loss_weight": jailbreak_weight, "safety_oversample": SAFETY_OVERSAMPLE,
         "distill": "1 - cosine between the embedder head's output (linear map of the mean-pooled trunk states, "
-                   "normalised) and all-MiniLM-L6-v2's embedding of the same row, on every training row", "batch_size_per_task": BATCH_SIZE,
+                   "normalised) and all-MiniLM-L6-v2's embedding of the same row, on every training row but the pairs",
+        "augmentation": "jailbreak: every jailbreak again with harmless words/sentences/greeting added (and as many "
+                        "benign rows), 1,500 templated benign prompts about the assistant + XSTest safe x3, 3,000 "
+                        "injections buried in long benign documents as serving windows (services.models.augment)",
+        "batch_size_per_task": BATCH_SIZE,
         "epochs": epochs, "steps_per_epoch": steps_per_epoch, "seed": seed, "lr_adapters": LR_ADAPTER, "lr_heads": LR_HEADS,
         "weight_decay": 0.01, "schedule": "one-cycle, 10 % warm-up",
         "precision": f"bf16 autocast on {torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
         "lora_targets": ", ".join(lora.TARGETS) + " of all 6 layers",
-        "command": f"python -m services.models.trunk train .switchyard/trunk OUT {epochs} 0 {rank} {distill_weight:g}",
+        "command": f"python -m services.models.trunk train .switchyard/trunk OUT {epochs} 0 {rank} {distill_weight:g} "
+                   f"{jailbreak_weight:g} {seed}",
     }
     (out / "trunk_train.json").write_text(json.dumps(record, indent=1))
     return record
@@ -510,7 +722,9 @@ if __name__ == "__main__":
         train(Path(sys.argv[2]), Path(sys.argv[3]), epochs=int(sys.argv[4]) if len(sys.argv) > 4 else EPOCHS,
               max_steps=int(sys.argv[5]) or None if len(sys.argv) > 5 else None,
               rank=int(sys.argv[6]) if len(sys.argv) > 6 else RANK,
-              distill_weight=float(sys.argv[7]) if len(sys.argv) > 7 else DISTILL_WEIGHT)
+              distill_weight=float(sys.argv[7]) if len(sys.argv) > 7 else DISTILL_WEIGHT,
+              jailbreak_weight=float(sys.argv[8]) if len(sys.argv) > 8 else JAILBREAK_WEIGHT,
+              seed=int(sys.argv[9]) if len(sys.argv) > 9 else SEED)
     elif command == "figures":
         figures(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]) if len(sys.argv) > 4 else Path(sys.argv[3]))
     else:
