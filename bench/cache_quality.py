@@ -109,7 +109,8 @@ def load_vectors(path: Path, fingerprint: str | None = None) -> dict[str, np.nda
     if not path.is_file():
         return {}
     with np.load(path) as data:
-        if fingerprint is not None and "fingerprint" in data and str(data["fingerprint"]) != fingerprint:
+        kept = str(data["fingerprint"]) if "fingerprint" in data else ""
+        if fingerprint is not None and kept != fingerprint:
             print(f"  {path.name} came from another model; asking again", flush=True)
             return {}
         return dict(zip(data["keys"].tolist(), data["vectors"]))
