@@ -39,10 +39,6 @@ _PROTO_STATES = {SafetyState.CHECKED: guard_pb2.SAFETY_STATE_CHECKED, SafetyStat
                  SafetyState.UNAVAILABLE: guard_pb2.SAFETY_STATE_UNAVAILABLE}
 
 
-async def _disabled() -> SafetyVerdict:
-    return SafetyVerdict(SafetyState.DISABLED)
-
-
 def scored_texts(messages: Sequence[common_pb2.ChatMessage], policy: JailbreakPolicy) -> list[tuple[int, str]]:
     """(message index, text) of what the jailbreak and safety checks score: `policy.scope`, at least `min_words`."""
     return [(i, messages[i].text) for i in select_messages(messages, policy.scope)
@@ -125,16 +121,16 @@ class RequestGuard:
         return verdict
 
     async def _check(self, config: GuardConfig, messages: Sequence[common_pb2.ChatMessage]) -> GuardVerdict:
-        jailbreak_cfg, safety_cfg, pii_cfg = config.jailbreak, config.safety, config.pii
+        jailbreak_cfg, pii_cfg = config.jailbreak, config.pii
         started = time.perf_counter()
         # Safety reads what jailbreak reads: the same whole-text rows, computed once by the trunk.
-        texts = scored_texts(messages, jailbreak_cfg) if jailbreak_cfg.enabled or safety_cfg.enabled else []
+        texts = scored_texts(messages, jailbreak_cfg)
         pii_indices = select_messages(messages, pii_cfg.scope) if pii_cfg.enabled else []
         # The Triton calls go out together; if one fails the whole check fails, because half a
         # verdict would read as "clean" for the half that was not checked.
         jailbreak, safety, tagged = await asyncio.gather(
             self._score_jailbreak(texts if jailbreak_cfg.enabled else []),
-            self._score_safety(texts, config) if safety_cfg.enabled else _disabled(),
+            self._score_safety(texts, config),
             self._tag([messages[i].text for i in pii_indices]),
         )
         verdict = GuardVerdict(checked=True, jailbreak=jailbreak, safety=safety)
@@ -161,6 +157,8 @@ class RequestGuard:
         return result
 
     async def _score_safety(self, texts: list[tuple[int, str]], config: GuardConfig) -> SafetyVerdict:
+        if not config.safety.enabled:
+            return SafetyVerdict(SafetyState.DISABLED)
         if not texts:
             return SafetyVerdict(SafetyState.CHECKED)
         started = time.perf_counter()
