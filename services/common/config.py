@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError,
+                      model_validator)
 
 from services.common.classic_config import convert_classic, is_classic
 from services.common.model_io import SAFETY_LABELS, SAFETY_NONE
@@ -363,8 +364,9 @@ def _safety_action(value: Any) -> SafetyAction:
     raise ValueError("must be block, allow, route (to guard.safety.safety_model) or {route: <model>}")
 
 
+# Written back as it is read ("block", "route", "route: <model>"), so a dumped config loads again.
 SafetyActionSetting = Annotated[
-    SafetyAction, BeforeValidator(_safety_action, json_schema_input_type=str | dict[str, str])]
+    SafetyAction, BeforeValidator(_safety_action, json_schema_input_type=str | dict[str, str]), PlainSerializer(str)]
 SAFETY_HARM_CATEGORIES: tuple[str, ...] = tuple(label for label in SAFETY_LABELS if label != SAFETY_NONE)
 # Refused whatever else is configured, unless `policies` names the category: no model should get these asks.
 DEFAULT_SAFETY_POLICIES: dict[str, SafetyAction] = {

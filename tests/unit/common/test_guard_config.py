@@ -68,3 +68,11 @@ def test_scope_defaults_and_values() -> None:
     assert guard.jailbreak.scope == "user_and_tool" and guard.pii.scope == "all_user"
     assert parse_config(with_guard(pii={"scope": "user_and_tool"})).guard.pii.scope == "user_and_tool"
     assert "guard.jailbreak.scope" in error_for(with_guard(jailbreak={"scope": "tools"}))
+
+
+def test_a_dumped_safety_policy_loads_again() -> None:
+    config = parse_config(with_guard(safety={"safety_model": "qwen3-8b", "default_action": "allow",
+                                             "policies": {"drugs": {"route": "deepseek-r1"}, "sexual": "route"}}))
+    dumped = config.guard.safety.model_dump()
+    assert dumped["policies"] == {"drugs": "route: deepseek-r1", "sexual": "route"}
+    assert parse_config(with_guard(safety=dumped)).guard.safety == config.guard.safety
