@@ -153,12 +153,7 @@ ENSEMBLE_SPECS: tuple[ModelSpec, ...] = (
     CACHE_PAIR_CLASSIFIER_SPEC,
 )
 
-# A task whose head needs a fine-tuned encoder gets its own encoder model inside its ensemble.
-DOMAIN_ENCODER = "domain_encoder"
-JAILBREAK_ENCODER = "jailbreak_encoder"
-PII_ENCODER = "pii_encoder"
-
 ENSEMBLE_NAMES: tuple[str, ...] = tuple(s.name for s in ENSEMBLE_SPECS)
 
-# The shared multi-task trunk (services.models.trunk): one encoder behind every ensemble, same I/O as ENCODER.
+# The shared multi-task trunk (services.models.trunk): the one encoder behind every ensemble, same I/O as ENCODER.
 TRUNK = "trunk"

@@ -23,18 +23,10 @@ HEAD_WEIGHTS = {
     io.SAFETY_HEAD: "safety_head.npz",
     io.PAIR_HEAD: "cache_pair_head.npz",
 }
-# The shared-trunk layout (services.models.trunk): one adapter for all tasks, its heads, the embedder head.
+# The shared trunk (services.models.trunk): one adapter for all tasks, its heads, the embedder head.
 TRUNK_DIR = "trunk"
 TRUNK_ADAPTER = "trunk_lora.npz"
 EMBED_HEAD = "embed_head.npz"
-LAYOUTS = ("per_task", "trunk")
-# Still the default: the trunk ships once its dev metrics match the per-task cards (see its model card).
-DEFAULT_LAYOUT = "per_task"
-TASK_ENCODERS = {
-    io.DOMAIN_CLASSIFIER: (io.DOMAIN_ENCODER, "domain_encoder_lora.npz"),
-    io.JAILBREAK_CLASSIFIER: (io.JAILBREAK_ENCODER, "jailbreak_encoder_lora.npz"),
-    io.PII_TAGGER: (io.PII_ENCODER, "pii_encoder_lora.npz"),
-}
 
 
 class BuildError(RuntimeError):
@@ -49,13 +41,8 @@ def onnx_path(repository: Path, model: str) -> Path:
     return repository / model / "1" / MODEL_FILE
 
 
-def task_encoders(weights_dir: Path = WEIGHTS_DIR) -> dict[str, str]:
-    """Ensemble name -> task encoder model name, for every committed encoder adapter."""
-    return {ens: name for ens, (name, file) in TASK_ENCODERS.items() if (weights_dir / file).is_file()}
-
-
 def ensemble_encoders(repository: Path) -> dict[str, str]:
-    """Ensemble name -> the encoder its first step runs, read from the built configs (either layout)."""
+    """Ensemble name -> the encoder its first step runs, read from the built configs."""
     import re
 
     found = {}
@@ -121,9 +108,13 @@ def quantize_int8(source: Path, target: Path) -> None:
     tmp.replace(target)
 
 
-def build_trunk_repository(paths: ModelPaths, weights_dir: Path = WEIGHTS_DIR, force: bool = False,
-                           int8: bool = False) -> None:
-    """The shared-trunk layout: `trunk` (base + adapter merged, optionally int8) behind every ensemble."""
+def build_repository(paths: ModelPaths, weights_dir: Path = WEIGHTS_DIR, force: bool = False,
+                     int8: bool = True) -> None:
+    """The model repository: `trunk` (base + adapter merged; int8 by default, for CPU) behind every ensemble.
+
+    Idempotent: exports are skipped when their outputs are newer than their inputs. The base `encoder` is
+    built too: the k-NN yardstick and the benchmarks' monolith compare against the frozen base model.
+    """
     repo = paths.repository
     trunk_dir = weights_dir / TRUNK_DIR
     adapter = trunk_dir / TRUNK_ADAPTER
@@ -137,10 +128,14 @@ def build_trunk_repository(paths: ModelPaths, weights_dir: Path = WEIGHTS_DIR, f
     _build_step(io.TRUNK + " (fp32)", fp32, [*base_weights, adapter, Path(lora.__file__)],
                 lambda target: lora.export_merged_encoder(adapter, target), force)
     target = onnx_path(repo, io.TRUNK)
+    marker = repo / io.TRUNK / "precision"
+    precision = "int8" if int8 else "fp32"
+    stale = not marker.is_file() or marker.read_text() != precision
     if int8:
-        _build_step(io.TRUNK + " (int8)", target, [fp32, Path(__file__)], lambda t: quantize_int8(fp32, t), True)
+        _build_step(io.TRUNK + " (int8)", target, [fp32, Path(__file__)], lambda t: quantize_int8(fp32, t), force or stale)
     else:
-        _build_step(io.TRUNK, target, [fp32], lambda t: shutil.copyfile(fp32, t), True)
+        _build_step(io.TRUNK, target, [fp32], lambda t: shutil.copyfile(fp32, t), force or stale)
+    marker.write_text(precision)
     for head_name, file in HEAD_WEIGHTS.items():
         source = trunk_dir / file
         if not source.is_file():
@@ -148,66 +143,27 @@ def build_trunk_repository(paths: ModelPaths, weights_dir: Path = WEIGHTS_DIR, f
         mlp = heads.MLP.load(source)
         make = heads.token_head_model if head_name == io.PII_HEAD else heads.pooled_head_model
         _build_step(head_name, onnx_path(repo, head_name), [source, Path(heads.__file__)],
-                    lambda t, m=make, n=head_name, w=mlp: onnx.save(m(n, w), str(t)), True)
+                    lambda t, m=make, n=head_name, w=mlp: onnx.save(m(n, w), str(t)), force)
     projection = heads.MLP.load(trunk_dir / EMBED_HEAD)
     _build_step(io.POOL_NORMALIZE, onnx_path(repo, io.POOL_NORMALIZE), [trunk_dir / EMBED_HEAD, Path(heads.__file__)],
-                lambda t: onnx.save(heads.pool_normalize_model(io.POOL_NORMALIZE, projection), str(t)), True)
-    for name, text in repository_configs({}, trunk=True).items():
-        if _write_if_changed(repo / name / "config.pbtxt", text):
-            log(f"{name}: wrote config.pbtxt")
-        (repo / name / "1").mkdir(parents=True, exist_ok=True)
-    build_backends(paths.backend_dir)
-    log(f"repository ready (shared trunk{', int8' if int8 else ''}): {repo}")
-
-
-def build_repository(paths: ModelPaths, weights_dir: Path = WEIGHTS_DIR, force: bool = False,
-                     layout: str = DEFAULT_LAYOUT, int8: bool = False) -> None:
-    """Idempotent: exports are skipped when their outputs are newer than their inputs."""
-    if layout == "trunk":
-        return build_trunk_repository(paths, weights_dir, force, int8)
-    if layout != "per_task":
-        raise BuildError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}")
-    repo = paths.repository
-    base_dir = encoder_export.base_model_dir()
-    base_weights = [base_dir / "model.safetensors", Path(encoder_export.__file__)]
-    _build_step("encoder", onnx_path(repo, io.ENCODER), base_weights, encoder_export.export_encoder, force)
-    encoder_export.copy_tokenizer(repo / io.ENCODER, base_dir)
-
-    encoders = task_encoders(weights_dir)
-    for ensemble, encoder_name in encoders.items():
-        adapter = weights_dir / TASK_ENCODERS[ensemble][1]
-        _build_step(
-            encoder_name,
-            onnx_path(repo, encoder_name),
-            [*base_weights, adapter, Path(lora.__file__)],
-            lambda target, a=adapter: lora.export_merged_encoder(a, target),
-            force,
-        )
-
-    for head_name, file in HEAD_WEIGHTS.items():
-        source = weights_dir / file
-        if not source.is_file():
-            raise BuildError(f"{source} missing: train it with `switchyard train {file.split('_')[0]}`")
-        mlp = heads.MLP.load(source)
-        make = heads.token_head_model if head_name == io.PII_HEAD else heads.pooled_head_model
-        _build_step(
-            head_name,
-            onnx_path(repo, head_name),
-            [source, Path(heads.__file__)],
-            lambda target, m=make, n=head_name, w=mlp: onnx.save(m(n, w), str(target)),
-            force,
-        )
-    _build_step(
-        io.POOL_NORMALIZE,
-        onnx_path(repo, io.POOL_NORMALIZE),
-        [Path(heads.__file__)],
-        lambda target: onnx.save(heads.pool_normalize_model(io.POOL_NORMALIZE), str(target)),
-        force,
-    )
-    for name, text in repository_configs(encoders).items():
+                lambda t: onnx.save(heads.pool_normalize_model(io.POOL_NORMALIZE, projection), str(t)), force)
+    for name, text in repository_configs().items():
         if _write_if_changed(repo / name / "config.pbtxt", text):
             log(f"{name}: wrote config.pbtxt")
         # Triton needs a version folder even for an ensemble, which has no files of its own.
         (repo / name / "1").mkdir(parents=True, exist_ok=True)
+    _remove_retired(repo)
     build_backends(paths.backend_dir)
-    log(f"repository ready: {repo}")
+    log(f"repository ready (shared trunk, {precision}): {repo}")
+
+
+# Models of the per-task layout (one encoder per task), retired when the shared trunk became the only layout:
+# an old checkout's built folders would otherwise be loaded by Triton beside the trunk.
+RETIRED_MODELS = ("domain_encoder", "jailbreak_encoder", "pii_encoder")
+
+
+def _remove_retired(repo: Path) -> None:
+    for name in RETIRED_MODELS:
+        if (repo / name).is_dir():
+            shutil.rmtree(repo / name)
+            log(f"{name}: removed (retired per-task encoder)")

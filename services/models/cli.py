@@ -1,4 +1,4 @@
-"""argparse subcommands `models build`, `train {domain,jailbreak,pii}` and `eval`; the lead's CLI calls register()."""
+"""argparse subcommands `models build`, `train trunk` and `eval`; the lead's CLI calls register()."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 
 from services.models.paths import ModelPaths, default_paths
 
-TASKS = ("domain", "jailbreak", "pii")
-# `switchyard train trunk`: the shared multi-task trunk (services.models.trunk), not yet the default layout.
-TRAIN_TARGETS = (*TASKS, "trunk")
+# What `switchyard eval` scores by default: every head of the shared trunk (services.models.evaluate.EVALUATORS).
+TASKS = ("domain", "jailbreak", "pii", "pii_guard", "safety", "cache_pair")
+# `switchyard train trunk`: the shared multi-task trunk (services.models.trunk) with all its heads.
+TRAIN_TARGETS = ("trunk",)
 
 
 def _paths(args: argparse.Namespace) -> ModelPaths:
@@ -30,21 +31,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def cmd_build(args: argparse.Namespace) -> int:
     from services.models.build import build_repository
 
-    build_repository(_paths(args), force=args.force, layout=args.layout, int8=args.int8)
+    build_repository(_paths(args), force=args.force, int8=not args.fp32)
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from services.models.train import train, train_trunk
+    from services.models.train import train_trunk
 
     finetuned = Path(args.finetuned) if args.finetuned else None
-    for task in args.tasks:
-        if task == "trunk":
-            record = train_trunk(_paths(args), finetuned)
-            print(json.dumps({"task": task, "results": record["results"]})[:3000])
-            continue
-        record = train(task, _paths(args), args.method, finetuned)
-        print(json.dumps({"task": task, "results": record["results"]})[:3000])
+    record = train_trunk(_paths(args), finetuned)
+    print(json.dumps({"task": "trunk", "results": record["results"]})[:3000])
     print("weights, model cards and triton_models/ updated")
     return 0
 
@@ -53,6 +49,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from services.models.evaluate import run_eval
 
     tasks = tuple(args.tasks or TASKS)
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise SystemExit(f"unknown task {', '.join(unknown)}: choose from {', '.join(TASKS)}")
     if args.yardstick and "domain" not in tasks:
         raise SystemExit("--yardstick is a report on the domain classifier: run `switchyard eval domain --yardstick`")
     run_eval(_paths(args), tasks, Path(args.output) if args.output else None)
@@ -70,26 +69,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build = models_sub.add_parser("build", help="export ONNX models, tokenizer, configs and the local backend")
     _common(build)
     build.add_argument("--force", action="store_true", help="re-export even when outputs are up to date")
-    build.add_argument("--layout", choices=("per_task", "trunk"), default="per_task",
-                       help="per_task: one encoder per task (default); trunk: one shared multi-task trunk")
-    build.add_argument("--int8", action="store_true", help="trunk layout: int8 dynamic quantization of the trunk (CPU)")
+    build.add_argument("--fp32", action="store_true",
+                       help="serve the trunk in fp32 (default: int8 dynamic quantization, for CPU; the GPU values "
+                       "of the Helm chart serve fp16 through TensorRT)")
     build.set_defaults(func=cmd_build)
 
-    train = subparsers.add_parser("train", help="train heads on ../shared/data (commercial_ok rows only)")
-    train.add_argument("tasks", nargs="+", choices=TRAIN_TARGETS)
-    train.add_argument(
-        "--method",
-        choices=("frozen", "finetune"),
-        default="frozen",
-        help="frozen: MLP head on the frozen encoder (CPU); finetune: LoRA adapter + head (GPU advised)",
-    )
-    train.add_argument("--finetuned", help="import a finetune output folder (<task>_encoder_lora.npz, <task>_head.npz; "
-                       "for trunk: the output of `python -m services.models.trunk train`)")
+    train = subparsers.add_parser("train", help="train the shared trunk and its heads on ../shared/data "
+                                  "(commercial_ok rows only; a GPU is strongly advised)")
+    train.add_argument("tasks", nargs=1, choices=TRAIN_TARGETS, metavar="trunk")
+    train.add_argument("--finetuned", help="import the output folder of `python -m services.models.trunk train` "
+                       "(trained where a GPU is) instead of training here")
     _common(train)
     train.set_defaults(func=cmd_train)
 
     evaluate = subparsers.add_parser("eval", help="dev-split metrics of the built models (JSON + PNG report)")
-    evaluate.add_argument("tasks", nargs="*", help="domain, jailbreak and/or pii (default: all)")
+    evaluate.add_argument("tasks", nargs="*", metavar="TASK", help=f"any of {', '.join(TASKS)} (default: all)")
     evaluate.add_argument("--output", help="report path (default .switchyard/reports/eval.json)")
     evaluate.add_argument("--yardstick", action="store_true",
                           help="domain: also a k-NN baseline on frozen embeddings, calibration (ECE) and the "

@@ -88,8 +88,8 @@ def ensemble_config(layout: EnsembleLayout) -> str:
     )
 
 
-def ensemble_layouts(encoders: dict[str, str]) -> list[EnsembleLayout]:
-    """The four ensembles; `encoders` maps an ensemble name to a task encoder when one was fine-tuned."""
+def ensemble_layouts() -> list[EnsembleLayout]:
+    """Every ensemble: the shared trunk, then its head."""
     pairs = [
         (io.DOMAIN_CLASSIFIER_SPEC, io.DOMAIN_HEAD_SPEC),
         (io.JAILBREAK_CLASSIFIER_SPEC, io.JAILBREAK_HEAD_SPEC),
@@ -98,24 +98,17 @@ def ensemble_layouts(encoders: dict[str, str]) -> list[EnsembleLayout]:
         (io.SAFETY_CLASSIFIER_SPEC, io.SAFETY_HEAD_SPEC),
         (io.CACHE_PAIR_CLASSIFIER_SPEC, io.PAIR_HEAD_SPEC),
     ]
-    return [EnsembleLayout(e, encoders.get(e.name, io.ENCODER), h) for e, h in pairs]
+    return [EnsembleLayout(e, io.TRUNK, h) for e, h in pairs]
 
 
-def repository_configs(encoders: dict[str, str], trunk: bool = False) -> dict[str, str]:
-    """Model name -> config.pbtxt text for the whole repository.
-
-    trunk=True: the shared-trunk layout, every ensemble chains the one `trunk` model to its head.
-    """
-    if trunk:
-        encoders = {name: io.TRUNK for name in io.ENSEMBLE_NAMES}
+def repository_configs() -> dict[str, str]:
+    """Model name -> config.pbtxt text for the whole repository."""
     configs = {
         spec.name: onnx_model_config(spec)
         for spec in (io.ENCODER_SPEC, io.POOL_NORMALIZE_SPEC, io.DOMAIN_HEAD_SPEC, io.JAILBREAK_HEAD_SPEC, io.PII_HEAD_SPEC,
                      io.SAFETY_HEAD_SPEC, io.PAIR_HEAD_SPEC)
     }
-    for name in sorted(set(encoders.values())):
-        delay = TRUNK_QUEUE_DELAY_US if name == io.TRUNK else MAX_QUEUE_DELAY_US
-        configs[name] = onnx_model_config(io.ENCODER_SPEC, name, delay)
-    for layout in ensemble_layouts(encoders):
+    configs[io.TRUNK] = onnx_model_config(io.ENCODER_SPEC, io.TRUNK, TRUNK_QUEUE_DELAY_US)
+    for layout in ensemble_layouts():
         configs[layout.ensemble.name] = ensemble_config(layout)
     return configs

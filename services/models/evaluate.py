@@ -83,6 +83,41 @@ class OnnxPipeline:
         probs = np.stack(self._run(io.JAILBREAK_CLASSIFIER, io.JAILBREAK_HEAD, texts, Truncation.HEAD_TAIL))
         return probs[:, io.JAILBREAK_LABELS.index("jailbreak")]
 
+    def jailbreak_guard_scores(self, texts: list[str]) -> np.ndarray:
+        """What the guard scores per text: the highest of the whole text and, when long, each CHUNKS window."""
+        scores = self.jailbreak_scores(texts)
+        windows = self.tokenizer.encode(texts, Truncation.CHUNKS)
+        owners = windows.text_index
+        long_rows = [r for r in range(len(windows)) if int(np.sum(owners == owners[r])) > 1]
+        if long_rows:
+            encoder = self._session(self._encoders.get(io.JAILBREAK_CLASSIFIER, io.ENCODER))
+            head = self._session(io.JAILBREAK_HEAD)
+            for start in range(0, len(long_rows), 16):
+                rows = long_rows[start : start + 16]
+                width = int(windows.attention_mask[rows].sum(axis=1).max())
+                ids, mask = windows.input_ids[rows, :width], windows.attention_mask[rows, :width]
+                hidden = encoder.run(None, {io.INPUT_IDS: ids, io.ATTENTION_MASK: mask})[0]
+                probs = head.run(None, {io.HIDDEN_STATES: hidden, io.ATTENTION_MASK: mask})[0]
+                for row, p in zip(rows, probs[:, io.JAILBREAK_LABELS.index("jailbreak")]):
+                    scores[owners[row]] = max(scores[owners[row]], float(p))
+        return scores
+
+    def safety_probabilities(self, texts: list[str]) -> np.ndarray:
+        return np.stack(self._run(io.SAFETY_CLASSIFIER, io.SAFETY_HEAD, texts, Truncation.HEAD_TAIL))
+
+    def pair_same_scores(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        encoder = self._session(self._encoders.get(io.CACHE_PAIR_CLASSIFIER, io.ENCODER))
+        head = self._session(io.PAIR_HEAD)
+        out = np.zeros(len(pairs), dtype=np.float32)
+        order = np.argsort([len(a) + len(b) for a, b in pairs])
+        for start in range(0, len(pairs), 32):
+            chosen = order[start : start + 32]
+            batch = self.tokenizer.encode_pairs([pairs[i] for i in chosen])
+            hidden = encoder.run(None, {io.INPUT_IDS: batch.input_ids, io.ATTENTION_MASK: batch.attention_mask})[0]
+            probs = head.run(None, {io.HIDDEN_STATES: hidden, io.ATTENTION_MASK: batch.attention_mask})[0]
+            out[chosen] = probs[:, io.PAIR_LABELS.index("same")]
+        return out
+
     def pii_entities(self, texts: list[str]) -> list[list[tuple[int, int, str]]]:
         token_probs = self._run(io.PII_TAGGER, io.PII_HEAD, texts, Truncation.CHUNKS)
         return pii_entities(self.tokenizer, texts, token_probs)
@@ -101,15 +136,105 @@ def evaluate_domain(pipeline: OnnxPipeline, paths: ModelPaths) -> dict:
     return {"dev": metrics.classification_report(y, pred, io.DOMAIN_LABELS)}
 
 
+# Probe sets built from the dev rows (services.models.augment; fixed seed): injections buried in long
+# benign documents, and blocked jailbreaks with harmless text added.
+PROBE_SEED = 14
+BURIED_PROBES = 300
+
+
 def evaluate_jailbreak(pipeline: OnnxPipeline, paths: ModelPaths) -> dict:
+    """The head on the dev rows at the guard's default threshold, and the guard's view (whole text + windows)
+    of long benign documents, buried injections, harmless additions and real user chats."""
+    from services.common.config import JailbreakPolicy
+    from services.models import augment
+
+    threshold = JailbreakPolicy().threshold
     rows, _ = load_rows(paths.data_dir, "jailbreak", "dev", False)
     y = np.array([r["label"] == "jailbreak" for r in rows], dtype=np.int64)
     lengths = np.array([len(r["text"]) for r in rows])
     commercial = np.array([r["commercial_ok"] for r in rows])
-    scores = pipeline.jailbreak_scores([r["text"] for r in rows])
+    texts = [r["text"] for r in rows]
+    scores = pipeline.jailbreak_scores(texts)
+    report = {
+        "dev_commercial": metrics.binary_report(y[commercial], scores[commercial], lengths[commercial], threshold),
+        "dev_all": metrics.binary_report(y, scores, lengths, threshold),
+    }
+    userchat = np.array(["toxicchat" in r["source"] for r in rows]) & (y == 0)
+    rng = np.random.default_rng(PROBE_SEED)
+    benign_long = [t for t, label, c in zip(texts, y, commercial) if not label and c and len(t) > 1000]
+    attacks = [t for t, label, c in zip(texts, y, commercial) if label and c and len(t) <= 800]
+    buried = [augment.bury(benign_long[rng.integers(len(benign_long))], attacks[rng.integers(len(attacks))], rng)[0]
+              for _ in range(BURIED_PROBES)]
+    blocked = [t for t, label, c, s in zip(texts, y, commercial, scores) if label and c and s >= threshold]
+    sentences = augment.harmless_sentences([t for t, label in zip(texts, y) if not label], rng=rng)
+    varied = [augment.with_harmless_text(t, rng, sentences) for t in blocked]
+    long_scores = pipeline.jailbreak_guard_scores(benign_long)
+    report["guard"] = {
+        "threshold": threshold,
+        "fpr_real_user_chats": round(float((scores[userchat] >= threshold).mean()), 4),
+        "real_user_chats": int(userchat.sum()),
+        "recall_all_dev": round(float((scores[y == 1] >= threshold).mean()), 4),
+        "fpr_long_benign_windows": round(float((long_scores >= threshold).mean()), 4),
+        "long_benign": len(benign_long),
+        "buried_recall": round(float((pipeline.jailbreak_guard_scores(buried) >= threshold).mean()), 4),
+        "buried_probes": len(buried),
+        "evasion_kept": round(float((pipeline.jailbreak_scores(varied) >= threshold).mean()), 4) if varied else 0.0,
+        "evasion_probes": len(varied),
+    }
+    return report
+
+
+def evaluate_safety(pipeline: OnnxPipeline, paths: ModelPaths, threshold: float = 0.5) -> dict:
+    """Unsafe (any harm category) vs safe on safety.jsonl dev: commercial rows, every row, XSTest's safe
+    look-alikes and real user chats (ToxicChat, evaluation-only), and recall per category."""
+    rows, _ = load_rows(paths.data_dir, "safety", "dev", False)
+    probs = pipeline.safety_probabilities([r["text"] for r in rows])
+    unsafe = 1.0 - probs[:, io.SAFETY_LABELS.index(io.SAFETY_NONE)]
+    y = np.array([r["label"] == "unsafe" for r in rows], dtype=np.int64)
+    lengths = np.array([len(r["text"]) for r in rows])
+    commercial = np.array([r["commercial_ok"] for r in rows])
+    xstest_safe = np.array([r["source"] == "xstest" for r in rows]) & (y == 0)
+    userchat_safe = np.array(["toxicchat" in r["source"] for r in rows]) & (y == 0)
+    hit = unsafe >= threshold
+    category = np.array([io.SAFETY_LABELS[1 + i] for i in probs[:, 1:].argmax(axis=1)])
+    truth = np.array([r["category"] for r in rows])
+    per_category = {
+        c: {"recall": round(float(hit[truth == c].mean()), 4), "category_accuracy": round(float((category[(truth == c) & hit] == c).mean()), 4)
+            if ((truth == c) & hit).any() else 0.0, "support": int((truth == c).sum())}
+        for c in io.SAFETY_LABELS[1:]
+    }
     return {
-        "dev_commercial": metrics.binary_report(y[commercial], scores[commercial], lengths[commercial]),
-        "dev_all": metrics.binary_report(y, scores, lengths),
+        "dev_commercial": metrics.binary_report(y[commercial], unsafe[commercial], lengths[commercial], threshold),
+        "dev_all": metrics.binary_report(y, unsafe, lengths, threshold),
+        "fpr_xstest_safe": round(float(hit[xstest_safe].mean()), 4),
+        "xstest_safe": int(xstest_safe.sum()),
+        "fpr_real_user_chats": round(float(hit[userchat_safe].mean()), 4),
+        "per_category": per_category,
+    }
+
+
+def evaluate_cache_pair(pipeline: OnnxPipeline, paths: ModelPaths) -> dict:
+    """The pair classifier alone on cache_pairs.jsonl dev (the cache also checks numbers, names, negations)."""
+    from services.models.trunk import _auc, recall_at_wrong
+
+    pairs = []
+    with (paths.data_dir / "cache_pairs.jsonl").open(encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            if row["split"] == "dev":
+                pairs.append(row)
+    scores = pipeline.pair_same_scores([(r["a"], r["b"]) for r in pairs])
+    same = np.array([r["label"] == "same" for r in pairs])
+    recall, threshold = recall_at_wrong(scores, same, 0.01)
+    kinds = sorted({r["kind"] for r in pairs})
+    kind = np.array([r["kind"] for r in pairs])
+    return {
+        "dev": {
+            "pairs": len(pairs), "auc": round(_auc(scores, same), 4),
+            "accuracy_at_0.5": round(float(((scores >= 0.5) == same).mean()), 4),
+            "same_accepted_at_1pct_wrong": round(recall, 4), "threshold_at_1pct_wrong": round(float(threshold), 4),
+        },
+        "per_kind_accuracy_at_0.5": {k: round(float(((scores[kind == k] >= 0.5) == same[kind == k]).mean()), 4) for k in kinds},
     }
 
 
@@ -142,7 +267,7 @@ def evaluate_pii_guard(pipeline: OnnxPipeline, paths: ModelPaths) -> dict:
 
 
 EVALUATORS = {"domain": evaluate_domain, "jailbreak": evaluate_jailbreak, "pii": evaluate_pii,
-              "pii_guard": evaluate_pii_guard}
+              "pii_guard": evaluate_pii_guard, "safety": evaluate_safety, "cache_pair": evaluate_cache_pair}
 
 
 def confusion_png(report: dict, target: Path) -> Path:
@@ -191,6 +316,9 @@ def summary(report: dict) -> str:
         lines += [f"          {k:<17} P {v['precision']:.3f} R {v['recall']:.3f} F1 {v['f1']:.3f} n={v['support']}" for k, v in dev["per_class"].items()]
     if "jailbreak" in report:
         for name, r in report["jailbreak"].items():
+            if name == "guard":
+                lines.append("jailbreak guard " + "  ".join(f"{k} {v}" for k, v in r.items()))
+                continue
             lines.append(
                 f"jailbreak {name:<15} P {r['precision']} R {r['recall']} F1 {r['f1']} FPR {r['fpr']} "
                 f"FPR(long benign) {r['fpr_long_benign']}"
@@ -199,4 +327,11 @@ def summary(report: dict) -> str:
         for mode, per_type in report["pii"]["dev"].items():
             cells = "  ".join(f"{k} {v['f1']:.3f}" for k, v in per_type.items())
             lines.append(f"pii {mode:<7} F1  {cells}")
+    if "safety" in report:
+        r = report["safety"]
+        for name in ("dev_commercial", "dev_all"):
+            lines.append(f"safety {name:<15} P {r[name]['precision']} R {r[name]['recall']} F1 {r[name]['f1']} FPR {r[name]['fpr']}")
+        lines.append(f"safety FPR XSTest safe {r['fpr_xstest_safe']}  FPR real user chats {r['fpr_real_user_chats']}")
+    if "cache_pair" in report:
+        lines.append("cache_pair " + "  ".join(f"{k} {v}" for k, v in report["cache_pair"]["dev"].items()))
     return "\n".join(lines)

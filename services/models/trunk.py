@@ -124,7 +124,6 @@ def prepare_bundle(out_dir: Path, limit: int | None = None) -> Path:
     from services.models import augment
     from services.models.data import load_rows
     from services.models.features import token_labels
-    from services.models.finetune import mix_pii_examples
     from services.models.paths import default_paths
     from services.models.train import pii_negatives
 
@@ -206,7 +205,7 @@ def prepare_bundle(out_dir: Path, limit: int | None = None) -> Path:
         if split == "train":
             negatives, _ = pii_negatives(paths)
             negatives = negatives[:limit] if limit else negatives
-            mixed_texts, mixed_spans = mix_pii_examples(texts, spans, negatives, count=min(6000, 3 * len(texts)))
+            mixed_texts, mixed_spans = augment.mix_pii_examples(texts, spans, negatives, count=min(6000, 3 * len(texts)))
             texts, spans = texts + negatives + mixed_texts, spans + [[] for _ in negatives] + mixed_spans
         batch = tokenizer.encode(texts, Truncation.CHUNKS)
         tags = np.stack([token_labels(batch, i, spans[int(batch.text_index[i])]) for i in range(len(batch))])

@@ -13,7 +13,7 @@ from services.common import model_io as io
 from services.common.config import TritonConfig
 from services.common.tokenizer import Truncation
 from services.common.triton import ModelNotAvailableError, TritonModels, TritonUnavailableError
-from services.models.build import onnx_path, task_encoders
+from services.models.build import onnx_path
 from services.models.runtime import session
 from tests.conftest import free_ports
 from tests.conftest import REPOSITORY
@@ -43,8 +43,8 @@ def test_strict_config_loads_every_model(triton_server: TritonConfig) -> None:
     index = _http_json(triton_server, "/v2/repository/index", "POST")
     states = {m["name"]: m.get("state") for m in index}
     expected = {
-        io.ENCODER, io.POOL_NORMALIZE, io.DOMAIN_HEAD, io.JAILBREAK_HEAD, io.PII_HEAD, *io.ENSEMBLE_NAMES,
-        *task_encoders().values(),
+        io.ENCODER, io.TRUNK, io.POOL_NORMALIZE, io.DOMAIN_HEAD, io.JAILBREAK_HEAD, io.PII_HEAD, io.SAFETY_HEAD,
+        io.PAIR_HEAD, *io.ENSEMBLE_NAMES,
     }
     assert expected <= set(states), f"missing: {expected - set(states)}"
     assert all(states[name] == "READY" for name in expected), states
@@ -58,7 +58,7 @@ async def test_every_model_answers(triton_server: TritonConfig, models: TritonMo
     batch = models._tokenizer.encode(TEXTS)
     client = grpcclient.InferenceServerClient(triton_server.grpc_url)
     try:
-        encoders = {io.ENCODER, *task_encoders().values()}
+        encoders = {io.ENCODER, io.TRUNK}
         for name in encoders:
             hidden = await _raw(client, name, {io.INPUT_IDS: batch.input_ids, io.ATTENTION_MASK: batch.attention_mask}, io.HIDDEN_STATES)
             assert hidden.shape == (*batch.input_ids.shape, io.HIDDEN_SIZE)
@@ -66,6 +66,8 @@ async def test_every_model_answers(triton_server: TritonConfig, models: TritonMo
         assert (await _raw(client, io.POOL_NORMALIZE, feeds, io.EMBEDDING)).shape == (3, 384)
         assert (await _raw(client, io.DOMAIN_HEAD, feeds, io.PROBABILITIES)).shape == (3, 14)
         assert (await _raw(client, io.JAILBREAK_HEAD, feeds, io.PROBABILITIES)).shape == (3, 2)
+        assert (await _raw(client, io.SAFETY_HEAD, feeds, io.PROBABILITIES)).shape == (3, len(io.SAFETY_LABELS))
+        assert (await _raw(client, io.PAIR_HEAD, feeds, io.PROBABILITIES)).shape == (3, 2)
         pii = await _raw(client, io.PII_HEAD, {io.HIDDEN_STATES: hidden}, io.PROBABILITIES)
         assert pii.shape == (*batch.input_ids.shape, len(io.PII_BIO_LABELS))
     finally:
@@ -75,6 +77,8 @@ async def test_every_model_answers(triton_server: TritonConfig, models: TritonMo
     assert (await models.jailbreak_scores(TEXTS)).shape == (3,)
     assert len(await models.tag_pii(TEXTS)) == 3
     assert (await models.embed(TEXTS)).shape == (3, 384)
+    assert (await models.safety_probabilities(TEXTS)).shape == (3, len(io.SAFETY_LABELS))
+    assert (await models.pair_same_scores([(TEXTS[0], TEXTS[1])])).shape == (1,)
 
 
 async def _raw(client, model: str, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
@@ -88,7 +92,7 @@ async def _raw(client, model: str, feeds: dict[str, np.ndarray], output: str) ->
 
 
 def _direct(ensemble: str, head: str, batch) -> np.ndarray:
-    encoder = session(onnx_path(REPOSITORY, task_encoders().get(ensemble, io.ENCODER)))
+    encoder = session(onnx_path(REPOSITORY, io.TRUNK))
     hidden = encoder.run(None, {io.INPUT_IDS: batch.input_ids, io.ATTENTION_MASK: batch.attention_mask})[0]
     head_session = session(onnx_path(REPOSITORY, head))
     names = {i.name for i in head_session.get_inputs()}
@@ -105,6 +109,11 @@ async def test_triton_matches_onnxruntime(models: TritonModels) -> None:
     np.testing.assert_allclose(jailbreak, expected, atol=1e-4)
     batch = tokenizer.encode(TEXTS, Truncation.HEAD)
     np.testing.assert_allclose(await models.embed(TEXTS), _direct(io.EMBEDDER, io.POOL_NORMALIZE, batch), atol=1e-4)
+    safety = await models.safety_probabilities(TEXTS)
+    np.testing.assert_allclose(safety, _direct(io.SAFETY_CLASSIFIER, io.SAFETY_HEAD, tokenizer.encode(TEXTS)), atol=1e-4)
+    pairs = [(TEXTS[0], TEXTS[0].replace("3x^2", "4x^2")), (TEXTS[1], TEXTS[2])]
+    expected = _direct(io.CACHE_PAIR_CLASSIFIER, io.PAIR_HEAD, tokenizer.encode_pairs(pairs))[:, 1]
+    np.testing.assert_allclose(await models.pair_same_scores(pairs), expected, atol=1e-4)
     batch = tokenizer.encode(TEXTS, Truncation.CHUNKS)
     pii = await models.infer(io.PII_TAGGER_SPEC, batch)
     # Each row goes out at its own length bucket: compare the real tokens (padding is never decoded).

@@ -1,10 +1,8 @@
-"""The shared-trunk layout on a real tritonserver: one trunk execution per routed request (Triton's statistics)."""
+"""The shared trunk on a real tritonserver: one trunk execution per routed request (Triton's statistics)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +13,7 @@ from services.common import model_io as io
 from services.common.config import TritonConfig
 from services.common.tokenizer import Truncation
 from services.common.triton import TritonModels
-from services.models.build import TRUNK_ADAPTER, TRUNK_DIR, build_trunk_repository
 from services.models.evaluate import OnnxPipeline
-from services.models.paths import WEIGHTS_DIR, ModelPaths, default_paths
-from tests.conftest import running_triton
 
 pytestmark = pytest.mark.integration
 
@@ -34,14 +29,10 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def trunk_server(tmp_path_factory) -> Iterator[TritonConfig]:
-    if not (WEIGHTS_DIR / TRUNK_DIR / TRUNK_ADAPTER).is_file():
-        pytest.fail(f"{WEIGHTS_DIR / TRUNK_DIR / TRUNK_ADAPTER} missing: `switchyard train trunk`", pytrace=False)
-    repository = tmp_path_factory.mktemp("trunk") / "models"
-    paths = ModelPaths(repository=repository, work_dir=default_paths().work_dir)
-    build_trunk_repository(paths)
-    yield from running_triton(repository, backend_dir=paths.backend_dir)
+@pytest.fixture
+def trunk_server(triton_server: TritonConfig) -> TritonConfig:
+    """The session's Triton: the built repository is the shared trunk behind every ensemble."""
+    return triton_server
 
 
 async def _trunk_counts(config: TritonConfig) -> tuple[int, int]:
@@ -127,21 +118,3 @@ async def test_trunk_through_triton_equals_onnxruntime(trunk_server: TritonConfi
         embedding = await models.embed(PROMPTS)
     assert embedding.shape == (len(PROMPTS), io.HIDDEN_SIZE)
     np.testing.assert_allclose(np.linalg.norm(embedding, axis=1), 1.0, atol=1e-5)
-
-
-def test_trunk_card_is_reproducible(trunk_server: TritonConfig) -> None:
-    """cards/trunk.metrics.json (fp32) is what the committed trunk weights, built to ONNX, score on dev."""
-    from services.models import cards
-    from services.models.evaluate import EVALUATORS
-    from services.models.train import TRUNK_EVAL_TASKS
-    from tests.unit.models.test_model_cards import TOLERANCE, _flatten
-
-    paths = default_paths()
-    recorded = json.loads((cards.CARDS_DIR / "trunk.metrics.json").read_text())["results"]["fp32"]
-    pipeline = OnnxPipeline(Path(trunk_server.model_repository))
-    measured = {task: EVALUATORS[task](pipeline, paths) for task in TRUNK_EVAL_TASKS}
-    recorded_flat, measured_flat = dict(_flatten(recorded)), dict(_flatten(measured))
-    assert recorded_flat.keys() == measured_flat.keys()
-    off = {k: (recorded_flat[k], measured_flat[k]) for k in recorded_flat
-           if abs(recorded_flat[k] - measured_flat[k]) > TOLERANCE}
-    assert not off, f"trunk card is stale (card, measured): {off}; rerun `switchyard train trunk --finetuned ...`"

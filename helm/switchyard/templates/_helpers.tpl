@@ -131,3 +131,15 @@ config and the Services can never disagree.
 {{- define "switchyard.configChecksum" -}}
 checksum/config: {{ include "switchyard.routerConfigData" . | sha256sum }}
 {{- end -}}
+
+{{- /* The shared trunk's precision: triton.trunkPrecision, where auto means fp32 on GPU and int8 on CPU. */}}
+{{- define "switchyard.trunkPrecision" -}}
+{{- $p := .trunkPrecision | default "auto" -}}
+{{- if eq $p "auto" -}}
+{{- if .gpu.enabled }}fp32{{ else }}int8{{ end -}}
+{{- else if or (eq $p "int8") (eq $p "fp32") -}}
+{{- $p -}}
+{{- else -}}
+{{- fail (printf "triton.trunkPrecision %q: use auto, int8 or fp32" $p) -}}
+{{- end -}}
+{{- end }}

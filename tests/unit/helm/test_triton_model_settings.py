@@ -17,7 +17,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from .conftest import FULLNAME, REPO, VARIANTS, one, render
+from .conftest import FULLNAME, REPO, VARIANTS, helm_template, one, render
 
 MODELS = REPO / "triton_models"
 ModelConfig = model_config_pb2.ModelConfig
@@ -64,6 +64,10 @@ def run_init_container(docs, folder: Path) -> Path:
     for config in MODELS.glob("*/config.pbtxt"):  # configs only: the weights do not matter here
         (folder / "models" / config.parent.name).mkdir()
         shutil.copy(config, folder / "models" / config.parent.name / "config.pbtxt")
+    # The trunk's two exports, as markers: the int8 one it serves on CPU and the fp32 one for GPUs.
+    for version, marker in (("1", "int8"), ("fp32", "fp32")):
+        (folder / "models" / "trunk" / version).mkdir(parents=True, exist_ok=True)
+        (folder / "models" / "trunk" / version / "model.onnx").write_text(marker)
     (folder / "repository").mkdir()
     script = init_container_script(docs)
     for mount in ("/models/", "/repository/", "/fragment/"):
@@ -106,7 +110,23 @@ def test_every_model_config_with_the_chart_settings_parses(setting, tmp_path):
         config.ClearField("instance_group")
         config.ClearField("optimization")
         assert config == base, model.name
-    assert ensembles == 4 and onnx_models == len(list(MODELS.glob("*/config.pbtxt"))) - ensembles
+    assert ensembles == 6 and onnx_models == len(list(MODELS.glob("*/config.pbtxt"))) - ensembles
+
+
+@pytest.mark.parametrize(("args", "served"), [
+    ([], "fp32"), (["--set", "triton.gpu.enabled=false"], "int8"),
+    (["--set", "triton.trunkPrecision=int8"], "int8"), (["--set", "triton.gpu.enabled=false", "--set",
+                                                         "triton.trunkPrecision=fp32"], "fp32"),
+])
+def test_the_trunk_precision_follows_the_device(args, served, tmp_path):
+    repository = run_init_container(render(*args), tmp_path)
+    assert (repository / "trunk" / "1" / "model.onnx").read_text() == served
+    assert not (repository / "trunk" / "fp32").exists(), "Triton would see a second version folder"
+
+
+def test_an_unknown_trunk_precision_is_refused():
+    result = helm_template("--set", "triton.trunkPrecision=fp8")
+    assert result.returncode != 0 and "trunkPrecision" in result.stderr
 
 
 def trt_cache_mounts(docs) -> set[str]:

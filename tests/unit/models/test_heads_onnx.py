@@ -7,7 +7,11 @@ import onnxruntime as ort
 
 from services.common import model_io as io
 from services.models.heads import MLP, pool_normalize_model, pooled_head_model, token_head_model
-from services.models.mlp_training import softmax
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
 
 
 def _session(model) -> ort.InferenceSession:

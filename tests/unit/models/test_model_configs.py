@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from services.common import model_io as io
-from services.models.build import task_encoders
 from services.models.configs import repository_configs
 
 REPOSITORY = Path(__file__).resolve().parents[3] / "triton_models"
 
 
 def test_committed_configs_match_the_constants() -> None:
-    generated = repository_configs(task_encoders())
+    generated = repository_configs()
     for name, text in generated.items():
         path = REPOSITORY / name / "config.pbtxt"
         assert path.is_file(), f"{path} missing: run `switchyard models build`"
@@ -22,7 +21,7 @@ def test_committed_configs_match_the_constants() -> None:
 
 
 def test_every_model_uses_onnxruntime_and_dynamic_batching() -> None:
-    for name, text in repository_configs(task_encoders()).items():
+    for name, text in repository_configs().items():
         if name in io.ENSEMBLE_NAMES:
             assert 'platform: "ensemble"' in text
             continue
@@ -33,7 +32,7 @@ def test_every_model_uses_onnxruntime_and_dynamic_batching() -> None:
 
 
 def test_ensembles_expose_the_contract() -> None:
-    configs = repository_configs(task_encoders())
+    configs = repository_configs()
     for spec in io.ENSEMBLE_SPECS:
         text = configs[spec.name]
         for tensor in (*spec.inputs, *spec.outputs):

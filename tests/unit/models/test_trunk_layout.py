@@ -16,12 +16,15 @@ from services.models.paths import BACKEND_SOURCE
 
 
 def test_every_ensemble_chains_the_one_trunk() -> None:
-    configs = repository_configs({}, trunk=True)
+    configs = repository_configs()
     assert io.TRUNK in configs and f"max_queue_delay_microseconds: {TRUNK_QUEUE_DELAY_US}" in configs[io.TRUNK]
     for name in io.ENSEMBLE_NAMES:
         assert f'model_name: "{io.TRUNK}"' in configs[name]
-    # No per-task encoder behind any ensemble.
-    assert not {io.DOMAIN_ENCODER, io.JAILBREAK_ENCODER, io.PII_ENCODER} & set(configs)
+    # No other encoder behind any ensemble (the base `encoder` serves only the yardstick and benchmarks).
+    steps = {line.split('"')[1] for name in io.ENSEMBLE_NAMES for line in configs[name].splitlines()
+             if "model_name:" in line}
+    assert steps == {io.TRUNK, *(s.name for s in (io.DOMAIN_HEAD_SPEC, io.JAILBREAK_HEAD_SPEC, io.PII_HEAD_SPEC,
+                                                   io.POOL_NORMALIZE_SPEC, io.SAFETY_HEAD_SPEC, io.PAIR_HEAD_SPEC))}
 
 
 def test_pool_normalize_applies_the_projection() -> None:
