@@ -160,16 +160,18 @@ def _merge_verdicts(config: SwitchyardConfig, request: ChatRequest,
             return Outcome(OutcomeKind.BLOCKED, block_reason="jailbreak",
                            reply=_blocked(config, request, BLOCK_MESSAGE_JAILBREAK, headers),
                            degraded=degraded)
+        # A blocking identifier first: found by validated patterns, and its answer says what to remove (the
+        # safety head, a model's judgement, reads a message carrying one as privacy_surveillance at times).
+        if verdict.blocking_pii_types:
+            types = sorted(set(verdict.blocking_pii_types))
+            return Outcome(OutcomeKind.BLOCKED, block_reason="pii", reply=pii_blocked_reply(config, request, types),
+                           degraded=degraded)
         if verdict.safety.action == guard_pb2.SAFETY_ACTION_BLOCK:
             category = verdict.safety.category
             headers = ((SAFETY_CATEGORY_HEADER, category), (SAFETY_BLOCKED_HEADER, "true"))
             message = BLOCK_MESSAGE_SAFETY.format(category=category.replace("_", " "))
             return Outcome(OutcomeKind.BLOCKED, block_reason="safety",
                            reply=_blocked(config, request, message, headers), degraded=degraded)
-        if verdict.blocking_pii_types:
-            types = sorted(set(verdict.blocking_pii_types))
-            return Outcome(OutcomeKind.BLOCKED, block_reason="pii", reply=pii_blocked_reply(config, request, types),
-                           degraded=degraded)
 
     # 3. candidates, filtered by the PII each model may see; a safety route replaces decision's choice
     safe_model = safety_route(verdict)

@@ -58,9 +58,9 @@ class GuardVerdict:
     def block_reason(self) -> str:
         if self.jailbreak_blocked:
             return "jailbreak"
-        if self.safety.blocked:
-            return "safety"
-        return "pii" if self.blocking_pii_types else ""
+        if self.blocking_pii_types:
+            return "pii"
+        return "safety" if self.safety.blocked else ""
 
     @property
     def pii_types(self) -> set[str]:
@@ -191,11 +191,11 @@ class RequestGuard:
         if verdict.jailbreak_blocked:
             metrics.jailbreak_blocks.inc()
             outcome = "jailbreak"
-        elif verdict.safety.blocked:
-            outcome = "safety_block"
         elif verdict.blocking_pii_types:
             metrics.pii_blocks.inc()
             outcome = "pii_block"
+        elif verdict.safety.blocked:
+            outcome = "safety_block"
         else:
             outcome = "pii" if verdict.pii else "clean"
         metrics.checks.labels(outcome).inc()

@@ -115,3 +115,11 @@ async def test_security_api_reports_the_safety_category_and_score() -> None:
     async with client:
         benign = (await client.post("/api/v1/classify/security", json={"text": "kill a Python process"})).json()
     assert benign["safety_category"] is None and benign["recommendation"] == "allow"
+
+
+async def test_a_blocking_identifier_is_answered_before_a_safety_block() -> None:
+    guard = guard_says(guard_pb2.SAFETY_ACTION_BLOCK, category="privacy_surveillance", blocking_pii_types=["US_SSN"])
+    reply = (await route_chat(make_processor(ScriptedClients(guard=guard)), CHAT)).immediate_response
+    sent = set_headers(reply.headers)
+    assert sent["x-vsr-pii-violation"] == "true" and sent["x-vsr-pii-types"] == "US_SSN"
+    assert "x-vsr-safety-blocked" not in sent
