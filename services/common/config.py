@@ -309,7 +309,10 @@ _REMOVED_WINDOW_KEYS = ("chunk_tokens", "chunk_overlap_tokens")
 
 class JailbreakPolicy(_Section):
     enabled: bool = True
-    threshold: UnitInterval = 0.5
+    # The lowest threshold at which the served trunk keeps FPR <= 1 % and the FPR on long benign documents
+    # <= 2 % on the commercial dev rows (README, "Models": the sweep); its scores are near 0 or 1, so 0.97
+    # costs 1.4 points of F1 against 0.5 and halves the false positives on real user chats.
+    threshold: UnitInterval = 0.97
     scope: GuardScope = "user_and_tool"
     # Messages of fewer words are not scored: "hi", "ok" or "help" carry no instruction to
     # override anything, and the classifier, trained on long attacks, scores such fragments
@@ -381,7 +384,9 @@ class SafetyPolicy(_Section):
     likely harm category, whose action the front applies."""
 
     enabled: bool = True
-    threshold: UnitInterval = 0.5
+    # From the served trunk's dev sweep (README, "Models"): at 0.8 commercial-dev F1 0.959 at 0.6 % FPR, and
+    # 5 of XSTest's 48 safe look-alikes flagged (8 at 0.5); higher thresholds lose recall for little else.
+    threshold: UnitInterval = 0.8
     # A routing.models entry that answers harmful asks carefully; categories without their own action
     # route to it. Without it they are blocked.
     safety_model: str | None = None

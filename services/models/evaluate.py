@@ -184,9 +184,13 @@ def evaluate_jailbreak(pipeline: OnnxPipeline, paths: ModelPaths) -> dict:
     return report
 
 
-def evaluate_safety(pipeline: OnnxPipeline, paths: ModelPaths, threshold: float = 0.5) -> dict:
-    """Unsafe (any harm category) vs safe on safety.jsonl dev: commercial rows, every row, XSTest's safe
-    look-alikes and real user chats (ToxicChat, evaluation-only), and recall per category."""
+def evaluate_safety(pipeline: OnnxPipeline, paths: ModelPaths) -> dict:
+    """Unsafe (any harm category) vs safe on safety.jsonl dev at the guard's default threshold: commercial
+    rows, every row, XSTest's safe look-alikes and real user chats (ToxicChat, evaluation-only), and recall
+    per category."""
+    from services.common.config import SafetyPolicy
+
+    threshold = SafetyPolicy().threshold
     rows, _ = load_rows(paths.data_dir, "safety", "dev", False)
     probs = pipeline.safety_probabilities([r["text"] for r in rows])
     unsafe = 1.0 - probs[:, io.SAFETY_LABELS.index(io.SAFETY_NONE)]

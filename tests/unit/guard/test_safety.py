@@ -41,7 +41,7 @@ def probabilities(**columns: float) -> np.ndarray:
 # Policy ----------------------------------------------------------------------------------------------
 def test_defaults_block_everything_without_a_safety_model() -> None:
     policy = SafetyPolicy()
-    assert policy.enabled and policy.threshold == 0.5
+    assert policy.enabled and policy.threshold == 0.8
     assert {policy.action_for(c).kind for c in SAFETY_HARM_CATEGORIES} == {BLOCK}
 
 
