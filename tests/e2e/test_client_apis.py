@@ -89,7 +89,7 @@ def test_previous_response_id_stays_with_its_model(oai: openai.OpenAI, mesh: Mes
     first = oai.responses.create(model="MoM", input=MATH)
     assert first.model == "deepseek-r1"
     # Alone, a law question goes to llama-3.1-8b; continuing the math conversation it stays on deepseek-r1.
-    law = "What are the elements of a valid contract?"
+    law = "What are the legal elements of a valid contract under common law?"
     alone = oai.responses.with_raw_response.create(model="MoM", input=law)
     assert alone.headers["x-vsr-selected-model"] == "llama-3.1-8b"
     follow = oai.responses.with_raw_response.create(model="MoM", input=law, previous_response_id=first.id)
@@ -119,7 +119,7 @@ def test_responses_errors_are_openai_errors(oai: openai.OpenAI) -> None:
 
 def test_responses_pii_reroutes(oai: openai.OpenAI, mesh: MeshRunner) -> None:
     raw = oai.responses.with_raw_response.create(
-        model="MoM", input="What are the elements of a valid contract? Send the answer to jane.doe@example.com")
+        model="MoM", input="What are the legal elements of a valid contract under common law? Send the answer to jane.doe@example.com")
     assert raw.headers["x-vsr-selected-category"] == "law"
     assert raw.headers["x-vsr-selected-model"] == "qwen3-8b"
 

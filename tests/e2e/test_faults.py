@@ -132,7 +132,7 @@ def test_an_unreachable_qdrant_server_fails_the_cache_open(tmp_path: Path) -> No
     try:
         with httpx.Client(base_url=runner.envoy_url, timeout=30, trust_env=False,
                           headers={"x-user-id": "team-a"}) as client:
-            for text in ("Solve 3x+5=20", "What are the elements of a valid contract?"):
+            for text in ("Solve 3x+5=20", "What are the legal elements of a valid contract under common law?"):
                 response = client.post("/v1/chat/completions", json=chat(text))
                 assert response.status_code == 200, response.text
                 assert "cache" in response.headers.get("x-vsr-degraded", ""), dict(response.headers)

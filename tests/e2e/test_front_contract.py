@@ -88,7 +88,7 @@ def test_ssn_is_blocked_without_echoing_it(client: httpx.Client) -> None:
 def test_pii_reroutes_to_a_model_that_may_see_it(client: httpx.Client, mesh: MeshRunner) -> None:
     # law's best model (llama-3.1-8b) may not see EMAIL_ADDRESS; qwen3-8b (allow_by_default) may.
     response = client.post(CHAT, json=chat(
-        "What are the elements of a valid contract? Send the answer to jane.doe@example.com"))
+        "What are the legal elements of a valid contract under common law? Send the answer to jane.doe@example.com"))
     assert response.status_code == 200
     assert response.headers["x-vsr-selected-category"] == "law"
     assert response.headers["x-vsr-selected-model"] == "qwen3-8b"
@@ -164,7 +164,7 @@ def test_other_paths_pass_through(client: httpx.Client, mesh: MeshRunner, path: 
 
 
 def test_fifty_concurrent_requests_do_not_cross_talk(mesh: MeshRunner) -> None:
-    prompts = [("Solve 3x+5=20", "deepseek-r1"), ("What are the elements of a valid contract?", "llama-3.1-8b")]
+    prompts = [("Solve 3x+5=20", "deepseek-r1"), ("What are the legal elements of a valid contract under common law?", "llama-3.1-8b")]
 
     async def run() -> list[tuple[str, httpx.Response]]:
         async with httpx.AsyncClient(base_url=mesh.envoy_url, timeout=120, trust_env=False) as http:

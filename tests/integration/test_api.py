@@ -84,7 +84,7 @@ def test_security(api: httpx.Client) -> None:
 
 
 def test_batch_all_tasks(api: httpx.Client) -> None:
-    texts = ["Solve 3x+5=20", "What are the elements of a valid contract?"]
+    texts = ["Solve 3x+5=20", "What are the legal elements of a valid contract under common law?"]
     body = api.post("/api/v1/classify/batch", json={"texts": texts, "task_type": "all"}).json()
     assert body["total_count"] == 2
     assert [r["intent"]["classification"]["category"] for r in body["results"]] == ["math", "law"]
@@ -122,7 +122,7 @@ def test_body_over_the_limit_is_413(api: httpx.Client, mesh: MeshRunner) -> None
 
 
 def test_route_dry_run_agrees_with_the_ext_proc_path(api: httpx.Client, mesh: MeshRunner) -> None:
-    chat = {"model": "MoM", "messages": [{"role": "user", "content": "What are the elements of a valid contract?"}]}
+    chat = {"model": "MoM", "messages": [{"role": "user", "content": "What are the legal elements of a valid contract under common law?"}]}
     verdict = api.post("/api/v1/route", json=chat).json()
     assert verdict["outcome"] == "upstream" and verdict["category"] == "law"
     assert verdict["rewritten_request"]["model"] == verdict["selected_model"]

@@ -53,7 +53,7 @@ def test_math_prompt_goes_to_the_math_model_with_thinking(mesh: MeshRunner) -> N
 
 
 def test_law_prompt_goes_to_the_law_model(mesh: MeshRunner) -> None:
-    response = ask(mesh, "What are the elements of a valid contract?")
+    response = ask(mesh, "What are the legal elements of a valid contract under common law?")
     assert response.headers["x-vsr-selected-category"] == "law"
     assert response.headers["x-vsr-selected-model"] == "llama-3.1-8b"
     assert response.headers["x-vsr-selected-reasoning"] == "off"
