@@ -42,7 +42,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
@@ -50,7 +50,7 @@ from services.cache.embedder import TritonEmbedder
 from services.cache.policy import CachePolicy, Step
 from services.cache.verify import EDIT_RATIO, Agreement, Rejection, Verdict, verify
 from services.common import model_io as io
-from services.common.config import CacheConfig, TritonConfig
+from services.common.config import CacheConfig, PairJudgedVerdict, TritonConfig
 from services.common.triton import TritonModels
 from services.common.triton_server import launch_spec, wait_until_ready
 
@@ -374,6 +374,22 @@ def pair_model_curves(pairs: list[Pair], defaults: dict[str, Any]) -> dict[str, 
     return out
 
 
+def pair_model_by_rule(pairs: list[Pair], defaults: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """For every verdict the pair model may judge (all of them, whatever the default), at the default
+    thresholds: how many 'same' and 'different' pairs it was asked about and accepted. What it tells apart well
+    belongs in cache.pair_model_judges."""
+    policy = policy_for(**{**defaults, "pair_model_judges": list(get_args(PairJudgedVerdict))})
+    out: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))  # type: ignore[arg-type]
+    for p in pairs:
+        if policy.screen(p.verdict, p.similarity, "").step is not Step.ASK_PAIR_MODEL:
+            continue
+        rule = p.agreement.value if p.agreement else p.rejection
+        label = p.row["label"]
+        out[rule][f"{label}_asked"] += 1
+        out[rule][f"{label}_accepted"] += int(p.score is not None and policy.pair_accepts(p.score))
+    return {k: dict(sorted(v.items())) for k, v in sorted(out.items())}
+
+
 def suggest_pair_threshold(dev: list[Pair], neighbours: list[Pair], defaults: dict[str, Any],
                            max_wrong: float) -> float | None:
     """The lowest pair_threshold (the most hits) at which dev and its nearest neighbours both stay at most
@@ -468,6 +484,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     fields = CacheConfig.model_fields
     config_defaults = {name: fields[name].default for name in
                        ("lexical_threshold", "similarity_threshold", "candidate_threshold", "pair_threshold")}
+    config_defaults["pair_model_judges"] = fields["pair_model_judges"].default_factory()  # type: ignore[misc]
     # The pair model learnt from train: it is judged on dev (and dev's neighbours) only.
     judged = ("dev", "dev_commercial_ok")
     scores = None if args.no_pair_model else pair_scores(
@@ -503,6 +520,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         if scores is not None and name in judged:
             result["splits"][name]["pair_model_curve"] = pair_model_curves(split, config_defaults)
+            result["splits"][name]["pair_model_by_rule"] = pair_model_by_rule(split, config_defaults)
             result["splits"][name]["neighbour_pair_model_curve"] = pair_model_curves(neighbours[name],
                                                                                      config_defaults)
     if scores is not None:

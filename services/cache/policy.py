@@ -100,24 +100,28 @@ class CachePolicy:
         return not self._models or model in self._models
 
     def threshold(self, category: str, agreement: Agreement | None = None) -> float:
-        """The similarity a candidate needs. The same words (or a self-correction into them) need only the
-        lexical threshold; a candidate for the pair model the category's candidate threshold; a paraphrase
-        without the pair model, or any candidate with verification off, the category's similarity threshold."""
+        """The similarity a candidate needs on the rules alone. The same words (or a self-correction into them)
+        need only the lexical threshold; a paraphrase, or any candidate with verification off, the category's."""
         if self.config.verify and agreement in PROVEN:
             return self.config.lexical_threshold
-        default = self.config.candidate_threshold if self.config.uses_pair_model else self.config.similarity_threshold
-        return self.config.category_thresholds.get(category, default)
+        return self.config.category_thresholds.get(category, self.config.similarity_threshold)
+
+    def candidate_threshold(self, category: str) -> float:
+        """The similarity a candidate needs before the pair classifier is asked."""
+        return self.config.category_thresholds.get(category, self.config.candidate_threshold)
 
     @property
     def lowest_threshold(self) -> float:
         """The search cut-off: no candidate may hit below it."""
         lexical = [self.config.lexical_threshold] if self.config.verify else []
-        default = self.config.candidate_threshold if self.config.uses_pair_model else self.config.similarity_threshold
-        return min([default, *self.config.category_thresholds.values(), *lexical])
+        candidate = [self.config.candidate_threshold] if self.config.uses_pair_model else []
+        return min([self.config.similarity_threshold, *self.config.category_thresholds.values(), *lexical,
+                    *candidate])
 
     def screen(self, verdict: Verdict, similarity: float, category: str) -> Screening:
         """What the text checks (`verdict`, services/cache/verify.py) and the similarity decide about one
-        candidate: served, rejected, or left to the pair classifier (cache.pair_model)."""
+        candidate: served, rejected, or left to the pair classifier (cache.pair_model, for the verdicts in
+        cache.pair_model_judges)."""
         if not self.config.verify:
             if similarity >= self.threshold(category):
                 return Screening(Step.SERVE, check=SIMILARITY_ONLY)
@@ -126,13 +130,16 @@ class CachePolicy:
             if similarity >= self.config.lexical_threshold:
                 return Screening(Step.SERVE, check=verdict.agreement.value)
             return Screening(Step.REJECT, rejection=Rejection.SIMILARITY.value)
-        if verdict.rejection in DECISIVE or (verdict.agreement is None and not self.config.uses_pair_model):
+        judged = verdict.agreement or verdict.rejection
+        if (self.config.uses_pair_model and judged is not None and judged not in DECISIVE
+                and judged.value in self.config.pair_model_judges):
+            if similarity < self.candidate_threshold(category):
+                return Screening(Step.REJECT, rejection=Rejection.SIMILARITY.value)
+            return Screening(Step.ASK_PAIR_MODEL)
+        if verdict.agreement is not Agreement.PARAPHRASE:  # a rejection is final; no verdict is never a pass
             return Screening(Step.REJECT, rejection=(verdict.rejection or Rejection.EDITED).value)
-        # A paraphrase, or a rejection on form, order or edits, which the pair model judges when it is on.
         if similarity < self.threshold(category, verdict.agreement):
             return Screening(Step.REJECT, rejection=Rejection.SIMILARITY.value)
-        if self.config.uses_pair_model:
-            return Screening(Step.ASK_PAIR_MODEL)
         return Screening(Step.SERVE, check=Agreement.PARAPHRASE.value)
 
     def pair_accepts(self, same_probability: float) -> bool:

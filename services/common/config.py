@@ -456,6 +456,11 @@ class GuardConfig(ServiceConfig):
     pii: PiiDetection = Field(default_factory=PiiDetection)
 
 
+# The verdicts of services/cache/verify.py that the pair classifier may judge (Agreement.PARAPHRASE and the
+# non-decisive Rejection values; tests/unit/cache/test_policy.py keeps the two in step).
+PairJudgedVerdict = Literal["paraphrase", "added-content", "edited", "question-form", "substitution", "word-order"]
+
+
 class CacheConfig(ServiceConfig):
     # "embedded": Qdrant's engine in-process, persisted under `path`; "server": a Qdrant server at `url`.
     store: Literal["embedded", "server"] = "embedded"
@@ -474,13 +479,18 @@ class CacheConfig(ServiceConfig):
     # with category_thresholds).
     candidate_threshold: UnitInterval = 0.7
     # With pair_model: the probability "same" a candidate needs to be served.
-    pair_threshold: UnitInterval = 0.9
+    pair_threshold: UnitInterval = 0.995
     # With pair_model: the most candidates one lookup sends to the pair classifier (one batched call).
     pair_candidates: int = Field(default=4, gt=0, le=16)
+    # With pair_model: the text checks' verdicts the pair classifier judges instead of the rules: "paraphrase"
+    # (other words, else served at similarity_threshold) and rejections on form, order or edits (else final).
+    # Numbers, names, negations, operators and direction are always final. Chosen on the dev pairs
+    # (bench/cache_quality.py, pair_model_by_rule): what the classifier tells apart well.
+    pair_model_judges: list[PairJudgedVerdict] = Field(default_factory=lambda: ["paraphrase", "edited"])
     # The similarity a verified paraphrase (other words) needs without pair_model; with verify off, what
     # any hit needs.
     similarity_threshold: UnitInterval = 0.89
-    # Per routing category, instead of similarity_threshold (candidate_threshold with pair_model).
+    # Per routing category, instead of similarity_threshold and candidate_threshold.
     category_thresholds: dict[str, UnitInterval] = Field(default_factory=dict)
     # The similarity a hit needs when the verifier found the same words (up to case, punctuation, typos,
     # courtesy phrases, sentence order) or a self-correction into the stored question.

@@ -38,9 +38,11 @@ def triton(triton_server: TritonConfig) -> TritonConfig:
 class CacheProcess:
     """`switchyard serve cache` in a subprocess, restartable on the same config and data folder."""
 
-    def __init__(self, directory: Path, triton: TritonConfig) -> None:
+    def __init__(self, directory: Path, triton: TritonConfig, cache: dict | None = None) -> None:
         data = config_on_free_ports({"triton": {"managed": False, "http_port": triton.http_port,
                                                 "grpc_port": triton.grpc_port, "metrics_port": triton.metrics_port}})
+        # Its own data folder (the example config's is shared by every directory of the session).
+        data["cache"].update({"path": str(directory / "store"), **(cache or {})})
         self.config_path = directory / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
         self.config = load_config(self.config_path)
@@ -166,9 +168,21 @@ def cache_metric(cache: CacheProcess, name: str, labels: str = "") -> float:
     return float(line.rsplit(" ", 1)[1]) if line else 0.0
 
 
-def test_a_paraphrase_hits_through_the_pair_model(cache: CacheProcess) -> None:
+@pytest.fixture(scope="module")
+def judging_cache(tmp_path_factory: pytest.TempPathFactory, triton: TritonConfig) -> Iterator[CacheProcess]:
+    """The cache with the pair classifier judging every verdict it may (the default leaves substitutions, as
+    in the paraphrase below, to the rules: see README, "Semantic cache")."""
+    process = CacheProcess(tmp_path_factory.mktemp("judging-cache"), triton, {"pair_model_judges": [
+        "paraphrase", "added-content", "edited", "question-form", "substitution", "word-order"]})
+    process.start()
+    yield process
+    process.stop()
+
+
+def test_a_paraphrase_hits_through_the_pair_model(judging_cache: CacheProcess) -> None:
     """Other words than the stored question's: the text checks cannot show it the same, the pair classifier
     (Triton cache_pair_classifier) does."""
+    cache = judging_cache
     stored, asked = "How do I reverse a list in Python?", "What's the way to reverse a Python list?"
     assert cache.config.cache.uses_pair_model
     store(cache, context(stored), "Use my_list.reverse() or reversed(my_list).")
@@ -182,13 +196,20 @@ def test_a_paraphrase_hits_through_the_pair_model(cache: CacheProcess) -> None:
     assert cache_metric(cache, "switchyard_cache_matches_total", 'check="pair_model"') >= 1
 
 
+def test_an_unrelated_question_misses_with_every_verdict_judged(judging_cache: CacheProcess) -> None:
+    store(judging_cache, context("How do I sort a dictionary by value in Python?"), "sorted(d.items(), key=...)")
+    assert wait_for_hit(judging_cache, context("How do I sort a dictionary by value in Python?")).matches
+    assert not lookup(judging_cache, context("How do I sort a list of tuples by the second item in Python?")).matches
+
+
 @pytest.mark.parametrize("stored, asked, reason", [
     ("What is 17 times 23?", "What is 17 times 24?", "numbers"),
     ("convert 100 USD to EUR", "convert 100 EUR to USD", "direction"),
 ])
-def test_look_alikes_miss_with_the_pair_model_on(cache: CacheProcess, stored: str, asked: str, reason: str) -> None:
+def test_look_alikes_miss_with_the_pair_model_on(judging_cache: CacheProcess, stored: str, asked: str,
+                                                 reason: str) -> None:
     """The decisive text checks (numbers, direction) reject these whatever the pair classifier would say."""
-    assert cache.config.cache.uses_pair_model
+    cache = judging_cache
     store(cache, context(stored), f"the answer to {stored}")
     assert wait_for_hit(cache, context(stored)).matches
     rejected = cache_metric(cache, "switchyard_cache_rejections_total", f'reason="{reason}"')

@@ -21,6 +21,9 @@ STORED = "How do I reverse a list in Python?"
 REWORDED = "What's the way to reverse a Python list?"
 
 
+ALL_JUDGED = ["paraphrase", "added-content", "edited", "question-form", "substitution", "word-order"]
+
+
 class FakePairScorer:
     """p(same) per (stored, asked) pair from `scores` (default `default`); can fail or hang."""
 
@@ -54,7 +57,8 @@ async def make_cache(tmp_path, embedder, clock, scorer):
     made: list[SemanticCache] = []
 
     async def make(**overrides) -> SemanticCache:
-        config = cache_config(**{"pair_model": True, "pair_threshold": 0.9, "candidate_threshold": 0.7, **overrides})
+        config = cache_config(**{"pair_model": True, "pair_threshold": 0.9, "candidate_threshold": 0.7,
+                                 "pair_model_judges": ALL_JUDGED, **overrides})
         cache = SemanticCache(config, EmbeddedStore(tmp_path / f"store{len(made)}", "c", DIM), embedder,
                               CacheMetrics(), clock=clock, pair_scorer=scorer)
         await cache.start()
@@ -135,6 +139,15 @@ async def test_the_model_judges_what_the_rules_reject_on_edits(make_cache, embed
     assert metric(cache, "switchyard_cache_rejections_total", {"reason": "pair-model"}) == 1
 
 
+async def test_verdicts_the_model_does_not_judge_are_the_rules_own(make_cache, embedder, scorer):
+    cache = await make_cache(pair_model_judges=["edited"])
+    await store(cache, STORED)
+    embedder.paraphrase(REWORDED, of=STORED, similarity=0.95)  # a "substitution" to the rules
+    assert (await cache.lookup(request(REWORDED))).matches == []
+    assert scorer.calls == []
+    assert metric(cache, "switchyard_cache_rejections_total", {"reason": "substitution"}) == 1
+
+
 async def test_the_same_words_take_the_fast_path_without_the_model(make_cache, embedder, scorer):
     cache = await make_cache()
     await store(cache, "What is the capital of Australia?")
@@ -202,8 +215,8 @@ async def test_a_spent_deadline_does_not_call_the_model(make_cache, embedder, sc
 
 
 async def test_without_a_scorer_nothing_the_model_would_judge_is_served(tmp_path, embedder, clock):
-    cache = SemanticCache(cache_config(pair_model=True), EmbeddedStore(tmp_path, "c", DIM), embedder,
-                          CacheMetrics(), clock=clock)
+    config = cache_config(pair_model=True, pair_model_judges=ALL_JUDGED)
+    cache = SemanticCache(config, EmbeddedStore(tmp_path, "c", DIM), embedder, CacheMetrics(), clock=clock)
     await cache.start()
     try:
         await store(cache, STORED)

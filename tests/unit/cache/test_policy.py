@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import typing
 
 import pytest
 import yaml
@@ -11,7 +12,7 @@ from pydantic import ValidationError
 from services.cache import policy as p
 from services.cache.policy import CachePolicy, Step, StoreRefusal, completion_from_body
 from services.cache.verify import DECISIVE, Agreement, Rejection, Verdict
-from services.common.config import CacheConfig, ConfigError, load_config
+from services.common.config import CacheConfig, ConfigError, PairJudgedVerdict, load_config
 from services.common.sse import completion_to_sse
 from tests.conftest import REPO
 from tests.unit.cache.conftest import cache_config, completion, request
@@ -101,11 +102,15 @@ def test_refused_bodies(body, reason):
     assert caught.value.reason == reason
 
 
+ALL_JUDGED = ["paraphrase", "added-content", "edited", "question-form", "substitution", "word-order"]
+
+
 def test_with_the_pair_model_candidates_need_the_candidate_threshold():
     policy = CachePolicy(cache_config(pair_model=True, candidate_threshold=0.7, similarity_threshold=0.9,
                                       lexical_threshold=0.75, category_thresholds={"math": 0.8}))
-    assert policy.threshold("law") == 0.7
-    assert policy.threshold("math") == 0.8
+    assert policy.candidate_threshold("law") == 0.7
+    assert policy.candidate_threshold("math") == 0.8
+    assert policy.threshold("law") == 0.9  # a paraphrase the pair model does not judge
     assert policy.threshold("law", Agreement.LEXICAL) == 0.75
     assert policy.lowest_threshold == 0.7
 
@@ -120,10 +125,28 @@ def test_with_the_pair_model_candidates_need_the_candidate_threshold():
     *[(Verdict(None, r), 0.99, Step.REJECT, r.value) for r in DECISIVE],
 ])
 def test_screening_with_the_pair_model(verdict, similarity, step, label):
-    screening = CachePolicy(cache_config(pair_model=True, candidate_threshold=0.7, lexical_threshold=0.75)).screen(
-        verdict, similarity, "")
+    policy = CachePolicy(cache_config(pair_model=True, candidate_threshold=0.7, lexical_threshold=0.75,
+                                      pair_model_judges=ALL_JUDGED))
+    screening = policy.screen(verdict, similarity, "")
     assert screening.step is step
     assert (screening.check or screening.rejection) == label
+
+
+def test_the_pair_model_judges_only_the_configured_verdicts():
+    policy = CachePolicy(cache_config(pair_model=True, candidate_threshold=0.7, similarity_threshold=0.9,
+                                      pair_model_judges=["edited"]))
+    assert policy.screen(Verdict(None, Rejection.EDITED), 0.8, "").step is Step.ASK_PAIR_MODEL
+    assert policy.screen(Verdict(None, Rejection.WORD_ORDER), 0.99, "").rejection == "word-order"
+    # A paraphrase it does not judge is served on the rules alone, as without the pair model.
+    assert policy.screen(Verdict(Agreement.PARAPHRASE), 0.92, "").check == "paraphrase"
+    assert policy.screen(Verdict(Agreement.PARAPHRASE), 0.85, "").rejection == "similarity"
+
+
+def test_the_judged_verdicts_are_the_verifiers_non_decisive_ones():
+    judged = set(typing.get_args(PairJudgedVerdict))
+    assert judged == {Agreement.PARAPHRASE.value} | {r.value for r in Rejection if r not in DECISIVE} - {
+        Rejection.SIMILARITY.value}
+    assert set(ALL_JUDGED) == judged
 
 
 def test_screening_with_rules_only_serves_paraphrases_on_similarity():
@@ -141,6 +164,8 @@ def test_pair_threshold():
 
 def test_pair_model_config_is_validated():
     assert CacheConfig(port=1, metrics_port=2).uses_pair_model  # the default
+    with pytest.raises(ValidationError, match="pair_model_judges"):
+        CacheConfig(port=1, metrics_port=2, pair_model_judges=["numbers"])  # decisive: always final
     assert not CacheConfig(port=1, metrics_port=2, verify=False).uses_pair_model  # verify off turns it off too
     with pytest.raises(ValidationError, match="pair_model: true needs verify: true"):
         CacheConfig(port=1, metrics_port=2, verify=False, pair_model=True)
