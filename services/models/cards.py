@@ -118,11 +118,12 @@ def _metric_lines(task: str, results: dict) -> list[str]:
     return lines
 
 
-# The retired per-task encoders' dev figures (their cards, 2026-12-01), for the comparison in trunk.md.
+# The retired per-task encoders' dev figures (their cards, 2026-12-01), for the comparison in trunk.md; the
+# real-user-chat FPR, buried-injection recall and evasion share are the probes' figures from issues 15/17.
 PER_TASK_FIGURES = {
     "domain accuracy": 0.8173, "jailbreak F1 (commercial dev)": 0.9546, "jailbreak FPR": 0.0036,
-    "jailbreak FPR long benign": 0.0198, "jailbreak FPR real user chats": 0.0578,
-    "jailbreak buried-injection recall (guard windows)": 0.17, "jailbreak kept with harmless text added": 0.75,
+    "jailbreak FPR long benign": 0.0198, "jailbreak FPR real user chats": "≈ 0.06",
+    "jailbreak buried-injection recall (guard windows)": 0.17, "jailbreak kept with harmless text added": "≈ 0.75",
     "PII tagger PERSON F1 (exact)": 0.8812, "PII whole guard overlap F1": 0.922,
     "safety F1 (commercial dev)": "—", "cache pair AUC": "—",
 }
