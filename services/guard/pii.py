@@ -28,11 +28,15 @@ def tagger_entities(spans: Sequence[TaggedSpan], text: str) -> list[Entity]:
     """Tagger spans as entities, clipped to the text and widened to whole words.
 
     The tagger labels word pieces; a span that starts or ends inside a word ("Chat[GP]T") would
-    mask half a word and leave the rest readable, so it is widened to the word's edges.
+    mask half a word and leave the rest readable, so it is widened to the word's edges. A span of
+    punctuation alone names nothing (the tagger at times reads a bracket before an ID as LOCATION)
+    and is dropped.
     """
     found: list[Entity] = []
     for span in spans:
         start, end = max(0, int(span.start)), min(len(text), int(span.end))
+        if not any(c.isalnum() for c in text[start:end]):
+            continue
         while 0 < start < end and text[start - 1].isalnum():
             start -= 1
         while start < end < len(text) and text[end].isalnum():
