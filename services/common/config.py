@@ -384,8 +384,8 @@ class SafetyPolicy(_Section):
     likely harm category, whose action the front applies."""
 
     enabled: bool = True
-    # From the served trunk's dev sweep (README, "Models"): at 0.8 commercial-dev F1 0.959 at 0.6 % FPR, and
-    # 5 of XSTest's 48 safe look-alikes flagged (8 at 0.5); higher thresholds lose recall for little else.
+    # From the served trunk's dev sweep (README, "Models"): at 0.8 commercial-dev F1 0.934 at 0.4 % FPR, 5 of
+    # XSTest's 48 safe look-alikes, 2.5 % of real user chats and 1 % of plain subject questions flagged.
     threshold: UnitInterval = 0.8
     # A routing.models entry that answers harmful asks carefully; categories without their own action
     # route to it. Without it they are blocked.

@@ -213,6 +213,9 @@ def evaluate_safety(pipeline: OnnxPipeline, paths: ModelPaths) -> dict:
         "fpr_xstest_safe": round(float(hit[xstest_safe].mean()), 4),
         "xstest_safe": int(xstest_safe.sum()),
         "fpr_real_user_chats": round(float(hit[userchat_safe].mean()), 4),
+        # Plain subject questions (domain.jsonl dev, all safe): what a router must never refuse.
+        "fpr_domain_questions": round(float((1.0 - pipeline.safety_probabilities(
+            [r["text"] for r in load_rows(paths.data_dir, "domain", "dev", False)[0]])[:, 0] >= threshold).mean()), 4),
         "per_category": per_category,
     }
 
@@ -335,7 +338,8 @@ def summary(report: dict) -> str:
         r = report["safety"]
         for name in ("dev_commercial", "dev_all"):
             lines.append(f"safety {name:<15} P {r[name]['precision']} R {r[name]['recall']} F1 {r[name]['f1']} FPR {r[name]['fpr']}")
-        lines.append(f"safety FPR XSTest safe {r['fpr_xstest_safe']}  FPR real user chats {r['fpr_real_user_chats']}")
+        lines.append(f"safety FPR XSTest safe {r['fpr_xstest_safe']}  FPR real user chats {r['fpr_real_user_chats']}  "
+                     f"FPR domain questions {r['fpr_domain_questions']}")
     if "cache_pair" in report:
         lines.append("cache_pair " + "  ".join(f"{k} {v}" for k, v in report["cache_pair"]["dev"].items()))
     return "\n".join(lines)

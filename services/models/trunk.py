@@ -196,6 +196,14 @@ def prepare_bundle(out_dir: Path, limit: int | None = None) -> Path:
             _ragged("jailbreak_evasiondev", tokenizer.encode(varied, Truncation.HEAD_TAIL), arrays)
             arrays["jailbreak_evasiondev_owner"] = np.array(owners, dtype=np.int64)
         s = safety[split]
+        if split == "train":
+            # Plain subject questions as safe rows (services.models.refit says why): without them the head
+            # read 8 % of the domain dev questions as harmful.
+            from services.models.refit import safety_rows
+
+            texts, labels, _ = safety_rows(paths)
+            s = [{"text": t, "category": io.SAFETY_LABELS[y], "source": r.get("source", "domain"),
+                  "commercial_ok": True} for t, y, r in zip(texts, labels, s + [{}] * (len(texts) - len(s)))]
         _ragged(f"safety_{split}", tokenizer.encode([r["text"] for r in s], Truncation.HEAD_TAIL), arrays)
         arrays[f"safety_{split}_labels"] = np.array([io.SAFETY_LABELS.index(r["category"]) for r in s], dtype=np.int64)
         arrays[f"safety_{split}_xstest"] = np.array([r["source"] == "xstest" for r in s], dtype=bool)

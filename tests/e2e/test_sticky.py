@@ -27,9 +27,9 @@ pytestmark = pytest.mark.integration
 
 CHAT = "/v1/chat/completions"
 OPENER = "How fast does a ball fall from a height of 20 meters if we ignore air resistance?"
-FOLLOW_UP = "Would the ball bounce higher on a trampoline?"
+FOLLOW_UP = "Would the ball fall faster on the Moon or on Earth?"
 DRIFT = "How do car crumple zones use this to protect passengers?"
-TOPIC_CHANGE = "Can I sue my landlord for keeping my security deposit without a reason?"
+TOPIC_CHANGE = "Is it legal for my landlord to keep my security deposit without a court order?"
 
 
 @pytest.fixture(scope="module")
