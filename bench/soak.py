@@ -44,7 +44,7 @@ TENANT = {"x-user-id": "soak"}
 
 def mix() -> list[str]:
     """The request bodies, in the order they are sent (cycled)."""
-    short = ["Solve 3x+5=20", "What are the elements of a valid contract?", "Explain photosynthesis briefly",
+    short = ["Solve 3x+5=20", "What are the legal elements of a valid contract under common law?", "Explain photosynthesis briefly",
              "Write a Python function that checks whether a string is a palindrome",
              "What caused the French Revolution?", "How does compound interest work?"]
     medium = [("Please review this plan for a small bakery: we want to open a second shop, hire two bakers, "
