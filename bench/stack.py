@@ -35,6 +35,10 @@ def direct_envoy_config(router_yaml: dict[str, Any], listener_port: int, admin_p
     hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.ext_proc"]
     data["static_resources"]["clusters"] = [c for c in data["static_resources"]["clusters"]
                                             if c["name"] != EXT_PROC_CLUSTER]
+    # No router chooses a backend here: drop the routes that refuse a routed API without one (503
+    # router_unavailable), so the default route forwards it to the backend as it would in front of vLLM.
+    for host in hcm["route_config"]["virtual_hosts"]:
+        host["routes"] = [r for r in host["routes"] if "direct_response" not in r]
     return data
 
 
