@@ -59,7 +59,7 @@ def backend_requests(mesh: MeshRunner) -> list[dict]:
 def test_harmful_goes_to_the_safe_model_then_is_blocked_after_a_reload(mesh: MeshRunner,
                                                                        client: httpx.Client) -> None:
     if not has_safety_model(mesh):
-        pytest.skip("the model repository has no safety_classifier (build the shared-trunk layout)")
+        pytest.fail("the model repository has no safety_classifier: rebuild it (`make models`)", pytrace=False)
     routed = client.post(CHAT, json=chat(HARMFUL))
     assert routed.status_code == 200, routed.text[:300]
     category = routed.headers.get("x-vsr-safety-category")
