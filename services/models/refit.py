@@ -41,9 +41,11 @@ def pooled_states(pipeline, texts: list[str]) -> np.ndarray:
     return out
 
 
-def safety_rows(paths: ModelPaths) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Commercial safety train rows (unsafe and XSTest safe weighted 3x) + commercial domain rows as safe."""
-    rows, _ = load_rows(paths.data_dir, "safety", "train", True)
+def safety_rows(paths: ModelPaths, rows: list[dict] | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Safety train rows (default: every commercial one; unsafe and XSTest safe weighted 3x), then
+    SAFETY_EXTRA_SAFE commercial domain rows as safe."""
+    if rows is None:
+        rows, _ = load_rows(paths.data_dir, "safety", "train", True)
     domain, _ = load_rows(paths.data_dir, "domain", "train", True)
     rng = np.random.default_rng(SEED)
     extra = [domain[i]["text"] for i in rng.choice(len(domain), min(SAFETY_EXTRA_SAFE, len(domain)), replace=False)]

@@ -201,9 +201,9 @@ def prepare_bundle(out_dir: Path, limit: int | None = None) -> Path:
             # read 8 % of the domain dev questions as harmful.
             from services.models.refit import safety_rows
 
-            texts, labels, _ = safety_rows(paths)
-            s = [{"text": t, "category": io.SAFETY_LABELS[y], "source": r.get("source", "domain"),
-                  "commercial_ok": True} for t, y, r in zip(texts, labels, s + [{}] * (len(texts) - len(s)))]
+            texts, _, _ = safety_rows(paths, s)
+            s = s + [{"text": t, "category": io.SAFETY_NONE, "source": "domain", "commercial_ok": True}
+                     for t in texts[len(s):]]
         _ragged(f"safety_{split}", tokenizer.encode([r["text"] for r in s], Truncation.HEAD_TAIL), arrays)
         arrays[f"safety_{split}_labels"] = np.array([io.SAFETY_LABELS.index(r["category"]) for r in s], dtype=np.int64)
         arrays[f"safety_{split}_xstest"] = np.array([r["source"] == "xstest" for r in s], dtype=bool)
