@@ -63,6 +63,13 @@ def bury(document: str, injection: str, rng: np.random.Generator) -> tuple[str, 
     return text, start, start + len(injection)
 
 
+def buried(documents: list[str], injections: list[str], count: int,
+           rng: np.random.Generator) -> list[tuple[str, int, int]]:
+    """`count` texts: a random injection buried in a random document (bury: text, injection start, end)."""
+    return [bury(documents[rng.integers(len(documents))], injections[rng.integers(len(injections))], rng)
+            for _ in range(count)]
+
+
 _AIS = ("ChatGPT", "GPT-4", "Bard", "Gemini", "Claude", "Siri", "Alexa", "Copilot", "a chatbot", "other AI assistants",
         "a search engine", "Llama", "Bing chat", "an AI model")
 _LANGS = ("html", "HTML and CSS", "React", "Python", "Flask", "Django", "JavaScript", "Node.js", "Java", "PHP")

@@ -72,6 +72,17 @@ def _markdown(task: str, record: dict) -> str:
         "(onnxruntime on the built models, the int8 trunk that `switchyard models build` serves on CPU).",
         f"- **Labels:** {', '.join(LABELS[task])}",
         f"- **Target:** {TARGETS[task]}",
+        *_provenance_lines(record),
+        "## Dev metrics",
+        *_metric_lines(task, record["results"]),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _provenance_lines(record: dict) -> list[str]:
+    """The weights' licence and the data they were trained and measured on (every card has them)."""
+    return [
         "- **License of the weights:** Apache-2.0; trained only on rows with `commercial_ok: true`.",
         "",
         "## Training data (../shared/data)",
@@ -80,11 +91,7 @@ def _markdown(task: str, record: dict) -> str:
         "## Dev data",
         *[f"- {d}" for d in record["dev_data"]],
         "",
-        "## Dev metrics",
-        *_metric_lines(task, record["results"]),
-        "",
     ]
-    return "\n".join(lines)
 
 
 def _metric_lines(task: str, results: dict) -> list[str]:
@@ -188,14 +195,7 @@ def write_trunk(record: dict, train: list[Selection], dev: list[Selection], resu
         f".switchyard/trunk` here, `{record.get('command', 'python -m services.models.trunk train .switchyard/trunk OUT')}` "
         "there); serve it with `switchyard models build [--fp32]` (int8 by default).",
         f"- **Status:** {_trunk_status(results)}",
-        "- **License of the weights:** Apache-2.0; trained only on rows with `commercial_ok: true`.",
-        "",
-        "## Training data (../shared/data)",
-        *[f"- {d}" for d in full["train_data"]],
-        "",
-        "## Dev data",
-        *[f"- {d}" for d in full["dev_data"]],
-        "",
+        *_provenance_lines(full),
         "## Dev metrics: served trunk (int8), fp32, and the retired per-task encoders",
         "",
         "| metric | per-task encoders (retired) | trunk " + " | trunk ".join(results) + " |",

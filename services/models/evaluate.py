@@ -163,8 +163,7 @@ def evaluate_jailbreak(pipeline: OnnxPipeline, paths: ModelPaths) -> dict:
     rng = np.random.default_rng(PROBE_SEED)
     benign_long = [t for t, label, c in zip(texts, y, commercial) if not label and c and len(t) > 1000]
     attacks = [t for t, label, c in zip(texts, y, commercial) if label and c and len(t) <= 800]
-    buried = [augment.bury(benign_long[rng.integers(len(benign_long))], attacks[rng.integers(len(attacks))], rng)[0]
-              for _ in range(BURIED_PROBES)]
+    buried = [t for t, _, _ in augment.buried(benign_long, attacks, BURIED_PROBES, rng)]
     blocked = [t for t, label, c, s in zip(texts, y, commercial, scores) if label and c and s >= threshold]
     sentences = augment.harmless_sentences([t for t, label in zip(texts, y) if not label], rng=rng)
     varied = [augment.with_harmless_text(t, rng, sentences) for t in blocked]
@@ -222,7 +221,7 @@ def evaluate_safety(pipeline: OnnxPipeline, paths: ModelPaths) -> dict:
 
 def evaluate_cache_pair(pipeline: OnnxPipeline, paths: ModelPaths) -> dict:
     """The pair classifier alone on cache_pairs.jsonl dev (the cache also checks numbers, names, negations)."""
-    from services.models.trunk import _auc, recall_at_wrong
+    from services.models.trunk import auc, recall_at_wrong
 
     pairs = []
     with (paths.data_dir / "cache_pairs.jsonl").open(encoding="utf-8") as handle:
@@ -237,7 +236,7 @@ def evaluate_cache_pair(pipeline: OnnxPipeline, paths: ModelPaths) -> dict:
     kind = np.array([r["kind"] for r in pairs])
     return {
         "dev": {
-            "pairs": len(pairs), "auc": round(_auc(scores, same), 4),
+            "pairs": len(pairs), "auc": round(auc(scores, same), 4),
             "accuracy_at_0.5": round(float(((scores >= 0.5) == same).mean()), 4),
             "same_accepted_at_1pct_wrong": round(recall, 4), "threshold_at_1pct_wrong": round(float(threshold), 4),
         },

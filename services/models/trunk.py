@@ -80,13 +80,10 @@ def buried_windows(tokenizer, documents: list[str], injections: list[str], count
     labels and the index of the buried text each came from.
     """
     from services.common.tokenizer import Truncation
-    from services.models.augment import bury
+    from services.models.augment import buried
 
-    texts, spans = [], []
-    for _ in range(count):
-        text, start, stop = bury(documents[rng.integers(len(documents))], injections[rng.integers(len(injections))], rng)
-        texts.append(text)
-        spans.append((start, stop))
+    probes = buried(documents, injections, count, rng)
+    texts, spans = [t for t, _, _ in probes], [(start, stop) for _, start, stop in probes]
     batch = tokenizer.encode(texts, Truncation.CHUNKS)
     rows, labels, groups = [], [], []
     for row in range(len(batch)):
@@ -184,9 +181,7 @@ def prepare_bundle(out_dir: Path, limit: int | None = None) -> Path:
             _ragged_rows("jailbreak_longdev", long_rows, arrays)
             arrays["jailbreak_longdev_group"] = np.array(long_groups, dtype=np.int64)
             dev_rng = np.random.default_rng(SEED + 1)
-            buried_texts = [augment.bury(benign_long[dev_rng.integers(len(benign_long))],
-                                         attacks[dev_rng.integers(len(attacks))], dev_rng)[0]
-                            for _ in range(300 if not limit else 10)]
+            buried_texts = [t for t, _, _ in augment.buried(benign_long, attacks, 300 if not limit else 10, dev_rng)]
             buried_rows, buried_groups = guard_rows(tokenizer, buried_texts)
             _ragged_rows("jailbreak_burieddev", buried_rows, arrays)
             arrays["jailbreak_burieddev_group"] = np.array(buried_groups, dtype=np.int64)
@@ -362,7 +357,7 @@ def _sentence(states, mask, projection=None):
     return torch.nn.functional.normalize(mean if projection is None else projection(mean), dim=-1)
 
 
-def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
+def auc(scores: np.ndarray, positive: np.ndarray) -> float:
     order = np.argsort(scores)
     ranks = np.empty(len(scores))
     ranks[order] = np.arange(1, len(scores) + 1)
@@ -438,7 +433,7 @@ def evaluate(student, teacher, heads, dev: dict, data) -> dict:
         out["safety_category_accuracy"] = float((sp[hit][:, 1:].argmax(1) + 1 == sy[hit]).mean()) if hit.any() else 0.0
         pair = pooled_probs("pair", "pair")[:, 1]
         same = dev["pair"][2].cpu().numpy() == 1
-        out["pair_auc"] = _auc(pair, same)
+        out["pair_auc"] = auc(pair, same)
         out["pair_accuracy"] = float(((pair >= 0.5) == same).mean())
         out["pair_recall_at_1pct_wrong"], _ = recall_at_wrong(pair, same)
         preds = run("pii", lambda s, m, w, i: torch.nn.functional.pad(heads["pii"](s).argmax(-1), (0, dev["pii"][0].shape[1] - w), value=0))
@@ -462,8 +457,8 @@ def evaluate(student, teacher, heads, dev: dict, data) -> dict:
         out["embedding_cosine_to_base_mean"] = float(fidelity.mean())
         out["embedding_cosine_to_base_p01"] = float(np.quantile(fidelity, 0.01))
         out["cache_pair_similarity_mae"] = float(np.abs(sim_student - sim_teacher).mean())
-        out["cache_dev_auc_trunk"] = _auc(sim_student, same)
-        out["cache_dev_auc_base"] = _auc(sim_teacher, same)
+        out["cache_dev_auc_trunk"] = auc(sim_student, same)
+        out["cache_dev_auc_base"] = auc(sim_teacher, same)
         # Same hit/miss verdict as the base embedding at the cache's similarity threshold (0.89)?
         out["cache_threshold_agreement"] = float(((sim_student >= 0.89) == (sim_teacher >= 0.89)).mean())
     student.train()
