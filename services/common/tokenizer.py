@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +174,15 @@ class EntitySpan:
     score: float
 
 
+@lru_cache(maxsize=8)
+def _bio_columns(labels: tuple[str, ...]) -> tuple[tuple[str, ...], np.ndarray, np.ndarray, int]:
+    """(entity kinds in sorted order, their B- columns, their I- columns, the O column) of a label set."""
+    kinds = tuple(sorted({label.partition("-")[2] for label in labels if label != "O"}))
+    begin = np.array([labels.index(f"B-{kind}") for kind in kinds], dtype=np.intp)
+    inside = np.array([labels.index(f"I-{kind}") for kind in kinds], dtype=np.intp)
+    return kinds, begin, inside, labels.index("O")
+
+
 def decode_bio(
     offsets: np.ndarray,
     probabilities: np.ndarray,
@@ -187,43 +197,62 @@ def decode_bio(
     a word is never split between entities. An I- word that does not continue an entity of the same
     type starts one (lenient decoding).
     """
-    kinds = sorted({label.partition("-")[2] for label in labels if label != "O"})
-    columns = {kind: ([labels.index(f"B-{kind}")], [labels.index(f"I-{kind}")]) for kind in kinds}
-    outside = labels.index("O")
+    kinds, begin, inside, outside = _bio_columns(tuple(labels))
     length = int(mask.sum())
-    words: list[list[int]] = []
-    for t in range(1, length - 1):
-        if words and word_ids is not None and word_ids[t] >= 0 and word_ids[t] == word_ids[words[-1][-1]]:
-            words[-1].append(t)
-        else:
-            words.append([t])
+    if length <= 2:
+        return []
+    # Array work for every word at once (the guard decodes every window of every prompt); the loop below
+    # visits entity words only. A word's mean adds its pieces in order, then divides, as ndarray.mean does
+    # (np.add.reduceat adds in another order: other float32 roundings, other spans at a tie).
+    probs = np.asarray(probabilities[1 : length - 1])
+    count = probs.shape[0]
+    if word_ids is None:
+        starts = np.arange(count)
+    else:
+        words = np.asarray(word_ids[1 : length - 1])
+        glued = np.zeros(count, dtype=bool)
+        glued[1:] = (words[1:] >= 0) & (words[1:] == words[:-1])
+        starts = np.flatnonzero(~glued)
+    stops = np.append(starts[1:], count)
+    sizes = stops - starts
+    sums = probs[starts]
+    for piece in range(1, int(sizes.max())):
+        longer = np.flatnonzero(sizes > piece)
+        sums[longer] += probs[starts[longer] + piece]
+    means = sums / sizes.astype(probs.dtype)[:, None]
+    scores = means[:, begin] + means[:, inside]  # [words, kinds]
+    best = scores.argmax(axis=1)
+    picked = np.take_along_axis(scores, best[:, None], axis=1)[:, 0]
+    entity_words = np.flatnonzero(picked > means[:, outside])
+    firsts = probs[starts[entity_words]]
+    first_begins = firsts[:, begin] >= firsts[:, inside]
+    span_starts = np.asarray(offsets)[starts + 1, 0]
+    span_ends = np.asarray(offsets)[stops, 1]
+
     spans: list[EntitySpan] = []
     current: list | None = None  # [start, end, kind, [scores]]
-    for word in words:
-        mean = probabilities[word].mean(axis=0)
-        scores = {kind: float(mean[b].sum() + mean[i].sum()) for kind, (b, i) in columns.items()}
-        kind = max(scores, key=scores.__getitem__)
-        start, end = int(offsets[word[0]][0]), int(offsets[word[-1]][1])
-        is_entity = scores[kind] > float(mean[outside])
+    previous = -2
+    for position, word in enumerate(entity_words.tolist()):
+        if word != previous + 1 and current is not None:
+            # A word outside every entity came in between: it closed the open entity.
+            spans.append(EntitySpan(current[0], current[1], current[2], float(np.mean(current[3]))))
+            current = None
+        previous = word
+        k = int(best[word])
+        score = float(picked[word])
+        start, end = int(span_starts[word]), int(span_ends[word])
         # A word glued to the open entity ("Mrs" + ".", "04" + "/") continues it whatever its entity tag.
-        if is_entity and current is not None and start == current[1]:
+        if current is not None and start == current[1]:
             current[1] = end
-            current[3].append(scores[kind])
+            current[3].append(score)
             continue
-        if not is_entity:
-            if current is not None:
-                spans.append(EntitySpan(current[0], current[1], current[2], float(np.mean(current[3]))))
-                current = None
-            continue
-        first = probabilities[word[0]]
-        begins = float(first[columns[kind][0]].sum()) >= float(first[columns[kind][1]].sum())
-        if current is not None and current[2] == kind and not begins:
+        if current is not None and current[2] == kinds[k] and not first_begins[position, k]:
             current[1] = end
-            current[3].append(scores[kind])
+            current[3].append(score)
             continue
         if current is not None:
             spans.append(EntitySpan(current[0], current[1], current[2], float(np.mean(current[3]))))
-        current = [start, end, kind, [scores[kind]]]
+        current = [start, end, kinds[k], [score]]
     if current is not None:
         spans.append(EntitySpan(current[0], current[1], current[2], float(np.mean(current[3]))))
     return spans
