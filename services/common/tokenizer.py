@@ -13,6 +13,8 @@ requests of similar length have one shape, so Triton can batch them (it batches 
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
@@ -31,6 +33,13 @@ CHUNK_OVERLAP = 64
 # buckets: a short chat prompt (most are 15-30 tokens) shares one shape with its neighbours; padding
 # 16 tokens to 32 costs less than the batches that a fifth shape would split.
 LENGTH_BUCKETS: tuple[int, ...] = (32, 64, 128, MAX_TOKENS)
+# Texts whose word pieces a tokenizer keeps (TextTokenizer._pieces): enough for the checks of a few dozen
+# requests in flight, and no text so long that the memory would matter (64 texts x 32k chars at most).
+RECENT_TEXTS = 64
+RECENT_TEXT_MAX_CHARS = 32_768
+
+# A text's word pieces without special tokens: ids, (start, end) character offsets, word ids (-1: none).
+_Pieces = tuple[list[int], list[tuple[int, int]], list[int]]
 
 
 def bucket_width(tokens: int) -> int:
@@ -80,6 +89,10 @@ class TextTokenizer:
         self._cls = tokenizer.token_to_id("[CLS]")
         self._sep = tokenizer.token_to_id("[SEP]")
         self.max_tokens = max_tokens
+        # The word pieces of recent texts: a guard check encodes each prompt four times at once (jailbreak,
+        # its windows, safety, PII), and word-piecing is most of what encode() costs.
+        self._recent: OrderedDict[str, _Pieces] = OrderedDict()
+        self._recent_lock = threading.Lock()
 
     @classmethod
     def from_file(cls, path: str | Path, max_tokens: int = MAX_TOKENS) -> TextTokenizer:
@@ -100,9 +113,7 @@ class TextTokenizer:
         """Tokenize texts; CHUNKS may give several rows per text (rows of `window` tokens), the others one."""
         budget = (min(window, self.max_tokens) if window and truncation is Truncation.CHUNKS else self.max_tokens) - 2
         rows: list[tuple[list[int], list[tuple[int, int]], int, list[int]]] = []
-        for index, encoding in enumerate(self._tokenizer.encode_batch(list(texts), add_special_tokens=False)):
-            ids, offsets = encoding.ids, encoding.offsets
-            words = [-1 if w is None else w for w in encoding.word_ids]
+        for index, (ids, offsets, words) in enumerate(self._pieces(list(texts))):
             for start, stop in _windows(len(ids), budget, truncation):
                 rows.append((ids[start:stop], offsets[start:stop], index, words[start:stop]))
             if truncation is Truncation.HEAD_TAIL and len(ids) > budget:
@@ -124,6 +135,32 @@ class TextTokenizer:
                 word_ids[i, 1 : length - 1] = words
         return Batch(input_ids, mask, spans, np.array([r[2] for r in rows], dtype=np.int64), word_ids)
 
+    def _pieces(self, texts: list[str]) -> list[_Pieces]:
+        """(ids, offsets, word ids) of each text without special tokens, recent texts from memory.
+
+        The lists are shared with later calls: encode() only slices and copies them.
+        """
+        found: list[_Pieces | None] = [None] * len(texts)
+        missing: list[int] = []
+        with self._recent_lock:
+            for i, text in enumerate(texts):
+                pieces = self._recent.get(text)
+                if pieces is None:
+                    missing.append(i)
+                else:
+                    self._recent.move_to_end(text)
+                    found[i] = pieces
+        if missing:
+            encodings = self._tokenizer.encode_batch([texts[i] for i in missing], add_special_tokens=False)
+            with self._recent_lock:
+                for i, encoding in zip(missing, encodings):
+                    pieces = (encoding.ids, encoding.offsets, [-1 if w is None else w for w in encoding.word_ids])
+                    found[i] = pieces
+                    if len(texts[i]) <= RECENT_TEXT_MAX_CHARS:
+                        self._recent[texts[i]] = pieces
+                        if len(self._recent) > RECENT_TEXTS:
+                            self._recent.popitem(last=False)
+        return found  # type: ignore[return-value]
 
     def encode_pairs(self, pairs: list[tuple[str, str]]) -> Batch:
         """One row per pair, ``[CLS] a [SEP] b [SEP]``: the input of the cache's pair classifier.

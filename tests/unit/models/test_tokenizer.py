@@ -83,3 +83,20 @@ def test_rows_are_padded_to_length_buckets(tokenizer: TextTokenizer) -> None:
     # The same text is the same tensor whatever it is batched with (here both pad to 64).
     assert alone.input_ids.shape[1] in LENGTH_BUCKETS
     np.testing.assert_array_equal(alone.input_ids[0], together.input_ids[0])
+
+
+def test_recent_texts_are_word_pieced_once(tokenizer: TextTokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The guard encodes one prompt four ways at once; the second to fourth reuse the word pieces.
+    text = "Email jane.doe@example.com about the 3 invoices. " * 30
+    first = {t: tokenizer.encode([text, "short"], t) for t in Truncation}
+    calls: list[list[str]] = []
+    inner = tokenizer._tokenizer
+    monkeypatch.setattr(tokenizer, "_tokenizer", type("Counting", (), {
+        "encode_batch": lambda self, texts, **kw: calls.append(texts) or inner.encode_batch(texts, **kw)})())
+    for truncation, batch in first.items():
+        again = tokenizer.encode([text, "short"], truncation)
+        for name in ("input_ids", "attention_mask", "offsets", "text_index", "word_ids"):
+            np.testing.assert_array_equal(getattr(again, name), getattr(batch, name))
+    assert calls == []
+    tokenizer.encode(["a text not seen before", text], Truncation.CHUNKS)
+    assert calls == [["a text not seen before"]]
