@@ -155,5 +155,29 @@ ENSEMBLE_SPECS: tuple[ModelSpec, ...] = (
 
 ENSEMBLE_NAMES: tuple[str, ...] = tuple(s.name for s in ENSEMBLE_SPECS)
 
-# The shared multi-task trunk (services.models.trunk): the one encoder behind every ensemble, same I/O as ENCODER.
+# The shared multi-task trunk (services.models.trunk): the one model behind every ensemble. Its graph is
+# the encoder with every head fused on top (services.models.heads.fuse_heads), so one execution answers
+# every ensemble; each ensemble maps the trunk output that is its own.
 TRUNK = "trunk"
+TRUNK_OUTPUTS: dict[str, str] = {
+    DOMAIN_CLASSIFIER: "domain_probabilities",
+    JAILBREAK_CLASSIFIER: "jailbreak_probabilities",
+    PII_TAGGER: "pii_probabilities",
+    EMBEDDER: "embedding",
+    SAFETY_CLASSIFIER: "safety_probabilities",
+    CACHE_PAIR_CLASSIFIER: "cache_pair_probabilities",
+}
+# Which head (weights, ONNX graph) computes each ensemble's output on the trunk's token states.
+ENSEMBLE_HEADS: dict[str, ModelSpec] = {
+    DOMAIN_CLASSIFIER: DOMAIN_HEAD_SPEC,
+    JAILBREAK_CLASSIFIER: JAILBREAK_HEAD_SPEC,
+    PII_TAGGER: PII_HEAD_SPEC,
+    EMBEDDER: POOL_NORMALIZE_SPEC,
+    SAFETY_CLASSIFIER: SAFETY_HEAD_SPEC,
+    CACHE_PAIR_CLASSIFIER: PAIR_HEAD_SPEC,
+}
+TRUNK_SPEC = ModelSpec(
+    TRUNK,
+    (_IDS, _MASK),
+    tuple(TensorSpec(TRUNK_OUTPUTS[e.name], e.outputs[0].data_type, e.outputs[0].dims) for e in ENSEMBLE_SPECS),
+)

@@ -15,17 +15,7 @@ from services.common.config import TritonConfig
 from services.common.tokenizer import tokenizer_path
 
 # The models `switchyard models build` must have produced for the repository to be usable.
-REQUIRED_MODELS = (
-    io.ENCODER,
-    io.POOL_NORMALIZE,
-    io.DOMAIN_HEAD,
-    io.JAILBREAK_HEAD,
-    io.PII_HEAD,
-    io.DOMAIN_CLASSIFIER,
-    io.JAILBREAK_CLASSIFIER,
-    io.PII_TAGGER,
-    io.EMBEDDER,
-)
+REQUIRED_MODELS = (io.ENCODER, io.TRUNK, *io.ENSEMBLE_NAMES)
 
 
 class TritonNotFoundError(RuntimeError):
@@ -110,6 +100,8 @@ def launch_spec(
         f"--metrics-port={config.metrics_port}",
         "--allow-metrics=true",
         f"--strict-model-config={'true' if strict_model_config else 'false'}",
+        # configs/local.pbtxt (written by the build): one CPU instance per model; see services.models.configs.
+        "--model-config-name=local",
         "--log-info=true",
         "--log-warning=true",
         "--log-error=true",

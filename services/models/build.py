@@ -11,7 +11,7 @@ import onnx
 
 from services.common import model_io as io
 from services.models import encoder_export, heads, lora
-from services.models.configs import repository_configs
+from services.models.configs import LOCAL_CONFIG_NAME, local_configs, repository_configs
 from services.models.paths import BACKEND_SOURCE, WEIGHTS_DIR, ModelPaths
 
 MODEL_FILE = "model.onnx"
@@ -108,12 +108,38 @@ def quantize_int8(source: Path, target: Path) -> None:
     tmp.replace(target)
 
 
+def head_models(trunk_dir: Path) -> tuple[dict[str, onnx.ModelProto], list[Path]]:
+    """Trunk output name -> the head's ONNX graph (from its committed weights), and the files they come from."""
+    models, sources = {}, [Path(heads.__file__)]
+    for ensemble, head in io.ENSEMBLE_HEADS.items():
+        source = trunk_dir / (EMBED_HEAD if head.name == io.POOL_NORMALIZE else HEAD_WEIGHTS[head.name])
+        if not source.is_file():
+            raise BuildError(f"{source} missing: train it with `switchyard train trunk`")
+        mlp = heads.MLP.load(source)
+        if head.name == io.POOL_NORMALIZE:
+            model = heads.pool_normalize_model(head.name, mlp)
+        elif head.name == io.PII_HEAD:
+            model = heads.token_head_model(head.name, mlp)
+        else:
+            model = heads.pooled_head_model(head.name, mlp)
+        models[io.TRUNK_OUTPUTS[ensemble]] = model
+        sources.append(source)
+    return models, sources
+
+
+def fuse_trunk(encoder: Path, head_models: dict[str, onnx.ModelProto], target: Path) -> None:
+    """The served trunk: the encoder graph with every head on top (one execution answers every ensemble)."""
+    onnx.save(heads.fuse_heads(onnx.load(str(encoder)), head_models), str(target))
+
+
 def build_repository(paths: ModelPaths, weights_dir: Path = WEIGHTS_DIR, force: bool = False,
                      int8: bool = True) -> None:
-    """The model repository: `trunk` (base + adapter merged; int8 by default, for CPU) behind every ensemble.
+    """The model repository: `trunk` (base + adapter merged, heads fused on top; int8 by default, for CPU)
+    behind every ensemble.
 
-    Idempotent: exports are skipped when their outputs are newer than their inputs. The base `encoder` is
-    built too: the k-NN yardstick and the benchmarks' monolith compare against the frozen base model.
+    Idempotent: exports are skipped when their outputs are newer than their inputs. The encoder alone
+    (fp32, and int8 by default) is an intermediate under <work_dir>/build. The base `encoder` is built too:
+    the k-NN yardstick compares against the frozen base model.
     """
     repo = paths.repository
     trunk_dir = weights_dir / TRUNK_DIR
@@ -124,46 +150,49 @@ def build_repository(paths: ModelPaths, weights_dir: Path = WEIGHTS_DIR, force: 
     base_weights = [base_dir / "model.safetensors", Path(encoder_export.__file__)]
     _build_step("encoder", onnx_path(repo, io.ENCODER), base_weights, encoder_export.export_encoder, force)
     encoder_export.copy_tokenizer(repo / io.ENCODER, base_dir)
-    fp32 = repo / io.TRUNK / "fp32" / MODEL_FILE
-    _build_step(io.TRUNK + " (fp32)", fp32, [*base_weights, adapter, Path(lora.__file__)],
+    fused_heads, head_sources = head_models(trunk_dir)
+    build_dir = paths.work_dir / "build"
+    plain_fp32 = build_dir / "trunk_encoder_fp32.onnx"
+    _build_step("trunk encoder (fp32)", plain_fp32, [*base_weights, adapter, Path(lora.__file__)],
                 lambda target: lora.export_merged_encoder(adapter, target), force)
+    # fp32 with the heads, always: the Helm chart's GPU path serves it (trunk/fp32/, see triton.trunkPrecision).
+    fused_fp32 = repo / io.TRUNK / "fp32" / MODEL_FILE
+    _build_step(io.TRUNK + " (fp32, heads fused)", fused_fp32, [plain_fp32, *head_sources],
+                lambda t: fuse_trunk(plain_fp32, fused_heads, t), force)
     target = onnx_path(repo, io.TRUNK)
     marker = repo / io.TRUNK / "precision"
     precision = "int8" if int8 else "fp32"
     stale = not marker.is_file() or marker.read_text() != precision
     if int8:
-        _build_step(io.TRUNK + " (int8)", target, [fp32, Path(__file__)], lambda t: quantize_int8(fp32, t), force or stale)
+        plain_int8 = build_dir / "trunk_encoder_int8.onnx"
+        _build_step("trunk encoder (int8)", plain_int8, [plain_fp32, Path(__file__)],
+                    lambda t: quantize_int8(plain_fp32, t), force)
+        _build_step(io.TRUNK + " (int8, heads fused)", target, [plain_int8, *head_sources],
+                    lambda t: fuse_trunk(plain_int8, fused_heads, t), force or stale)
     else:
-        _build_step(io.TRUNK, target, [fp32], lambda t: shutil.copyfile(fp32, t), force or stale)
+        _build_step(io.TRUNK, target, [fused_fp32], lambda t: shutil.copyfile(fused_fp32, t), force or stale)
     marker.write_text(precision)
-    for head_name, file in HEAD_WEIGHTS.items():
-        source = trunk_dir / file
-        if not source.is_file():
-            raise BuildError(f"{source} missing: train it with `switchyard train trunk`")
-        mlp = heads.MLP.load(source)
-        make = heads.token_head_model if head_name == io.PII_HEAD else heads.pooled_head_model
-        _build_step(head_name, onnx_path(repo, head_name), [source, Path(heads.__file__)],
-                    lambda t, m=make, n=head_name, w=mlp: onnx.save(m(n, w), str(t)), force)
-    projection = heads.MLP.load(trunk_dir / EMBED_HEAD)
-    _build_step(io.POOL_NORMALIZE, onnx_path(repo, io.POOL_NORMALIZE), [trunk_dir / EMBED_HEAD, Path(heads.__file__)],
-                lambda t: onnx.save(heads.pool_normalize_model(io.POOL_NORMALIZE, projection), str(t)), force)
     for name, text in repository_configs().items():
         if _write_if_changed(repo / name / "config.pbtxt", text):
             log(f"{name}: wrote config.pbtxt")
         # Triton needs a version folder even for an ensemble, which has no files of its own.
         (repo / name / "1").mkdir(parents=True, exist_ok=True)
+    for name, text in local_configs().items():
+        _write_if_changed(repo / name / "configs" / f"{LOCAL_CONFIG_NAME}.pbtxt", text)
     _remove_retired(repo)
     build_backends(paths.backend_dir)
-    log(f"repository ready (shared trunk, {precision}): {repo}")
+    log(f"repository ready (shared trunk, {precision}, heads fused): {repo}")
 
 
-# Models of the per-task layout (one encoder per task), retired when the shared trunk became the only layout:
-# an old checkout's built folders would otherwise be loaded by Triton beside the trunk.
-RETIRED_MODELS = ("domain_encoder", "jailbreak_encoder", "pii_encoder")
+# Models of earlier layouts: the per-task encoders (retired when the shared trunk became the only layout) and
+# the separate heads (retired when they were fused into the trunk's graph). An old checkout's built folders
+# would otherwise be loaded by Triton beside the trunk.
+RETIRED_MODELS = ("domain_encoder", "jailbreak_encoder", "pii_encoder", "pool_normalize", "domain_head",
+                  "jailbreak_head", "pii_head", "safety_head", "cache_pair_head")
 
 
 def _remove_retired(repo: Path) -> None:
     for name in RETIRED_MODELS:
         if (repo / name).is_dir():
             shutil.rmtree(repo / name)
-            log(f"{name}: removed (retired per-task encoder)")
+            log(f"{name}: removed (retired model of an earlier layout)")

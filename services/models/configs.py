@@ -2,33 +2,34 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from services.common import model_io as io
 from services.common.model_io import MAX_BATCH_SIZE, ModelSpec, TensorSpec
 
 BACKEND = "onnxruntime"
 # Short wait: the latency target is ~10 ms per request; batching mostly helps under concurrent load.
 MAX_QUEUE_DELAY_US = 500
-# The shared trunk waits longer: the decision, guard and cache calls for one request arrive a few ms apart
-# and must meet in one batch (identical rows are then computed once), else each costs a trunk pass.
-TRUNK_QUEUE_DELAY_US = 4000
+# The shared trunk does not wait for a batch to fill: the decision, guard and cache calls for one request
+# arrive a few ms apart, and the first one's rows are kept (ROW_CACHE_ROWS) to answer the others, so a
+# batching window would only add its length to every call. Under load, requests that arrive while the trunk
+# computes are batched anyway. (The native onnxruntime backend of the NGC image ignores the row cache; a
+# GPU computes a batch's duplicate rows at no visible cost.)
+TRUNK_QUEUE_DELAY_US = 0
+# Rows whose outputs the local backend keeps: at 256 tokens a row's outputs take ~17 KB (mostly the PII
+# head's per-token probabilities), so 1,024 rows cost at most ~17 MB, and hold the last second or more of
+# traffic even under load.
+ROW_CACHE_ROWS = 1024
 # Work whose caller has surely given up is dropped instead of computed: without a queue policy an
 # overload leaves minutes of stale requests in the queue (seen in the benchmarks). Clients pass their
 # own timeout per request (allow_timeout_override); this default covers the rest.
 QUEUE_TIMEOUT_US = 2_000_000
 MAX_QUEUE_SIZE = 256
-# Hidden states flowing between ensemble steps.
-_HIDDEN_TENSOR = "hidden"
-
-
-@dataclass(frozen=True)
-class EnsembleLayout:
-    """Which encoder and head an ensemble chains."""
-
-    ensemble: ModelSpec
-    encoder: str
-    head: ModelSpec
+# The local tritonserver reads <model>/configs/local.pbtxt (`--model-config-name=local`): config.pbtxt plus
+# one CPU instance per model. Triton's default is two, and two trunk instances would compute a row
+# concurrently instead of the second answering from the first's row cache (and oversubscribe two cores
+# with two intra-op threads each). config.pbtxt stays generic; the Helm chart adds its own settings the same
+# way (configs/helm.pbtxt).
+LOCAL_CONFIG_NAME = "local"
+LOCAL_SETTINGS = "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
 
 
 def _tensor(kind: str, spec: TensorSpec) -> str:
@@ -40,13 +41,19 @@ def _io(spec: ModelSpec) -> str:
     return "".join(_tensor("input", t) for t in spec.inputs) + "".join(_tensor("output", t) for t in spec.outputs)
 
 
-def onnx_model_config(spec: ModelSpec, name: str | None = None, queue_delay_us: int = MAX_QUEUE_DELAY_US) -> str:
+def onnx_model_config(spec: ModelSpec, name: str | None = None, queue_delay_us: int = MAX_QUEUE_DELAY_US,
+                      parameters: dict[str, str] | None = None) -> str:
     """A generic ONNX model: no instance_group or accelerator, so the deployment decides (see README)."""
+    params = "".join(
+        f'parameters {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}\n'
+        for key, value in (parameters or {}).items()
+    )
     return (
         f'name: "{name or spec.name}"\n'
         f'backend: "{BACKEND}"\n'
         f"max_batch_size: {MAX_BATCH_SIZE}\n"
         + _io(spec)
+        + params
         + "dynamic_batching {\n"
         f"  max_queue_delay_microseconds: {queue_delay_us}\n"
         "  default_queue_policy {\n"
@@ -59,56 +66,41 @@ def onnx_model_config(spec: ModelSpec, name: str | None = None, queue_delay_us: 
     )
 
 
-def ensemble_config(layout: EnsembleLayout) -> str:
-    spec, head = layout.ensemble, layout.head
-    encoder_step = (
+def ensemble_config(spec: ModelSpec) -> str:
+    """One step: the trunk, of whose outputs the ensemble keeps its own under the ensemble's output name."""
+    (output,) = spec.outputs
+    step = (
         "  step {\n"
-        f'    model_name: "{layout.encoder}"\n'
+        f'    model_name: "{io.TRUNK}"\n'
         "    model_version: -1\n"
         f'    input_map {{ key: "{io.INPUT_IDS}" value: "{io.INPUT_IDS}" }}\n'
         f'    input_map {{ key: "{io.ATTENTION_MASK}" value: "{io.ATTENTION_MASK}" }}\n'
-        f'    output_map {{ key: "{io.HIDDEN_STATES}" value: "{_HIDDEN_TENSOR}" }}\n'
+        f'    output_map {{ key: "{io.TRUNK_OUTPUTS[spec.name]}" value: "{output.name}" }}\n'
         "  }\n"
     )
-    head_inputs = "".join(
-        f'    input_map {{ key: "{t.name}" value: "{_HIDDEN_TENSOR if t.name == io.HIDDEN_STATES else t.name}" }}\n'
-        for t in head.inputs
-    )
-    head_outputs = "".join(f'    output_map {{ key: "{t.name}" value: "{t.name}" }}\n' for t in head.outputs)
-    head_step = f'  step {{\n    model_name: "{head.name}"\n    model_version: -1\n{head_inputs}{head_outputs}  }}\n'
     return (
         f'name: "{spec.name}"\n'
         'platform: "ensemble"\n'
         f"max_batch_size: {MAX_BATCH_SIZE}\n"
         + _io(spec)
         + "ensemble_scheduling {\n"
-        + encoder_step
-        + head_step
+        + step
         + "}\n"
     )
-
-
-def ensemble_layouts() -> list[EnsembleLayout]:
-    """Every ensemble: the shared trunk, then its head."""
-    pairs = [
-        (io.DOMAIN_CLASSIFIER_SPEC, io.DOMAIN_HEAD_SPEC),
-        (io.JAILBREAK_CLASSIFIER_SPEC, io.JAILBREAK_HEAD_SPEC),
-        (io.PII_TAGGER_SPEC, io.PII_HEAD_SPEC),
-        (io.EMBEDDER_SPEC, io.POOL_NORMALIZE_SPEC),
-        (io.SAFETY_CLASSIFIER_SPEC, io.SAFETY_HEAD_SPEC),
-        (io.CACHE_PAIR_CLASSIFIER_SPEC, io.PAIR_HEAD_SPEC),
-    ]
-    return [EnsembleLayout(e, io.TRUNK, h) for e, h in pairs]
 
 
 def repository_configs() -> dict[str, str]:
     """Model name -> config.pbtxt text for the whole repository."""
     configs = {
-        spec.name: onnx_model_config(spec)
-        for spec in (io.ENCODER_SPEC, io.POOL_NORMALIZE_SPEC, io.DOMAIN_HEAD_SPEC, io.JAILBREAK_HEAD_SPEC, io.PII_HEAD_SPEC,
-                     io.SAFETY_HEAD_SPEC, io.PAIR_HEAD_SPEC)
+        io.ENCODER: onnx_model_config(io.ENCODER_SPEC),
+        io.TRUNK: onnx_model_config(io.TRUNK_SPEC, queue_delay_us=TRUNK_QUEUE_DELAY_US,
+                                    parameters={"row_cache_rows": str(ROW_CACHE_ROWS)}),
     }
-    configs[io.TRUNK] = onnx_model_config(io.ENCODER_SPEC, io.TRUNK, TRUNK_QUEUE_DELAY_US)
-    for layout in ensemble_layouts():
-        configs[layout.ensemble.name] = ensemble_config(layout)
+    for spec in io.ENSEMBLE_SPECS:
+        configs[spec.name] = ensemble_config(spec)
     return configs
+
+
+def local_configs() -> dict[str, str]:
+    """Model name -> configs/local.pbtxt text, for every model that is not an ensemble."""
+    return {name: text + LOCAL_SETTINGS for name, text in repository_configs().items() if 'platform: "ensemble"' not in text}

@@ -12,7 +12,7 @@ import numpy as np
 from services.common import model_io as io
 from services.common.tokenizer import EntitySpan, TextTokenizer, Truncation
 from services.models import metrics
-from services.models.build import ensemble_encoders, onnx_path
+from services.models.build import onnx_path
 from services.models.data import load_rows
 from services.models.paths import ModelPaths
 from services.models.runtime import encode_batches, mean_pool, session
@@ -20,13 +20,13 @@ from services.models.train import gold_entities, pii_entities, pii_spans
 
 
 class OnnxPipeline:
-    """The ensembles of the model repository, chained in-process with onnxruntime."""
+    """The ensembles of the model repository, in-process with onnxruntime: the served trunk file (heads
+    fused), asked for the output each ensemble maps."""
 
     def __init__(self, repository: Path, threads: int = 2) -> None:
         self._repository = repository
         self._threads = threads
         self._sessions: dict[str, object] = {}
-        self._encoders = ensemble_encoders(repository)
         self.tokenizer = TextTokenizer.from_repository(repository)
 
     def _session(self, model: str):
@@ -37,17 +37,12 @@ class OnnxPipeline:
             self._sessions[model] = session(path, self._threads)
         return self._sessions[model]
 
-    def _run(self, ensemble: str, head: str, texts: list[str], truncation: Truncation) -> list[np.ndarray]:
-        """Head output per text (per row for CHUNKS the caller re-tokenizes), in input order."""
-        encoder = self._session(self._encoders.get(ensemble, io.ENCODER))
-        head_session = self._session(head)
-        wants_mask = any(i.name == io.ATTENTION_MASK for i in head_session.get_inputs())
+    def _run(self, ensemble: str, texts: list[str], truncation: Truncation) -> list[np.ndarray]:
+        """The ensemble's output per text (for CHUNKS: the first window's tokens), in input order."""
+        output = io.TRUNK_OUTPUTS[ensemble]
         out: list[np.ndarray] = [None] * len(texts)  # type: ignore[list-item]
-        for chosen, batch, hidden in encode_batches(encoder, self.tokenizer, texts, truncation):
-            feeds = {io.HIDDEN_STATES: hidden}
-            if wants_mask:
-                feeds[io.ATTENTION_MASK] = batch.attention_mask
-            result = head_session.run(None, feeds)[0]
+        for chosen, batch, result in encode_batches(self._session(io.TRUNK), self.tokenizer, texts, truncation,
+                                                    output=output):
             for row in range(len(batch)):
                 text = chosen[int(batch.text_index[row])]
                 if truncation is Truncation.CHUNKS:
@@ -56,6 +51,11 @@ class OnnxPipeline:
                 else:
                     out[text] = result[row]
         return out
+
+    def _rows(self, ensemble: str, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The ensemble's output for token rows as they are."""
+        trunk = self._session(io.TRUNK)
+        return trunk.run([io.TRUNK_OUTPUTS[ensemble]], {io.INPUT_IDS: input_ids, io.ATTENTION_MASK: mask})[0]
 
     def base_embeddings(self, texts: list[str], truncation: Truncation = Truncation.HEAD_TAIL,
                         progress: Callable[[int, int], None] | None = None) -> np.ndarray:
@@ -77,10 +77,10 @@ class OnnxPipeline:
         return out
 
     def domain_probabilities(self, texts: list[str]) -> np.ndarray:
-        return np.stack(self._run(io.DOMAIN_CLASSIFIER, io.DOMAIN_HEAD, texts, Truncation.HEAD_TAIL))
+        return np.stack(self._run(io.DOMAIN_CLASSIFIER, texts, Truncation.HEAD_TAIL))
 
     def jailbreak_scores(self, texts: list[str]) -> np.ndarray:
-        probs = np.stack(self._run(io.JAILBREAK_CLASSIFIER, io.JAILBREAK_HEAD, texts, Truncation.HEAD_TAIL))
+        probs = np.stack(self._run(io.JAILBREAK_CLASSIFIER, texts, Truncation.HEAD_TAIL))
         return probs[:, io.JAILBREAK_LABELS.index("jailbreak")]
 
     def jailbreak_guard_scores(self, texts: list[str]) -> np.ndarray:
@@ -90,41 +90,35 @@ class OnnxPipeline:
         owners = windows.text_index
         long_rows = [r for r in range(len(windows)) if int(np.sum(owners == owners[r])) > 1]
         if long_rows:
-            encoder = self._session(self._encoders.get(io.JAILBREAK_CLASSIFIER, io.ENCODER))
-            head = self._session(io.JAILBREAK_HEAD)
             for start in range(0, len(long_rows), 16):
                 rows = long_rows[start : start + 16]
                 width = int(windows.attention_mask[rows].sum(axis=1).max())
-                ids, mask = windows.input_ids[rows, :width], windows.attention_mask[rows, :width]
-                hidden = encoder.run(None, {io.INPUT_IDS: ids, io.ATTENTION_MASK: mask})[0]
-                probs = head.run(None, {io.HIDDEN_STATES: hidden, io.ATTENTION_MASK: mask})[0]
+                probs = self._rows(io.JAILBREAK_CLASSIFIER, windows.input_ids[rows, :width],
+                                   windows.attention_mask[rows, :width])
                 for row, p in zip(rows, probs[:, io.JAILBREAK_LABELS.index("jailbreak")]):
                     scores[owners[row]] = max(scores[owners[row]], float(p))
         return scores
 
     def safety_probabilities(self, texts: list[str]) -> np.ndarray:
-        return np.stack(self._run(io.SAFETY_CLASSIFIER, io.SAFETY_HEAD, texts, Truncation.HEAD_TAIL))
+        return np.stack(self._run(io.SAFETY_CLASSIFIER, texts, Truncation.HEAD_TAIL))
 
     def pair_same_scores(self, pairs: list[tuple[str, str]]) -> np.ndarray:
-        encoder = self._session(self._encoders.get(io.CACHE_PAIR_CLASSIFIER, io.ENCODER))
-        head = self._session(io.PAIR_HEAD)
         out = np.zeros(len(pairs), dtype=np.float32)
         order = np.argsort([len(a) + len(b) for a, b in pairs])
         for start in range(0, len(pairs), 32):
             chosen = order[start : start + 32]
             batch = self.tokenizer.encode_pairs([pairs[i] for i in chosen])
-            hidden = encoder.run(None, {io.INPUT_IDS: batch.input_ids, io.ATTENTION_MASK: batch.attention_mask})[0]
-            probs = head.run(None, {io.HIDDEN_STATES: hidden, io.ATTENTION_MASK: batch.attention_mask})[0]
+            probs = self._rows(io.CACHE_PAIR_CLASSIFIER, batch.input_ids, batch.attention_mask)
             out[chosen] = probs[:, io.PAIR_LABELS.index("same")]
         return out
 
     def pii_entities(self, texts: list[str]) -> list[list[tuple[int, int, str]]]:
-        token_probs = self._run(io.PII_TAGGER, io.PII_HEAD, texts, Truncation.CHUNKS)
+        token_probs = self._run(io.PII_TAGGER, texts, Truncation.CHUNKS)
         return pii_entities(self.tokenizer, texts, token_probs)
 
     def pii_spans(self, texts: list[str]) -> list[list[EntitySpan]]:
         """Tagger spans with their scores, as the Triton client returns them to the guard."""
-        token_probs = self._run(io.PII_TAGGER, io.PII_HEAD, texts, Truncation.CHUNKS)
+        token_probs = self._run(io.PII_TAGGER, texts, Truncation.CHUNKS)
         return pii_spans(self.tokenizer, texts, token_probs)
 
 

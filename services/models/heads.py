@@ -152,3 +152,54 @@ def pool_normalize_model(name: str, projection: MLP | None = None) -> onnx.Model
     nodes.append(helper.make_node("LpNormalization", [pooled], [EMBEDDING], axis=-1, p=2))
     output = helper.make_tensor_value_info(EMBEDDING, TensorProto.FLOAT, ["batch", HIDDEN_SIZE])
     return _model(name, nodes, init, [_hidden_input(), _mask_input()], [output])
+
+
+def fuse_heads(trunk: onnx.ModelProto, heads: dict[str, onnx.ModelProto]) -> onnx.ModelProto:
+    """One graph: the trunk, then every head on its token states; output name -> head model in `heads`.
+
+    Served as the `trunk` model, so one execution answers every ensemble (each maps the output it needs):
+    no hidden-state tensors cross process boundaries and no head is scheduled on its own. The heads'
+    names are prefixed with their output name, so that equal internal names do not collide; they read
+    the trunk's `last_hidden_state` and the graph's `attention_mask`, which keep their names. Each head's
+    outputs equal the separate head model's on the same token states exactly (same nodes, same order).
+    """
+    graph = onnx.GraphProto()
+    graph.CopyFrom(trunk.graph)
+    shared = {HIDDEN_STATES, ATTENTION_MASK}
+    hidden = [o for o in graph.output if o.name == HIDDEN_STATES]
+    if not hidden:
+        raise ValueError(f"the trunk graph has no {HIDDEN_STATES!r} output to feed the heads")
+    # The token states stay an output (first) for the tools that refit heads on the frozen trunk; Triton's
+    # config does not list it, so serving never copies it out.
+    del graph.output[:]
+    graph.output.extend(hidden)
+    for output_name, head in heads.items():
+        (head_output,) = head.graph.output
+        renamed = {head_output.name: output_name}
+
+        def name(value: str, prefix: str = output_name) -> str:
+            if value in shared or value == "":
+                return value
+            return renamed.setdefault(value, f"{prefix}/{value}")
+
+        for tensor in head.graph.initializer:
+            copy = graph.initializer.add()
+            copy.CopyFrom(tensor)
+            copy.name = name(tensor.name)
+        for index, node in enumerate(head.graph.node):
+            copy = graph.node.add()
+            copy.CopyFrom(node)
+            copy.name = f"{output_name}/{index}_{node.name or node.op_type}"
+            copy.input[:] = [name(v) for v in node.input]
+            copy.output[:] = [name(v) for v in node.output]
+        out = graph.output.add()
+        out.CopyFrom(head_output)
+        out.name = output_name
+    used = {value for node in graph.node for value in node.input}
+    kept = [tensor for tensor in graph.initializer if tensor.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    fused = helper.make_model(graph, opset_imports=list(trunk.opset_import), producer_name="switchyard")
+    fused.ir_version = trunk.ir_version
+    onnx.checker.check_model(fused)
+    return fused

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from services.common.model_io import ATTENTION_MASK, INPUT_IDS
+from services.common.model_io import ATTENTION_MASK, HIDDEN_STATES, INPUT_IDS
 from services.common.tokenizer import Batch, TextTokenizer, Truncation
 
 
@@ -27,14 +27,19 @@ def encode_batches(
     texts: list[str],
     truncation: Truncation,
     batch_size: int = 32,
+    output: str = HIDDEN_STATES,
 ) -> Iterator[tuple[list[int], Batch, np.ndarray]]:
-    """Yield (text indices, token batch, hidden states) in length-sorted batches to waste little padding."""
+    """Yield (text indices, token batch, the model's `output`) in length-sorted batches to waste little padding.
+
+    `output` is the token states by default (the base encoder's only output, and one of the served trunk's);
+    for the trunk it can be any head's output.
+    """
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     for start in range(0, len(order), batch_size):
         chosen = order[start : start + batch_size]
         batch = tokenizer.encode([texts[i] for i in chosen], truncation)
-        hidden = encoder.run(None, {INPUT_IDS: batch.input_ids, ATTENTION_MASK: batch.attention_mask})[0]
-        yield chosen, batch, hidden
+        result = encoder.run([output], {INPUT_IDS: batch.input_ids, ATTENTION_MASK: batch.attention_mask})[0]
+        yield chosen, batch, result
 
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -60,7 +60,9 @@ def test_cpu_fragment_appended_like_the_init_container_loads_in_triton(tmp_path:
                           model_repository=repository)
     spec = launch_spec(triton, backend_dir=REPOSITORY.parent / ".switchyard" / "triton-backends")
     log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
-    process = subprocess.Popen([*spec.argv, "--model-config-name=helm"], env=spec.env, stdout=log,
+    # The chart's settings file instead of the local one (configs/local.pbtxt).
+    argv = [a for a in spec.argv if not a.startswith("--model-config-name=")]
+    process = subprocess.Popen([*argv, "--model-config-name=helm"], env=spec.env, stdout=log,
                                stderr=subprocess.STDOUT)
     try:
         try:
@@ -68,7 +70,7 @@ def test_cpu_fragment_appended_like_the_init_container_loads_in_triton(tmp_path:
         except Exception as exc:  # noqa: BLE001 - show Triton's own words
             log.seek(0)
             pytest.fail(f"Triton rejected the chart's model settings: {exc}\n{log.read()[-4000:]}", pytrace=False)
-        url = f"http://127.0.0.1:{http_port}/v2/models/domain_head/config"
+        url = f"http://127.0.0.1:{http_port}/v2/models/trunk/config"
         with urllib.request.urlopen(url, timeout=5) as response:
             loaded = json.load(response)
         assert loaded["instance_group"][0]["kind"] == "KIND_CPU"

@@ -6,6 +6,7 @@ import json
 import urllib.request
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import tritonclient.grpc.aio as grpcclient
 
@@ -13,7 +14,8 @@ from services.common import model_io as io
 from services.common.config import TritonConfig
 from services.common.tokenizer import Truncation
 from services.common.triton import ModelNotAvailableError, TritonModels, TritonUnavailableError
-from services.models.build import onnx_path
+from services.models.build import TRUNK_DIR, head_models, onnx_path
+from services.models.paths import WEIGHTS_DIR
 from services.models.runtime import session
 from tests.conftest import free_ports
 from tests.conftest import REPOSITORY
@@ -42,11 +44,10 @@ def _http_json(config: TritonConfig, path: str, method: str = "GET") -> object:
 def test_strict_config_loads_every_model(triton_server: TritonConfig) -> None:
     index = _http_json(triton_server, "/v2/repository/index", "POST")
     states = {m["name"]: m.get("state") for m in index}
-    expected = {
-        io.ENCODER, io.TRUNK, io.POOL_NORMALIZE, io.DOMAIN_HEAD, io.JAILBREAK_HEAD, io.PII_HEAD, io.SAFETY_HEAD,
-        io.PAIR_HEAD, *io.ENSEMBLE_NAMES,
-    }
+    expected = {io.ENCODER, io.TRUNK, *io.ENSEMBLE_NAMES}
     assert expected <= set(states), f"missing: {expected - set(states)}"
+    # The heads are fused into the trunk's graph: no head runs as a model of its own.
+    assert set(states) == expected, f"unexpected models: {set(states) - expected}"
     assert all(states[name] == "READY" for name in expected), states
     for name in expected - set(io.ENSEMBLE_NAMES):
         config = _http_json(triton_server, f"/v2/models/{name}/config")
@@ -58,18 +59,14 @@ async def test_every_model_answers(triton_server: TritonConfig, models: TritonMo
     batch = models._tokenizer.encode(TEXTS)
     client = grpcclient.InferenceServerClient(triton_server.grpc_url)
     try:
-        encoders = {io.ENCODER, io.TRUNK}
-        for name in encoders:
-            hidden = await _raw(client, name, {io.INPUT_IDS: batch.input_ids, io.ATTENTION_MASK: batch.attention_mask}, io.HIDDEN_STATES)
-            assert hidden.shape == (*batch.input_ids.shape, io.HIDDEN_SIZE)
-        feeds = {io.HIDDEN_STATES: hidden, io.ATTENTION_MASK: batch.attention_mask}
-        assert (await _raw(client, io.POOL_NORMALIZE, feeds, io.EMBEDDING)).shape == (3, 384)
-        assert (await _raw(client, io.DOMAIN_HEAD, feeds, io.PROBABILITIES)).shape == (3, 14)
-        assert (await _raw(client, io.JAILBREAK_HEAD, feeds, io.PROBABILITIES)).shape == (3, 2)
-        assert (await _raw(client, io.SAFETY_HEAD, feeds, io.PROBABILITIES)).shape == (3, len(io.SAFETY_LABELS))
-        assert (await _raw(client, io.PAIR_HEAD, feeds, io.PROBABILITIES)).shape == (3, 2)
-        pii = await _raw(client, io.PII_HEAD, {io.HIDDEN_STATES: hidden}, io.PROBABILITIES)
-        assert pii.shape == (*batch.input_ids.shape, len(io.PII_BIO_LABELS))
+        feeds = {io.INPUT_IDS: batch.input_ids, io.ATTENTION_MASK: batch.attention_mask}
+        hidden = await _raw(client, io.ENCODER, feeds, io.HIDDEN_STATES)
+        assert hidden.shape == (*batch.input_ids.shape, io.HIDDEN_SIZE)
+        # One trunk request answers with every head's output, each the shape its ensemble promises.
+        for spec in io.ENSEMBLE_SPECS:
+            out = await _raw(client, io.TRUNK, feeds, io.TRUNK_OUTPUTS[spec.name])
+            dims = tuple(batch.input_ids.shape[1] if d < 0 else d for d in spec.outputs[0].dims)
+            assert out.shape == (3, *dims), spec.name
     finally:
         await client.close()
     labels, probs = await models.classify_domain(TEXTS)
@@ -91,34 +88,37 @@ async def _raw(client, model: str, feeds: dict[str, np.ndarray], output: str) ->
     return result.as_numpy(output)
 
 
-def _direct(ensemble: str, head: str, batch) -> np.ndarray:
-    encoder = session(onnx_path(REPOSITORY, io.TRUNK))
-    hidden = encoder.run(None, {io.INPUT_IDS: batch.input_ids, io.ATTENTION_MASK: batch.attention_mask})[0]
-    head_session = session(onnx_path(REPOSITORY, head))
-    names = {i.name for i in head_session.get_inputs()}
+def _direct(ensemble: str, batch) -> np.ndarray:
+    """The reference: the trunk's token states (onnxruntime), then the head built on its own from the
+    committed weights: checks both the fused graph and Triton's path."""
+    trunk = session(onnx_path(REPOSITORY, io.TRUNK))
+    hidden = trunk.run([io.HIDDEN_STATES], {io.INPUT_IDS: batch.input_ids, io.ATTENTION_MASK: batch.attention_mask})[0]
+    heads, _ = head_models(WEIGHTS_DIR / TRUNK_DIR)
+    head = ort.InferenceSession(heads[io.TRUNK_OUTPUTS[ensemble]].SerializeToString())
+    names = {i.name for i in head.get_inputs()}
     feeds = {io.HIDDEN_STATES: hidden, io.ATTENTION_MASK: batch.attention_mask}
-    return head_session.run(None, {k: v for k, v in feeds.items() if k in names})[0]
+    return head.run(None, {k: v for k, v in feeds.items() if k in names})[0]
 
 
 async def test_triton_matches_onnxruntime(models: TritonModels) -> None:
     tokenizer = models._tokenizer
     _, domain = await models.classify_domain(TEXTS)
-    np.testing.assert_allclose(domain, _direct(io.DOMAIN_CLASSIFIER, io.DOMAIN_HEAD, tokenizer.encode(TEXTS)), atol=1e-4)
+    np.testing.assert_allclose(domain, _direct(io.DOMAIN_CLASSIFIER, tokenizer.encode(TEXTS)), atol=1e-4)
     jailbreak = await models.jailbreak_scores(TEXTS)
-    expected = _direct(io.JAILBREAK_CLASSIFIER, io.JAILBREAK_HEAD, tokenizer.encode(TEXTS))[:, 1]
+    expected = _direct(io.JAILBREAK_CLASSIFIER, tokenizer.encode(TEXTS))[:, 1]
     np.testing.assert_allclose(jailbreak, expected, atol=1e-4)
     batch = tokenizer.encode(TEXTS, Truncation.HEAD)
-    np.testing.assert_allclose(await models.embed(TEXTS), _direct(io.EMBEDDER, io.POOL_NORMALIZE, batch), atol=1e-4)
+    np.testing.assert_allclose(await models.embed(TEXTS), _direct(io.EMBEDDER, batch), atol=1e-4)
     safety = await models.safety_probabilities(TEXTS)
-    np.testing.assert_allclose(safety, _direct(io.SAFETY_CLASSIFIER, io.SAFETY_HEAD, tokenizer.encode(TEXTS)), atol=1e-4)
+    np.testing.assert_allclose(safety, _direct(io.SAFETY_CLASSIFIER, tokenizer.encode(TEXTS)), atol=1e-4)
     pairs = [(TEXTS[0], TEXTS[0].replace("3x^2", "4x^2")), (TEXTS[1], TEXTS[2])]
-    expected = _direct(io.CACHE_PAIR_CLASSIFIER, io.PAIR_HEAD, tokenizer.encode_pairs(pairs))[:, 1]
+    expected = _direct(io.CACHE_PAIR_CLASSIFIER, tokenizer.encode_pairs(pairs))[:, 1]
     np.testing.assert_allclose(await models.pair_same_scores(pairs), expected, atol=1e-4)
     batch = tokenizer.encode(TEXTS, Truncation.CHUNKS)
     pii = await models.infer(io.PII_TAGGER_SPEC, batch)
     # Each row goes out at its own length bucket: compare the real tokens (padding is never decoded).
     real = batch.attention_mask.astype(bool)
-    np.testing.assert_allclose(pii[real], _direct(io.PII_TAGGER, io.PII_HEAD, batch)[real], atol=1e-4)
+    np.testing.assert_allclose(pii[real], _direct(io.PII_TAGGER, batch)[real], atol=1e-4)
 
 
 async def test_large_batches_and_long_texts(models: TritonModels) -> None:

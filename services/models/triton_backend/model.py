@@ -4,10 +4,16 @@ The local tritonserver (nvidia-pytriton wheel) has only the Python backend; this
 `<backend-directory>/onnxruntime/model.py`, stands in for the native onnxruntime backend so the same
 model repository (every config says backend: "onnxruntime") loads here and in the NGC image.
 It honours the native backend's `intra_op_thread_count` / `inter_op_thread_count` parameters.
+
+A model whose config sets the parameter `row_cache_rows` (the shared trunk) keeps the outputs of its most
+recent rows: the decision, guard and cache services each ask for the same text within a few
+milliseconds, so only the first request computes it and the others are answered from the cache, without
+waiting in a batching window for each other. It counts both in the metric `switchyard_trunk_rows_total`.
 """
 
 import json
 import os
+from collections import OrderedDict
 
 import numpy as np
 import onnxruntime as ort
@@ -17,18 +23,69 @@ import triton_python_backend_utils as pb_utils
 DEFAULT_INTRA_OP_THREADS = min(2, os.cpu_count() or 1)
 
 
-def _unique_rows(arrays):
-    """(indices of the first occurrence of each distinct row across all inputs, row -> unique position)."""
-    rows = arrays[0].shape[0]
-    first, inverse, seen = [], np.empty(rows, dtype=np.int64), {}
-    for row in range(rows):
-        key = b"".join(a[row].tobytes() for a in arrays)
+def _row_keys(feeds):
+    """One bytes key per row: the row's values of every input (equal keys = equal rows)."""
+    values = list(feeds.values())
+    return [b"".join(v[row].tobytes() for v in values) for row in range(values[0].shape[0])]
+
+
+def _unique_rows(keys):
+    """(indices of the first occurrence of each distinct key, row -> position among those)."""
+    first, inverse, seen = [], np.empty(len(keys), dtype=np.int64), {}
+    for row, key in enumerate(keys):
         position = seen.get(key)
         if position is None:
             position = seen[key] = len(first)
             first.append(row)
         inverse[row] = position
     return np.array(first, dtype=np.int64), inverse
+
+
+class RowCache:
+    """Output rows by input row (least recently used first out); one model instance, one thread."""
+
+    def __init__(self, capacity):
+        self.capacity = capacity
+        self._rows = OrderedDict()
+
+    def get(self, key):
+        found = self._rows.get(key)
+        if found is not None:
+            self._rows.move_to_end(key)
+        return found
+
+    def put(self, key, outputs):
+        self._rows[key] = outputs
+        self._rows.move_to_end(key)
+        while len(self._rows) > self.capacity:
+            self._rows.popitem(last=False)
+
+
+class RowCounter:
+    """switchyard_trunk_rows_total{model, outcome=computed|reused} on Triton's metrics port, if it has them."""
+
+    def __init__(self, model):
+        self._metrics = {}
+        self._family = None  # kept: Triton refuses updates to metrics whose family object was deleted
+        try:
+            self._family = family = pb_utils.MetricFamily(
+                name="switchyard_trunk_rows_total",
+                description="Rows of token ids the model answered, by outcome: computed, or reused from "
+                "its recent-rows cache (another service asked for the same row moments before)",
+                kind=pb_utils.MetricFamily.COUNTER,
+            )
+            for outcome in ("computed", "reused"):
+                self._metrics[outcome] = family.Metric(labels={"model": model, "outcome": outcome})
+        except Exception:  # noqa: BLE001 - an older stub without custom metrics still serves
+            self._metrics = {}
+
+    def add(self, outcome, count):
+        metric = self._metrics.get(outcome)
+        if metric is not None and count:
+            try:
+                metric.increment(count)
+            except Exception:  # noqa: BLE001 - a metric must never fail an inference
+                self._metrics = {}
 
 
 class TritonPythonModel:
@@ -49,6 +106,9 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.inputs = [i["name"] for i in config["input"]]
         self.outputs = [o["name"] for o in config["output"]]
+        rows = int(params.get("row_cache_rows") or 0)
+        self.cache = RowCache(rows) if rows > 0 else None
+        self.counter = RowCounter(config["name"]) if self.cache is not None else None
 
     def execute(self, requests):
         # Requests whose inputs have the same shapes (beyond the batch) run as one batch.
@@ -59,17 +119,8 @@ class TritonPythonModel:
         responses = [None] * len(requests)
         for members in groups.values():
             feeds = {n: np.concatenate([arrays[m][k] for m in members]) for k, n in enumerate(self.inputs)}
-            unique = inverse = np.arange(len(feeds[self.inputs[0]]))
-            # Token-id inputs only (the encoders): hashing float hidden states would cost more than it saves.
-            if len(inverse) > 1 and all(np.issubdtype(v.dtype, np.integer) for v in feeds.values()):
-                unique, inverse = _unique_rows(list(feeds.values()))
-            if len(unique) < len(inverse):
-                # The services send identical rows for one text (one window plan); compute each once.
-                feeds = {n: v[unique] for n, v in feeds.items()}
             try:
-                results = self.session.run(self.outputs, feeds)
-                if len(unique) < len(inverse):
-                    results = [value[inverse] for value in results]
+                results = self._run_cached(feeds) if self.cache is not None else self._run(feeds)
             except Exception as exc:  # noqa: BLE001 - every failure must reach the client as an error
                 for m in members:
                     responses[m] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
@@ -77,10 +128,49 @@ class TritonPythonModel:
             start = 0
             for m in members:
                 size = arrays[m][0].shape[0]
+                wanted = set(requests[m].requested_output_names() or self.outputs)
                 tensors = [
-                    pb_utils.Tensor(name, np.ascontiguousarray(value[start : start + size]))
-                    for name, value in zip(self.outputs, results)
+                    pb_utils.Tensor(name, np.ascontiguousarray(results[name][start : start + size]))
+                    for name in self.outputs
+                    if name in wanted
                 ]
                 responses[m] = pb_utils.InferenceResponse(output_tensors=tensors)
                 start += size
         return responses
+
+    def _run(self, feeds):
+        """Every output for the batch; identical token-id rows are computed once."""
+        rows = len(feeds[self.inputs[0]])
+        # Token-id inputs only (the encoders): hashing float hidden states would cost more than it saves.
+        if rows > 1 and all(np.issubdtype(v.dtype, np.integer) for v in feeds.values()):
+            unique, inverse = _unique_rows(_row_keys(feeds))
+            if len(unique) < rows:
+                results = self.session.run(self.outputs, {n: v[unique] for n, v in feeds.items()})
+                return {name: value[inverse] for name, value in zip(self.outputs, results)}
+        return dict(zip(self.outputs, self.session.run(self.outputs, feeds)))
+
+    def _run_cached(self, feeds):
+        """Every output for the batch; rows seen moments ago come from the cache, the rest are computed once."""
+        keys = _row_keys(feeds)
+        known = {}
+        for key in keys:
+            if key not in known:
+                found = self.cache.get(key)
+                if found is not None:
+                    known[key] = found
+        missing = [row for row, key in enumerate(keys) if key not in known]
+        reused = len(keys) - len(missing)
+        if missing:
+            subset = {n: v[missing] for n, v in feeds.items()}
+            unique, _ = _unique_rows([keys[row] for row in missing])
+            subset = {n: v[unique] for n, v in subset.items()}
+            results = self.session.run(self.outputs, subset)
+            for position, row in enumerate(np.asarray(missing)[unique]):
+                # Copies: a view would keep the whole batch's arrays alive as long as any row stays cached.
+                outputs = {name: value[position].copy() for name, value in zip(self.outputs, results)}
+                known[keys[row]] = outputs
+                self.cache.put(keys[row], outputs)
+            self.counter.add("computed", len(unique))
+            reused += len(missing) - len(unique)
+        self.counter.add("reused", reused)
+        return {name: np.stack([known[key][name] for key in keys]) for name in self.outputs}

@@ -138,7 +138,7 @@ def trt_cache_mounts(docs) -> set[str]:
 def test_the_workspace_size_is_rendered_as_an_exact_integer(tmp_path):
     args, *_ = SETTINGS["tensorrt-int8"]
     repository = run_init_container(render(*args), tmp_path)
-    config = parse((repository / "domain_head" / "configs" / "helm.pbtxt").read_text(), "domain_head")
+    config = parse((repository / "trunk" / "configs" / "helm.pbtxt").read_text(), "trunk")
     (tensorrt,) = config.optimization.execution_accelerators.gpu_execution_accelerator
     assert tensorrt.parameters["max_workspace_size_bytes"] == str(WORKSPACE)
 
@@ -150,6 +150,6 @@ def test_the_workspace_size_is_rendered_as_an_exact_integer(tmp_path):
     ("dynamic_batching { max_queue_delay_microseconds: 1 }", "dynamic_batching"),  # set twice
 ])
 def test_a_broken_fragment_fails_the_parse(broken, message):
-    text = (MODELS / "domain_head" / "config.pbtxt").read_text() + broken + "\n"
+    text = (MODELS / "trunk" / "config.pbtxt").read_text() + broken + "\n"
     with pytest.raises(text_format.ParseError, match=message):
         text_format.Parse(text, ModelConfig())

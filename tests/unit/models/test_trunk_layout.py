@@ -1,4 +1,5 @@
-"""The shared-trunk layout: configs, the embedder's projection head and the backend's row coalescing."""
+"""The shared-trunk layout: configs, the heads fused into the trunk's graph, the embedder's projection head,
+and the local backend's row coalescing and recent-rows cache."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import sys
 import types
 
 import numpy as np
+import onnx
 import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from services.common import model_io as io
 from services.models import heads
-from services.models.configs import TRUNK_QUEUE_DELAY_US, repository_configs
+from services.models.configs import ROW_CACHE_ROWS, TRUNK_QUEUE_DELAY_US, repository_configs
 from services.models.paths import BACKEND_SOURCE
 
 
@@ -20,11 +24,64 @@ def test_every_ensemble_chains_the_one_trunk() -> None:
     assert io.TRUNK in configs and f"max_queue_delay_microseconds: {TRUNK_QUEUE_DELAY_US}" in configs[io.TRUNK]
     for name in io.ENSEMBLE_NAMES:
         assert f'model_name: "{io.TRUNK}"' in configs[name]
-    # No other encoder behind any ensemble (the base `encoder` serves only the yardstick and benchmarks).
+    # Nothing but the trunk behind any ensemble (the base `encoder` serves only the yardstick), and each
+    # ensemble keeps its own output of the trunk's under the name its contract has.
     steps = {line.split('"')[1] for name in io.ENSEMBLE_NAMES for line in configs[name].splitlines()
              if "model_name:" in line}
-    assert steps == {io.TRUNK, *(s.name for s in (io.DOMAIN_HEAD_SPEC, io.JAILBREAK_HEAD_SPEC, io.PII_HEAD_SPEC,
-                                                   io.POOL_NORMALIZE_SPEC, io.SAFETY_HEAD_SPEC, io.PAIR_HEAD_SPEC))}
+    assert steps == {io.TRUNK}
+    for spec in io.ENSEMBLE_SPECS:
+        assert f'output_map {{ key: "{io.TRUNK_OUTPUTS[spec.name]}" value: "{spec.outputs[0].name}" }}' in configs[spec.name]
+        assert f'name: "{io.TRUNK_OUTPUTS[spec.name]}"' in configs[io.TRUNK]
+    assert f'key: "row_cache_rows"\n  value: {{ string_value: "{ROW_CACHE_ROWS}" }}' in configs[io.TRUNK]
+    assert set(configs) == {io.ENCODER, io.TRUNK, *io.ENSEMBLE_NAMES}
+
+
+def _toy_trunk(vocab: int = 20) -> onnx.ModelProto:
+    """input_ids -> an embedding lookup as `last_hidden_state` (the attention mask is an unused input)."""
+    table = np.random.default_rng(1).normal(size=(vocab, io.HIDDEN_SIZE)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", io.INPUT_IDS], [io.HIDDEN_STATES], axis=0)], "toy",
+        [helper.make_tensor_value_info(io.INPUT_IDS, TensorProto.INT64, ["b", "t"]),
+         helper.make_tensor_value_info(io.ATTENTION_MASK, TensorProto.INT64, ["b", "t"])],
+        [helper.make_tensor_value_info(io.HIDDEN_STATES, TensorProto.FLOAT, ["b", "t", io.HIDDEN_SIZE])],
+        initializer=[numpy_helper.from_array(table, "table")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", heads.OPSET)])
+    model.ir_version = 9
+    return model
+
+
+def test_fused_heads_equal_the_heads_run_on_their_own() -> None:
+    rng = np.random.default_rng(0)
+
+    def mlp(outputs: int, width: int) -> heads.MLP:
+        return heads.MLP(((rng.normal(size=(width, 32)).astype(np.float32), rng.normal(size=32).astype(np.float32)),
+                          (rng.normal(size=(32, outputs)).astype(np.float32), rng.normal(size=outputs).astype(np.float32))))
+
+    # Two pooled heads with identical internal names (w0, b0, ...): the prefixes must keep them apart.
+    parts = {"a_probabilities": heads.pooled_head_model("a", mlp(3, 2 * io.HIDDEN_SIZE)),
+             "b_probabilities": heads.pooled_head_model("b", mlp(5, 2 * io.HIDDEN_SIZE)),
+             "tokens": heads.token_head_model("t", mlp(4, io.HIDDEN_SIZE)),
+             io.EMBEDDING: heads.pool_normalize_model("p")}
+    trunk = _toy_trunk()
+    fused = ort.InferenceSession(heads.fuse_heads(trunk, parts).SerializeToString())
+    ids = np.array([[1, 5, 7, 2, 0], [1, 9, 2, 0, 0]], dtype=np.int64)
+    mask = (ids != 0).astype(np.int64)
+    hidden = ort.InferenceSession(trunk.SerializeToString()).run(None, {io.INPUT_IDS: ids, io.ATTENTION_MASK: mask})[0]
+    names = [o.name for o in fused.get_outputs()]
+    assert names == [io.HIDDEN_STATES, *parts]
+    outputs = dict(zip(names, fused.run(None, {io.INPUT_IDS: ids, io.ATTENTION_MASK: mask})))
+    for name, part in parts.items():
+        session = ort.InferenceSession(part.SerializeToString())
+        feeds = {io.HIDDEN_STATES: hidden, io.ATTENTION_MASK: mask}
+        expected = session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})[0]
+        np.testing.assert_array_equal(outputs[name], expected)
+
+
+def test_fusing_needs_the_token_states() -> None:
+    trunk = _toy_trunk()
+    trunk.graph.output[0].name = "something_else"
+    with pytest.raises(ValueError, match=io.HIDDEN_STATES):
+        heads.fuse_heads(trunk, {"x": heads.pool_normalize_model("p")})
 
 
 def test_pool_normalize_applies_the_projection() -> None:
@@ -51,11 +108,67 @@ def _backend_module():
 def test_backend_computes_duplicated_rows_once() -> None:
     ids = np.array([[101, 7, 102], [101, 8, 102], [101, 7, 102], [101, 7, 102]], dtype=np.int64)
     mask = np.ones_like(ids)
-    mask[1, 2] = 1
-    unique, inverse = _backend_module()._unique_rows([ids, mask])
+    backend = _backend_module()
+    unique, inverse = backend._unique_rows(backend._row_keys({"ids": ids, "mask": mask}))
     assert unique.tolist() == [0, 1] and inverse.tolist() == [0, 1, 0, 0]
     np.testing.assert_array_equal(ids[unique][inverse], ids)
     # A row that differs only in its mask is a different row.
     mask2 = mask.copy()
     mask2[3, 2] = 0
-    assert len(_backend_module()._unique_rows([ids, mask2])[0]) == 3
+    assert len(backend._unique_rows(backend._row_keys({"ids": ids, "mask": mask2}))[0]) == 3
+
+
+class _CountingSession:
+    """Stands in for the onnxruntime session: output = row sum (and its square), counting rows computed."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+    def run(self, outputs, feeds):
+        ids = feeds["input_ids"]
+        self.rows += len(ids)
+        total = ids.sum(axis=1).astype(np.float32)[:, None]
+        return [total, total**2][: len(outputs)]
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.counts = {"computed": 0, "reused": 0}
+
+    def add(self, outcome: str, count: int) -> None:
+        self.counts[outcome] += count
+
+
+def _cached_model(capacity: int):
+    backend = _backend_module()
+    model = backend.TritonPythonModel()
+    model.session, model.inputs, model.outputs = _CountingSession(), ["input_ids", "attention_mask"], ["sum", "square"]
+    model.cache, model.counter = backend.RowCache(capacity), _Counter()
+    return model
+
+
+def test_row_cache_answers_a_repeated_row_without_computing_it() -> None:
+    model = _cached_model(capacity=8)
+    first = {"input_ids": np.array([[1, 2, 3], [4, 5, 6]]), "attention_mask": np.ones((2, 3), dtype=np.int64)}
+    out = model._run_cached(first)
+    np.testing.assert_array_equal(out["sum"][:, 0], [6, 15])
+    assert model.session.rows == 2
+    # The next service's request for one of the rows (and a new one, twice) computes only the new one, once.
+    second = {"input_ids": np.array([[4, 5, 6], [7, 8, 9], [7, 8, 9]]), "attention_mask": np.ones((3, 3), dtype=np.int64)}
+    out = model._run_cached(second)
+    np.testing.assert_array_equal(out["sum"][:, 0], [15, 24, 24])
+    np.testing.assert_array_equal(out["square"][:, 0], [225, 576, 576])
+    assert model.session.rows == 3
+    assert model.counter.counts == {"computed": 3, "reused": 2}
+
+
+def test_row_cache_is_bounded_and_keys_on_the_mask_too() -> None:
+    model = _cached_model(capacity=2)
+    ones = np.ones((1, 3), dtype=np.int64)
+    for row in ([1, 1, 1], [2, 2, 2], [3, 3, 3]):
+        model._run_cached({"input_ids": np.array([row]), "attention_mask": ones})
+    assert model.session.rows == 3
+    model._run_cached({"input_ids": np.array([[1, 1, 1]]), "attention_mask": ones})  # evicted: computed again
+    assert model.session.rows == 4
+    model._run_cached({"input_ids": np.array([[3, 3, 3]]), "attention_mask": np.array([[1, 1, 0]])})
+    assert model.session.rows == 5
