@@ -6,8 +6,8 @@ Truncation policy (a prompt longer than MAX_TOKENS=256 tokens, e.g. 3,000 tokens
 - ``Truncation.HEAD`` (embeddings): keep the first 254 word pieces, as sentence-transformers does.
 - ``Truncation.CHUNKS`` (PII, jailbreak windows): windows of 254 word pieces overlapping by 64, so every
   token of the prompt is tagged; ``Batch.text_index`` says which text each row came from.
-Every row is ``[CLS] pieces [SEP]``, right-padded with 0 to the smallest of LENGTH_BUCKETS that holds
-the longest row of the batch: the same text gives the same tensor in every service, and concurrent
+Every row is ``[CLS] pieces [SEP]`` (``<s> pieces </s>`` in an MPNet vocabulary), right-padded with the
+padding token (0 in BERT's vocabulary) to the smallest of LENGTH_BUCKETS that holds the longest row of the batch: the same text gives the same tensor in every service, and concurrent
 requests of similar length have one shape, so Triton can batch them (it batches equal shapes only).
 """
 
@@ -78,6 +78,18 @@ def tokenizer_path(model_repository: Path) -> Path:
     return Path(model_repository) / ENCODER / TOKENIZER_FILE
 
 
+# (BERT spelling, RoBERTa spelling) of the row start, separator and padding tokens.
+SPECIAL_TOKENS = (("[CLS]", "<s>"), ("[SEP]", "</s>"), ("[PAD]", "<pad>"))
+
+
+def _special(tokenizer: Tokenizer, *names: str) -> int:
+    for name in names:
+        found = tokenizer.token_to_id(name)
+        if found is not None:
+            return found
+    raise TokenizerNotFoundError(f"the tokenizer has none of the special tokens {names}: not a BERT/MPNet vocabulary")
+
+
 class TextTokenizer:
     """Turns texts into padded id batches under one of the truncation policies."""
 
@@ -86,8 +98,8 @@ class TextTokenizer:
         # Special tokens are added here, not by the file's post-processor, so truncation can cut the middle.
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
-        self._cls = tokenizer.token_to_id("[CLS]")
-        self._sep = tokenizer.token_to_id("[SEP]")
+        # BERT's vocabularies (MiniLM) spell them [CLS]/[SEP]/[PAD]; RoBERTa-style ones (MPNet) <s>/</s>/<pad>.
+        self._cls, self._sep, self._pad = (_special(tokenizer, *names) for names in SPECIAL_TOKENS)
         self.max_tokens = max_tokens
         # The word pieces of recent texts: a guard check encodes each prompt four times at once (jailbreak,
         # its windows, safety, PII), and word-piecing is most of what encode() costs.
@@ -122,7 +134,7 @@ class TextTokenizer:
                 rows[-1] = (ids[:head] + ids[-tail:], offsets[:head] + offsets[-tail:], index, words[:head] + words[-tail:])
         width = bucket_width(max((len(r[0]) for r in rows), default=0) + 2)
         n = len(rows)
-        input_ids = np.zeros((n, width), dtype=np.int64)
+        input_ids = np.full((n, width), self._pad, dtype=np.int64)
         mask = np.zeros((n, width), dtype=np.int64)
         spans = np.zeros((n, width, 2), dtype=np.int64)
         word_ids = np.full((n, width), -1, dtype=np.int64)
@@ -183,7 +195,7 @@ class TextTokenizer:
             rows.append([self._cls, *a[:keep_a], self._sep, *b[:keep_b], self._sep])
         width = bucket_width(max((len(r) for r in rows), default=0))
         n = len(rows)
-        input_ids = np.zeros((n, width), dtype=np.int64)
+        input_ids = np.full((n, width), self._pad, dtype=np.int64)
         mask = np.zeros((n, width), dtype=np.int64)
         for i, row in enumerate(rows):
             input_ids[i, : len(row)] = row
