@@ -82,12 +82,9 @@ def tokenizer_path(model_repository: Path) -> Path:
 SPECIAL_TOKENS = (("[CLS]", "<s>"), ("[SEP]", "</s>"), ("[PAD]", "<pad>"))
 
 
-def _special(tokenizer: Tokenizer, *names: str) -> int:
-    for name in names:
-        found = tokenizer.token_to_id(name)
-        if found is not None:
-            return found
-    raise TokenizerNotFoundError(f"the tokenizer has none of the special tokens {names}: not a BERT/MPNet vocabulary")
+def _special(tokenizer: Tokenizer, *names: str) -> int | None:
+    found = (tokenizer.token_to_id(name) for name in names)
+    return next((i for i in found if i is not None), None)
 
 
 class TextTokenizer:
@@ -99,7 +96,9 @@ class TextTokenizer:
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
         # BERT's vocabularies (MiniLM) spell them [CLS]/[SEP]/[PAD]; RoBERTa-style ones (MPNet) <s>/</s>/<pad>.
-        self._cls, self._sep, self._pad = (_special(tokenizer, *names) for names in SPECIAL_TOKENS)
+        self._cls, self._sep, pad = (_special(tokenizer, *names) for names in SPECIAL_TOKENS)
+        # Padding is masked out, so a vocabulary without a padding token pads with id 0.
+        self._pad = 0 if pad is None else pad
         self.max_tokens = max_tokens
         # The word pieces of recent texts: a guard check encodes each prompt four times at once (jailbreak,
         # its windows, safety, PII), and word-piecing is most of what encode() costs.
