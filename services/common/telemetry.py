@@ -116,7 +116,14 @@ def decision_span(name: str, kind: SpanKind = SpanKind.INTERNAL, **attributes: o
     """A span around one step (classification, policy, cache lookup/store) in the current context.
 
     Exceptions mark the span as failed with their type name only: their messages may quote the request.
+    While tracing is off the span is the invalid (no-op) one and no context is attached: a no-op span
+    made current costs more than the step it would time, several times per request in every service.
     """
+    if not tracing_enabled():
+        span = trace.INVALID_SPAN
+        set_decision_attributes(span, **attributes)  # unknown keys are refused with tracing off too
+        yield span
+        return
     with tracer().start_as_current_span(name, kind=kind, record_exception=False,
                                         set_status_on_exception=False) as span:
         set_decision_attributes(span, **attributes)

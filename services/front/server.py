@@ -28,11 +28,14 @@ from services.front.processor import FrontContext, RequestProcessor, decode_head
 log = logging.getLogger("switchyard.front")
 
 
-def start_request_span(headers: ep.HttpHeaders) -> Span:
-    """The front's span for one HTTP request, a child of the client's/Envoy's `traceparent` when it has one.
+def start_request_span(headers: ep.HttpHeaders) -> Span | None:
+    """The front's span for one HTTP request, a child of the client's/Envoy's `traceparent` when it has one;
+    None while tracing is off (the stream then skips every span step).
 
     Envoy runs the front once more per backend attempt when the request may fall back (the upstream
     pass); that stream gets its own name, so one request still has one `switchyard.front` span."""
+    if not telemetry.tracing_enabled():
+        return None
     decoded = decode_headers(headers)
     values = {k: v for k, v in decoded.items() if k in ("traceparent", "tracestate")}
     name = "switchyard.front.attempt" if FALLBACK_CHAIN_HEADER in decoded else "switchyard.front"

@@ -65,3 +65,14 @@ def test_activated_makes_a_span_current_only_inside() -> None:
     with telemetry.activated(None):
         pass
     span.end()
+
+
+def test_decision_span_without_tracing_is_a_no_op_that_still_refuses_unknown_keys() -> None:
+    assert not telemetry.tracing_enabled()
+    before = trace.get_current_span()
+    with telemetry.decision_span("switchyard.test", category="law") as span:
+        assert not span.is_recording()
+        assert trace.get_current_span() is before
+    with pytest.raises(ValueError, match="not allowed"):
+        with telemetry.decision_span("switchyard.test", prompt="my SSN is 123-45-6789"):
+            pass
