@@ -40,7 +40,7 @@ RUN groupadd --system --gid 10001 switchyard \
 COPY --from=builder /opt/venv /opt/venv
 COPY docker/healthcheck.py /opt/switchyard/healthcheck.py
 # Services tokenize with the encoder's tokenizer; config triton.model_repository points here.
-COPY triton_models/encoder/tokenizer.json /opt/switchyard/triton_models/encoder/tokenizer.json
+COPY triton_models/trunk/tokenizer.json /opt/switchyard/triton_models/trunk/tokenizer.json
 # A default config so that `docker run` starts; Kubernetes mounts the rendered one over it.
 COPY config/config.yaml /etc/switchyard/config.yaml
 WORKDIR /opt/switchyard

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from services.common.model_io import ENCODER, MAX_TOKENS
+from services.common.model_io import MAX_TOKENS, TRUNK
 
 TOKENIZER_FILE = "tokenizer.json"
 # Windows overlap by 64 tokens: an injection of up to 64 tokens is whole in some window (the guard scores
@@ -74,8 +74,8 @@ class Batch:
 
 
 def tokenizer_path(model_repository: Path) -> Path:
-    """Where the build writes tokenizer.json: next to the encoder in the model repository."""
-    return Path(model_repository) / ENCODER / TOKENIZER_FILE
+    """Where the build writes tokenizer.json: next to the trunk (the encoder every ensemble runs)."""
+    return Path(model_repository) / TRUNK / TOKENIZER_FILE
 
 
 # (BERT spelling, RoBERTa spelling) of the row start, separator and padding tokens.

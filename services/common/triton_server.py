@@ -15,7 +15,7 @@ from services.common.config import TritonConfig
 from services.common.tokenizer import tokenizer_path
 
 # The models `switchyard models build` must have produced for the repository to be usable.
-REQUIRED_MODELS = (io.ENCODER, io.TRUNK, *io.ENSEMBLE_NAMES)
+REQUIRED_MODELS = (io.TRUNK, *io.ENSEMBLE_NAMES)
 
 
 class TritonNotFoundError(RuntimeError):

@@ -12,7 +12,7 @@ import onnx
 from services.common import model_io as io
 from services.models import encoder_export, heads, lora
 from services.models.configs import LOCAL_CONFIG_NAME, local_configs, repository_configs
-from services.models.paths import BACKEND_SOURCE, WEIGHTS_DIR, ModelPaths
+from services.models.paths import BACKEND_SOURCE, WEIGHTS_DIR, ModelPaths, base_encoder_path, base_tokenizer_path
 
 MODEL_FILE = "model.onnx"
 # Head weights per head model, and the optional task-encoder adapter per ensemble.
@@ -138,8 +138,8 @@ def build_repository(paths: ModelPaths, weights_dir: Path = WEIGHTS_DIR, force: 
     behind every ensemble.
 
     Idempotent: exports are skipped when their outputs are newer than their inputs. The encoder alone
-    (fp32, and int8 by default) is an intermediate under <work_dir>/build. The base `encoder` is built too:
-    the k-NN yardstick compares against the frozen base model.
+    (fp32, and int8 by default) is an intermediate under <work_dir>/build, and so is the frozen base model
+    the k-NN yardstick compares against (services.models.paths.base_encoder_path): Triton serves neither.
     """
     repo = paths.repository
     trunk_dir = weights_dir / TRUNK_DIR
@@ -148,8 +148,10 @@ def build_repository(paths: ModelPaths, weights_dir: Path = WEIGHTS_DIR, force: 
         raise BuildError(f"{adapter} missing: train it with `switchyard train trunk` (services.models.trunk)")
     base_dir = encoder_export.base_model_dir()
     base_weights = [base_dir / "model.safetensors", Path(encoder_export.__file__)]
-    _build_step("encoder", onnx_path(repo, io.ENCODER), base_weights, encoder_export.export_encoder, force)
-    encoder_export.copy_tokenizer(repo / io.ENCODER, base_dir)
+    _build_step("base encoder (k-NN yardstick)", base_encoder_path(paths.work_dir), base_weights,
+                encoder_export.export_encoder, force)
+    shutil.copyfile(base_dir / "tokenizer.json", base_tokenizer_path(paths.work_dir))
+    encoder_export.copy_tokenizer(repo / io.TRUNK, base_dir)
     fused_heads, head_sources = head_models(trunk_dir)
     build_dir = paths.work_dir / "build"
     plain_fp32 = build_dir / "trunk_encoder_fp32.onnx"
@@ -184,11 +186,12 @@ def build_repository(paths: ModelPaths, weights_dir: Path = WEIGHTS_DIR, force: 
     log(f"repository ready (shared trunk, {precision}, heads fused): {repo}")
 
 
-# Models of earlier layouts: the per-task encoders (retired when the shared trunk became the only layout) and
-# the separate heads (retired when they were fused into the trunk's graph). An old checkout's built folders
+# Models of earlier layouts: the per-task encoders (retired when the shared trunk became the only layout),
+# the separate heads (retired when they were fused into the trunk's graph) and the base `encoder` (now a
+# build output outside the repository; the tokenizer moved next to the trunk). An old checkout's built folders
 # would otherwise be loaded by Triton beside the trunk.
 RETIRED_MODELS = ("domain_encoder", "jailbreak_encoder", "pii_encoder", "pool_normalize", "domain_head",
-                  "jailbreak_head", "pii_head", "safety_head", "cache_pair_head")
+                  "jailbreak_head", "pii_head", "safety_head", "cache_pair_head", "encoder")
 
 
 def _remove_retired(repo: Path) -> None:

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from services.common import model_io as io
-from services.common.tokenizer import EntitySpan, TextTokenizer, Truncation
+from services.common.tokenizer import EntitySpan, TextTokenizer, Truncation, bucket_width
 from services.models import metrics
 from services.models.build import onnx_path
 from services.models.data import load_rows
-from services.models.paths import ModelPaths
+from services.models.paths import ModelPaths, base_encoder_path, base_tokenizer_path
 from services.models.runtime import encode_batches, mean_pool, session
 from services.models.train import gold_entities, pii_entities, pii_spans
 
@@ -23,15 +23,18 @@ class OnnxPipeline:
     """The ensembles of the model repository, in-process with onnxruntime: the served trunk file (heads
     fused), asked for the output each ensemble maps."""
 
-    def __init__(self, repository: Path, threads: int = 2) -> None:
+    def __init__(self, repository: Path, threads: int = 2, base_encoder: Path | None = None) -> None:
         self._repository = repository
         self._threads = threads
         self._sessions: dict[str, object] = {}
         self.tokenizer = TextTokenizer.from_repository(repository)
+        # The frozen base model (k-NN yardstick), where `switchyard models build` writes it by default.
+        self._base_encoder = base_encoder or base_encoder_path(Path(repository).resolve().parent / ".switchyard")
+        self._base_tokenizer: TextTokenizer | None = None
 
     def _session(self, model: str):
         if model not in self._sessions:
-            path = onnx_path(self._repository, model)
+            path = self._base_encoder if model == io.ENCODER else onnx_path(self._repository, model)
             if not path.is_file():
                 raise FileNotFoundError(f"{path} missing: run `switchyard models build` first")
             self._sessions[model] = session(path, self._threads)
@@ -39,10 +42,12 @@ class OnnxPipeline:
 
     def _run(self, ensemble: str, texts: list[str], truncation: Truncation) -> list[np.ndarray]:
         """The ensemble's output per text (for CHUNKS: the first window's tokens), in input order."""
-        output = io.TRUNK_OUTPUTS[ensemble]
         out: list[np.ndarray] = [None] * len(texts)  # type: ignore[list-item]
-        for chosen, batch, result in encode_batches(self._session(io.TRUNK), self.tokenizer, texts, truncation,
-                                                    output=output):
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), 32):
+            chosen = order[start : start + 32]
+            batch = self.tokenizer.encode([texts[i] for i in chosen], truncation)
+            result = self._rows(ensemble, batch.input_ids, batch.attention_mask)
             for row in range(len(batch)):
                 text = chosen[int(batch.text_index[row])]
                 if truncation is Truncation.CHUNKS:
@@ -53,21 +58,32 @@ class OnnxPipeline:
         return out
 
     def _rows(self, ensemble: str, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """The ensemble's output for token rows as they are."""
+        """The ensemble's output for token rows, computed as Triton serves them: each row alone, at its own
+        length bucket (the int8 trunk's dynamic quantization makes a batched row differ slightly)."""
         trunk = self._session(io.TRUNK)
-        return trunk.run([io.TRUNK_OUTPUTS[ensemble]], {io.INPUT_IDS: input_ids, io.ATTENTION_MASK: mask})[0]
+        output = io.TRUNK_OUTPUTS[ensemble]
+        parts = []
+        for row in range(len(input_ids)):
+            width = bucket_width(int(mask[row].sum()))
+            feeds = {io.INPUT_IDS: input_ids[row : row + 1, :width], io.ATTENTION_MASK: mask[row : row + 1, :width]}
+            parts.append(trunk.run([output], feeds)[0])
+        if parts and parts[0].ndim == 3:  # per-token output: back to the batch's width, zeros beyond the row
+            full = np.zeros((len(parts), input_ids.shape[1], parts[0].shape[2]), dtype=parts[0].dtype)
+            for row, part in enumerate(parts):
+                full[row, : part.shape[1]] = part[0]
+            return full
+        return np.concatenate(parts) if parts else np.zeros((0,), dtype=np.float32)
 
     def base_embeddings(self, texts: list[str], truncation: Truncation = Truncation.HEAD_TAIL,
                         progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """[n, 384] frozen all-MiniLM-L6-v2 sentence embeddings: the base `encoder`, mean pooling, L2 norm.
-
-        What `pool_normalize` serves for the base model; computed here because in the trunk layout the
-        served `embedder` runs the trunk and a projection instead.
-        """
+        """[n, 384] frozen all-MiniLM-L6-v2 sentence embeddings: the base encoder, mean pooling, L2 norm,
+        with the base model's own tokenizer (the k-NN yardstick; the served embedder runs the trunk)."""
         encoder = self._session(io.ENCODER)
+        if self._base_tokenizer is None:
+            self._base_tokenizer = TextTokenizer.from_file(base_tokenizer_path(self._base_encoder.parent.parent))
         out = np.zeros((len(texts), io.HIDDEN_SIZE), dtype=np.float32)
         done = 0
-        for chosen, batch, hidden in encode_batches(encoder, self.tokenizer, texts, truncation):
+        for chosen, batch, hidden in encode_batches(encoder, self._base_tokenizer, texts, truncation):
             pooled = mean_pool(hidden, batch.attention_mask)
             rows = [chosen[int(i)] for i in batch.text_index]
             out[rows] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)

@@ -34,6 +34,16 @@ class ModelPaths:
         return self.work_dir / "reports"
 
 
+def base_encoder_path(work_dir: Path) -> Path:
+    """The frozen base model (all-MiniLM-L6-v2) as ONNX, with `<name>.tokenizer.json` beside it: the k-NN
+    yardstick's encoder. A build output, outside Triton's repository: nothing serves it."""
+    return Path(work_dir) / "build" / "base_encoder.onnx"
+
+
+def base_tokenizer_path(work_dir: Path) -> Path:
+    return base_encoder_path(work_dir).with_suffix(".tokenizer.json")
+
+
 def default_paths() -> ModelPaths:
     # SWITCHYARD_DATA_DIR lets CI point at the data without a config file (the models CLI has no config).
     data = os.environ.get("SWITCHYARD_DATA_DIR")

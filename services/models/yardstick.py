@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from services.common import model_io as io
-from services.common.tokenizer import Truncation, tokenizer_path
+from services.common.tokenizer import Truncation
 from services.models import metrics
 from services.models.data import load_rows
-from services.models.paths import ModelPaths
+from services.models.paths import ModelPaths, base_encoder_path, base_tokenizer_path
 
 if TYPE_CHECKING:
     from services.models.evaluate import OnnxPipeline
@@ -158,7 +158,7 @@ def train_embeddings(pipeline: OnnxPipeline, paths: ModelPaths, texts: list[str]
     """Base embeddings of the train texts, cached in .switchyard/cache under a hash of encoder, tokenizer
     and texts (embedding 11k rows on two cores takes minutes)."""
     digest = hashlib.sha256()
-    for path in (_onnx_path(paths, io.ENCODER), tokenizer_path(paths.repository)):
+    for path in (base_encoder_path(paths.work_dir), base_tokenizer_path(paths.work_dir)):
         digest.update(_file_digest(path))
     digest.update(json.dumps([TRUNCATION.value, io.MAX_TOKENS, texts]).encode())
     cache = paths.cache_dir / f"knn_domain_train_{digest.hexdigest()[:16]}.npy"
@@ -177,12 +177,6 @@ def train_embeddings(pipeline: OnnxPipeline, paths: ModelPaths, texts: list[str]
     np.save(partial, vecs)
     partial.replace(cache)  # another run never reads a half-written cache
     return vecs
-
-
-def _onnx_path(paths: ModelPaths, model: str) -> Path:
-    from services.models.build import onnx_path
-
-    return onnx_path(paths.repository, model)
 
 
 def _file_digest(path: Path) -> bytes:
@@ -242,7 +236,7 @@ def run_domain_report(paths: ModelPaths, output: Path | None = None) -> dict:
     """`switchyard eval domain --yardstick`: domain_report on the built models, written to JSON and printed."""
     from services.models.evaluate import OnnxPipeline
 
-    report = domain_report(OnnxPipeline(paths.repository), paths)
+    report = domain_report(OnnxPipeline(paths.repository, base_encoder=base_encoder_path(paths.work_dir)), paths)
     output = output or paths.reports_dir / REPORT_FILE
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n")

@@ -5,6 +5,12 @@ The local tritonserver (nvidia-pytriton wheel) has only the Python backend; this
 model repository (every config says backend: "onnxruntime") loads here and in the NGC image.
 It honours the native backend's `intra_op_thread_count` / `inter_op_thread_count` parameters.
 
+Token-id rows run one at a time: the int8 trunk quantizes activations dynamically, over the whole input
+tensor, so a row batched with others would get slightly different outputs (up to 0.03 in a probability)
+than the same row alone, and a verdict would depend on what else was in flight. One row at a time, a text
+gets the same outputs whoever asks and whatever else is queued; on two CPU cores it costs little (8 rows
+of 32 tokens: 1.5x a batch of 8; from 128 tokens on, no more or less).
+
 A model whose config sets the parameter `row_cache_rows` (the shared trunk) keeps the outputs of its most
 recent rows: the decision, guard and cache services each ask for the same text within a few
 milliseconds, so only the first request computes it and the others are answered from the cache, without
@@ -139,15 +145,22 @@ class TritonPythonModel:
         return responses
 
     def _run(self, feeds):
-        """Every output for the batch; identical token-id rows are computed once."""
+        """Every output for the batch; identical token-id rows are computed once, each row on its own."""
         rows = len(feeds[self.inputs[0]])
         # Token-id inputs only (the encoders): hashing float hidden states would cost more than it saves.
         if rows > 1 and all(np.issubdtype(v.dtype, np.integer) for v in feeds.values()):
             unique, inverse = _unique_rows(_row_keys(feeds))
-            if len(unique) < rows:
-                results = self.session.run(self.outputs, {n: v[unique] for n, v in feeds.items()})
-                return {name: value[inverse] for name, value in zip(self.outputs, results)}
+            results = self._rowwise({n: v[unique] for n, v in feeds.items()})
+            return {name: value[inverse] for name, value in zip(self.outputs, results)}
         return dict(zip(self.outputs, self.session.run(self.outputs, feeds)))
+
+    def _rowwise(self, feeds):
+        """session.run one row at a time (batch-independent outputs, see the module's note), stacked."""
+        rows = len(feeds[self.inputs[0]])
+        if rows == 1:
+            return self.session.run(self.outputs, feeds)
+        parts = [self.session.run(self.outputs, {n: v[row : row + 1] for n, v in feeds.items()}) for row in range(rows)]
+        return [np.concatenate([part[k] for part in parts]) for k in range(len(self.outputs))]
 
     def _run_cached(self, feeds):
         """Every output for the batch; rows seen moments ago come from the cache, the rest are computed once."""
@@ -164,7 +177,7 @@ class TritonPythonModel:
             subset = {n: v[missing] for n, v in feeds.items()}
             unique, _ = _unique_rows([keys[row] for row in missing])
             subset = {n: v[unique] for n, v in subset.items()}
-            results = self.session.run(self.outputs, subset)
+            results = self._rowwise(subset)
             for position, row in enumerate(np.asarray(missing)[unique]):
                 # Copies: a view would keep the whole batch's arrays alive as long as any row stays cached.
                 outputs = {name: value[position].copy() for name, value in zip(self.outputs, results)}

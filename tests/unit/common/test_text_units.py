@@ -9,7 +9,7 @@ from tokenizers import Tokenizer
 
 from services.common.text_units import count_words, estimate_tokens
 
-TOKENIZER = Path(__file__).resolve().parents[3] / "triton_models" / "encoder" / "tokenizer.json"
+TOKENIZER = Path(__file__).resolve().parents[3] / "triton_models" / "trunk" / "tokenizer.json"
 
 
 @pytest.mark.parametrize(("text", "words"), [

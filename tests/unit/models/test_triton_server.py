@@ -27,6 +27,6 @@ def test_launch_spec_points_at_repository_backends_and_ports() -> None:
 
 def test_unbuilt_repository_is_reported(tmp_path) -> None:
     problems = repository_problems(tmp_path, tmp_path / "backends")
-    assert any("encoder" in p for p in problems) and any("model.py" in p for p in problems)
+    assert any("trunk" in p for p in problems) and any("model.py" in p for p in problems)
     with pytest.raises(TritonNotFoundError, match="switchyard models build"):
         launch_spec(TritonConfig(model_repository=tmp_path))

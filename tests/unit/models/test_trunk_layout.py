@@ -24,7 +24,7 @@ def test_every_ensemble_chains_the_one_trunk() -> None:
     assert io.TRUNK in configs and f"max_queue_delay_microseconds: {TRUNK_QUEUE_DELAY_US}" in configs[io.TRUNK]
     for name in io.ENSEMBLE_NAMES:
         assert f'model_name: "{io.TRUNK}"' in configs[name]
-    # Nothing but the trunk behind any ensemble (the base `encoder` serves only the yardstick), and each
+    # Nothing but the trunk behind any ensemble (nor in the repository), and each
     # ensemble keeps its own output of the trunk's under the name its contract has.
     steps = {line.split('"')[1] for name in io.ENSEMBLE_NAMES for line in configs[name].splitlines()
              if "model_name:" in line}
@@ -33,7 +33,7 @@ def test_every_ensemble_chains_the_one_trunk() -> None:
         assert f'output_map {{ key: "{io.TRUNK_OUTPUTS[spec.name]}" value: "{spec.outputs[0].name}" }}' in configs[spec.name]
         assert f'name: "{io.TRUNK_OUTPUTS[spec.name]}"' in configs[io.TRUNK]
     assert f'key: "row_cache_rows"\n  value: {{ string_value: "{ROW_CACHE_ROWS}" }}' in configs[io.TRUNK]
-    assert set(configs) == {io.ENCODER, io.TRUNK, *io.ENSEMBLE_NAMES}
+    assert set(configs) == {io.TRUNK, *io.ENSEMBLE_NAMES}
 
 
 def _toy_trunk(vocab: int = 20) -> onnx.ModelProto:
@@ -172,3 +172,27 @@ def test_row_cache_is_bounded_and_keys_on_the_mask_too() -> None:
     assert model.session.rows == 4
     model._run_cached({"input_ids": np.array([[3, 3, 3]]), "attention_mask": np.array([[1, 1, 0]])})
     assert model.session.rows == 5
+
+
+class _BatchDependentSession(_CountingSession):
+    """Like int8 dynamic quantization: a row's output depends on the other rows of its batch."""
+
+    def run(self, outputs, feeds):
+        ids = feeds["input_ids"]
+        self.rows += len(ids)
+        scaled = (ids.sum(axis=1) / ids.max()).astype(np.float32)[:, None]
+        return [scaled, scaled**2][: len(outputs)]
+
+
+def test_rows_are_computed_one_at_a_time_so_batch_mates_do_not_matter() -> None:
+    model = _cached_model(capacity=8)
+    model.session = _BatchDependentSession()
+    feeds = {"input_ids": np.array([[1, 2, 3], [40, 50, 60]]), "attention_mask": np.ones((2, 3), dtype=np.int64)}
+    together = model._run_cached(feeds)["sum"][:, 0]
+    alone = [_BatchDependentSession().run(["sum"], {"input_ids": feeds["input_ids"][i : i + 1]})[0][0, 0]
+             for i in range(2)]
+    np.testing.assert_array_equal(together, alone)
+    uncached = _cached_model(capacity=8)
+    uncached.cache = None
+    uncached.session = _BatchDependentSession()
+    np.testing.assert_array_equal(uncached._run(feeds)["sum"][:, 0], alone)
