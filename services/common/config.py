@@ -571,6 +571,13 @@ class FrontConfig(_Section):
     max_model_name_chars: int = Field(default=256, gt=0)
 
 
+class ModelsConfig(_Section):
+    # The shared trunk the repository serves: small = all-MiniLM-L6-v2 (CPU default), base =
+    # all-mpnet-base-v2 (more accurate, ~4x the compute; the Helm chart's GPU values). The repository is
+    # built for one of them (`switchyard models build --trunk ...`); `switchyard up` refuses a mismatch.
+    trunk: Literal["small", "base"] = "small"
+
+
 class TritonConfig(_Section):
     # Start a local tritonserver from `model_repository` (switchyard up); off when Triton runs elsewhere.
     managed: bool = True
@@ -625,6 +632,7 @@ class SwitchyardConfig(_Section):
     decision: ServiceConfig = Field(default_factory=lambda: ServiceConfig(port=50061, metrics_port=9191))
     guard: GuardConfig = Field(default_factory=lambda: GuardConfig(port=50062, metrics_port=9192))
     cache: CacheConfig = Field(default_factory=lambda: CacheConfig(port=50063, metrics_port=9193))
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
     triton: TritonConfig = Field(default_factory=TritonConfig)
     envoy: EnvoyConfig = Field(default_factory=EnvoyConfig)
     simulator: SimulatorConfig = Field(default_factory=SimulatorConfig)

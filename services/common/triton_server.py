@@ -49,10 +49,21 @@ def default_backend_dir(model_repository: Path) -> Path:
     return Path(model_repository).resolve().parent / ".switchyard" / "triton-backends"
 
 
-def repository_problems(model_repository: Path, backend_dir: Path | None = None) -> list[str]:
-    """What is missing for the local server; empty when the repository is built."""
+def served_trunk(model_repository: Path) -> str | None:
+    """Which trunk the built repository serves (small or base), from the build's marker; None if unbuilt."""
+    marker = Path(model_repository) / io.TRUNK / "variant"
+    return marker.read_text().strip() if marker.is_file() else None
+
+
+def repository_problems(model_repository: Path, backend_dir: Path | None = None,
+                        trunk: str | None = None) -> list[str]:
+    """What is missing for the local server; empty when the repository is built (for `trunk`, if given)."""
     repo = Path(model_repository)
     problems = []
+    served = served_trunk(repo)
+    if trunk is not None and served is not None and served != trunk:
+        problems.append(f"{repo} serves the {served} trunk but models.trunk is {trunk}: run "
+                        f"`switchyard models build --trunk {trunk}` (or set models.trunk: {served})")
     for model in REQUIRED_MODELS:
         if not (repo / model / "config.pbtxt").is_file():
             problems.append(f"{repo / model / 'config.pbtxt'} missing")

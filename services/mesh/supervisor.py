@@ -91,10 +91,11 @@ class Mesh:
         specs: list[ProcessSpec] = list(self.extra_specs)
         self.notes: list[str] = []
         if c.triton.managed:
-            problems = repository_problems(c.triton.model_repository)
+            problems = repository_problems(c.triton.model_repository, trunk=c.models.trunk)
             if problems:
-                self.notes.append(f"Triton not started: the model repository is not built ({problems[0]}); "
-                                  "run `make models`. Services answer with their failure mode until it is.")
+                self.notes.append(f"Triton not started: the model repository is not built for this config "
+                                  f"({problems[0]}); run `make models`. Services answer with their failure mode "
+                                  "until it is.")
             else:
                 t = c.triton
                 launch = launch_spec(t)

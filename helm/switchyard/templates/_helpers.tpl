@@ -120,6 +120,7 @@ config and the Services can never disagree.
           "grpc_port" (int $v.triton.ports.grpc)
           "metrics_port" (int $v.triton.ports.metrics)
           "model_repository" "/opt/switchyard/triton_models")
+      "models" (dict "trunk" (include "switchyard.trunk" $v.triton))
       "envoy" (dict "managed" false "host" "0.0.0.0" "listener_port" (int $v.envoy.ports.listener) "admin_port" (int $v.envoy.ports.admin))
       "simulator" (dict "enabled" false "host" "0.0.0.0" "port" (int $v.simulator.port)
                         "first_token_ms" $v.simulator.firstTokenMs "chunk_interval_ms" $v.simulator.chunkIntervalMs)
@@ -141,5 +142,18 @@ checksum/config: {{ include "switchyard.routerConfigData" . | sha256sum }}
 {{- $p -}}
 {{- else -}}
 {{- fail (printf "triton.trunkPrecision %q: use auto, int8 or fp32" $p) -}}
+{{- end -}}
+{{- end }}
+
+{{- /* The shared trunk's size: triton.trunk, where auto means base (all-mpnet-base-v2) on GPU and small
+       (all-MiniLM-L6-v2) on CPU. The images must be built for it (make models TRUNK=...). */}}
+{{- define "switchyard.trunk" -}}
+{{- $t := .trunk | default "auto" -}}
+{{- if eq $t "auto" -}}
+{{- if .gpu.enabled }}base{{ else }}small{{ end -}}
+{{- else if or (eq $t "small") (eq $t "base") -}}
+{{- $t -}}
+{{- else -}}
+{{- fail (printf "triton.trunk %q: use auto, small or base" $t) -}}
 {{- end -}}
 {{- end }}

@@ -9,6 +9,8 @@ or a field set twice fails the parse, as it would fail Triton's model load.
 
 from __future__ import annotations
 
+import re
+
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,7 +19,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from .conftest import FULLNAME, REPO, VARIANTS, helm_template, one, render
+from .conftest import FULLNAME, REPO, VARIANTS, helm_template, one, render, router_config_data
 
 MODELS = REPO / "triton_models"
 ModelConfig = model_config_pb2.ModelConfig
@@ -55,8 +57,9 @@ def init_container_script(docs) -> str:
     return init["args"][0]
 
 
-def run_init_container(docs, folder: Path) -> Path:
-    """The init container's script, on the committed repository, with its mounts as local folders."""
+def run_init_container(docs, folder: Path, variant: str | None = None) -> Path:
+    """The init container's script, on the committed repository, with its mounts as local folders; the
+    baked repository serves `variant` (default: the trunk the chart asks for)."""
     fragment = one(docs, "ConfigMap", f"{FULLNAME}-triton-model-settings")["data"]["model-settings.pbtxt"]
     (folder / "fragment").mkdir()
     (folder / "fragment" / "model-settings.pbtxt").write_text(fragment)
@@ -68,8 +71,11 @@ def run_init_container(docs, folder: Path) -> Path:
     for version, marker in (("1", "int8"), ("fp32", "fp32")):
         (folder / "models" / "trunk" / version).mkdir(parents=True, exist_ok=True)
         (folder / "models" / "trunk" / version / "model.onnx").write_text(marker)
-    (folder / "repository").mkdir()
     script = init_container_script(docs)
+    if variant is None:
+        variant = re.search(r"triton.trunk resolves to (\w+)", script).group(1)
+    (folder / "models" / "trunk" / "variant").write_text(variant)
+    (folder / "repository").mkdir()
     for mount in ("/models/", "/repository/", "/fragment/"):
         script = script.replace(mount, f"{folder}{mount}")
     subprocess.run(["/bin/sh", "-c", script], check=True, timeout=30)
@@ -153,3 +159,21 @@ def test_a_broken_fragment_fails_the_parse(broken, message):
     text = (MODELS / "trunk" / "config.pbtxt").read_text() + broken + "\n"
     with pytest.raises(text_format.ParseError, match=message):
         text_format.Parse(text, ModelConfig())
+
+
+@pytest.mark.parametrize(("args", "trunk"), [([], "base"), (["--set", "triton.gpu.enabled=false"], "small"),
+                                             (["--set", "triton.trunk=small"], "small")])
+def test_the_services_are_told_the_trunk_the_chart_asks_for(args, trunk, tmp_path):
+    docs = render(*args)
+    assert f"triton.trunk resolves to {trunk}" in init_container_script(docs)
+    assert router_config_data(docs)["models"]["trunk"] == trunk
+
+
+def test_an_image_of_the_other_trunk_size_is_refused(tmp_path):
+    with pytest.raises(subprocess.CalledProcessError):
+        run_init_container(render("--set", "triton.gpu.enabled=false"), tmp_path, variant="base")
+
+
+def test_an_unknown_trunk_is_refused():
+    result = helm_template("--set", "triton.trunk=large")
+    assert result.returncode != 0 and "/triton/trunk" in result.stderr

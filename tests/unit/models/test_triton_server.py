@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from services.common.config import TritonConfig
-from services.common.triton_server import TritonNotFoundError, launch_spec, repository_problems
+from services.common.triton_server import TritonNotFoundError, launch_spec, repository_problems, served_trunk
 
 REPOSITORY = Path(__file__).resolve().parents[3] / "triton_models"
 
@@ -30,3 +30,21 @@ def test_unbuilt_repository_is_reported(tmp_path) -> None:
     assert any("trunk" in p for p in problems) and any("model.py" in p for p in problems)
     with pytest.raises(TritonNotFoundError, match="switchyard models build"):
         launch_spec(TritonConfig(model_repository=tmp_path))
+
+
+def test_a_repository_built_for_the_other_trunk_is_reported(tmp_path) -> None:
+    (tmp_path / "trunk").mkdir()
+    (tmp_path / "trunk" / "variant").write_text("small")
+    assert served_trunk(tmp_path) == "small"
+    problems = repository_problems(tmp_path, tmp_path / "backends", trunk="base")
+    assert "serves the small trunk but models.trunk is base" in problems[0]
+    assert "switchyard models build --trunk base" in problems[0]
+    assert not any("models.trunk" in p for p in repository_problems(tmp_path, tmp_path / "backends", trunk="small"))
+
+
+def test_an_unknown_trunk_is_a_build_error(tmp_path) -> None:
+    from services.models.build import BuildError, build_repository
+    from services.models.paths import ModelPaths
+
+    with pytest.raises(BuildError, match="unknown trunk 'large'"):
+        build_repository(ModelPaths(repository=tmp_path / "repo", work_dir=tmp_path), trunk="large")
