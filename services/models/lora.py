@@ -6,12 +6,20 @@ from pathlib import Path
 
 import numpy as np
 
-# Linear layers of each BERT block that get an adapter.
+# Linear layers of each BERT block (the small trunk, MiniLM) that get an adapter.
 TARGETS = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
+# The same layers of an MPNet block (the base trunk): attention projections q/k/v/o, then the feed-forward pair.
+MPNET_TARGETS = ("attention.attn.q", "attention.attn.k", "attention.attn.v", "attention.attn.o", "intermediate.dense",
+                 "output.dense")
 
 
 def _is_target(name: str) -> bool:
-    return name.startswith("encoder.layer.") and any(name.endswith(t) for t in TARGETS)
+    return name.startswith("encoder.layer.") and any(name.endswith(t) for t in TARGETS + MPNET_TARGETS)
+
+
+def targets_of(model) -> tuple[str, ...]:
+    """The adapter targets of this encoder's architecture (for records and cards)."""
+    return MPNET_TARGETS if getattr(model.config, "model_type", "") == "mpnet" else TARGETS
 
 
 def add_adapters(model, rank: int = 16, alpha: float = 32.0):
@@ -66,7 +74,8 @@ def merge_adapter(model, adapter: Path):
     return model
 
 
-def export_merged_encoder(adapter: Path, target: Path) -> None:
+def export_merged_encoder(adapter: Path, target: Path, model_dir: Path | None = None) -> None:
+    """ONNX of the encoder in model_dir (default: the small trunk's MiniLM) with the adapter merged in."""
     from services.models.encoder_export import export_encoder, load_torch_encoder
 
-    export_encoder(target, merge_adapter(load_torch_encoder(), adapter))
+    export_encoder(target, merge_adapter(load_torch_encoder(model_dir), adapter))

