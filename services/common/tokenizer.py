@@ -83,7 +83,10 @@ SPECIAL_TOKENS = (("[CLS]", "<s>"), ("[SEP]", "</s>"), ("[PAD]", "<pad>"))
 
 
 def _special(tokenizer: Tokenizer, *names: str) -> int | None:
-    found = (tokenizer.token_to_id(name) for name in names)
+    """The id of the first of `names` that the file declares a special token (MPNet's vocabulary also holds
+    [CLS]/[SEP]/[PAD] as ordinary words, ids 105/106/4), else of the first it knows at all."""
+    declared = {t.content: i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+    found = [declared.get(name) for name in names] + [tokenizer.token_to_id(name) for name in names]
     return next((i for i in found if i is not None), None)
 
 

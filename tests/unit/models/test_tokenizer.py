@@ -100,3 +100,18 @@ def test_recent_texts_are_word_pieced_once(tokenizer: TextTokenizer, monkeypatch
     assert calls == []
     tokenizer.encode(["a text not seen before", text], Truncation.CHUNKS)
     assert calls == [["a text not seen before"]]
+
+
+def test_an_mpnet_vocabulary_gets_its_declared_special_tokens() -> None:
+    """MPNet's vocabulary also holds [CLS]/[SEP]/[PAD] as ordinary words: the declared <s>, </s>, <pad> win."""
+    from tokenizers import AddedToken, Tokenizer, models
+
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "[PAD]": 4, "[CLS]": 5, "[SEP]": 6, "hello": 7}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.add_special_tokens([AddedToken(t, special=True) for t in ("<s>", "<pad>", "</s>", "<unk>")])
+    from tokenizers.pre_tokenizers import Whitespace
+
+    tokenizer.pre_tokenizer = Whitespace()
+    batch = TextTokenizer(tokenizer).encode(["hello"])
+    assert batch.input_ids[0, :3].tolist() == [0, 7, 2]
+    assert set(batch.input_ids[0, 3:].tolist()) == {1}
