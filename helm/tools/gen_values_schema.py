@@ -134,7 +134,7 @@ def values_schema() -> dict[str, Any]:
                             "instancesPerGpu": {"type": "integer", "minimum": 1}}),
                 "cpuInstances": {"type": "integer", "minimum": 1},
                 "trunkPrecision": {"enum": ["auto", "int8", "fp32"]},
-                "trunk": {"enum": ["auto", "small", "base"]},
+                "trunk": {"enum": ["small", "base"]},
                 "tensorrt": obj({"enabled": BOOL, "precision": {"enum": ["FP32", "FP16", "INT8"]},
                                  "workspaceBytes": {"type": "integer", "minimum": 1}}),
                 "resources": RESOURCES, "autoscaling": AUTOSCALING, "podDisruptionBudget": PDB,

@@ -145,15 +145,13 @@ checksum/config: {{ include "switchyard.routerConfigData" . | sha256sum }}
 {{- end -}}
 {{- end }}
 
-{{- /* The shared trunk's size: triton.trunk, where auto means base (all-mpnet-base-v2) on GPU and small
-       (all-MiniLM-L6-v2) on CPU. The images must be built for it (make models TRUNK=...). */}}
+{{- /* The shared trunk's size: triton.trunk, small (all-MiniLM-L6-v2, the default) or base (all-mpnet-base-v2).
+       The images must be built for it (make models TRUNK=...). */}}
 {{- define "switchyard.trunk" -}}
-{{- $t := .trunk | default "auto" -}}
-{{- if eq $t "auto" -}}
-{{- if .gpu.enabled }}base{{ else }}small{{ end -}}
-{{- else if or (eq $t "small") (eq $t "base") -}}
+{{- $t := .trunk | default "small" -}}
+{{- if or (eq $t "small") (eq $t "base") -}}
 {{- $t -}}
 {{- else -}}
-{{- fail (printf "triton.trunk %q: use auto, small or base" $t) -}}
+{{- fail (printf "triton.trunk %q: use small or base" $t) -}}
 {{- end -}}
 {{- end }}
