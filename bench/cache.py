@@ -25,7 +25,7 @@ def hit_vs_miss(stack: BenchStack, texts: list[str], rounds: int, core: int) -> 
     hit_ratio = []
     chunk = max(len(texts) // rounds, 1)
     for r in range(rounds):
-        bodies = [chat_body(t) for t in texts[r * chunk:(r + 1) * chunk]]
+        bodies = [chat_body(t, unique=False) for t in texts[r * chunk:(r + 1) * chunk]]
         # A tenant: anonymous requests bypass the cache by default (cache.anonymous: bypass).
         miss = run_load({"mode": "list", "url": stack.router_url, "bodies": bodies, "concurrency": 1,
                          "core": core, "capture_headers": ["x-vsr-cache-hit"], "headers": TENANT})

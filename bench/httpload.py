@@ -19,6 +19,26 @@ from urllib.parse import urlsplit
 
 REQUEST_TIMEOUT_S = 30.0
 MAX_OPEN_CONNECTIONS = 512
+# bench.prompts.UNIQUE_MARK: replaced in every request by a letter code of its sequence number (same width,
+# so the content-length holds).
+UNIQUE_MARK = b"qqqqqqq"
+_LETTERS = b"abcdefghijklmnopqrstuvwxyz"
+
+
+def _first_number() -> int:
+    """A random start for a job's request numbers: two jobs (rounds, paths) never send the same texts."""
+    return int.from_bytes(os.urandom(4), "big") % (len(_LETTERS) ** len(UNIQUE_MARK) // 2)
+
+
+def stamped(raw: bytes, number: int) -> bytes:
+    """raw with UNIQUE_MARK (if any) replaced by a 7-letter code of number: every request a new text."""
+    if UNIQUE_MARK not in raw:
+        return raw
+    code = bytearray()
+    for _ in range(len(UNIQUE_MARK)):
+        number, digit = divmod(number, len(_LETTERS))
+        code.append(_LETTERS[digit])
+    return raw.replace(UNIQUE_MARK, bytes(code))
 
 
 @dataclass
@@ -128,7 +148,7 @@ async def _one(conn: Connection, raw: bytes, capture: list[str] | None) -> tuple
 async def closed_loop(job: dict[str, Any], raws: list[bytes], results: Results) -> None:
     url = urlsplit(job["url"])
     deadline = time.perf_counter() + float(job["duration_s"])
-    counter = iter(range(1 << 62))
+    counter = iter(range(_first_number(), 1 << 62))
 
     capture = job.get("capture")  # header names to keep per request (None: keep none)
     # Wait as a well-behaved client does (the OpenAI SDKs honour Retry-After) instead of retrying a 429 at once.
@@ -137,9 +157,10 @@ async def closed_loop(job: dict[str, Any], raws: list[bytes], results: Results) 
     async def worker() -> None:
         conn = Connection(url.hostname or "127.0.0.1", url.port or 80)
         while time.perf_counter() < deadline:
-            i = next(counter) % len(raws)
+            n = next(counter)
+            i = n % len(raws)
             started = time.perf_counter()
-            status, outcome, kept = await _one(conn, raws[i], capture)
+            status, outcome, kept = await _one(conn, stamped(raws[i], n), capture)
             results.add(i, (time.perf_counter() - started) * 1000, status, outcome, kept)
             if honor_retry_after and status == 429 and kept is not None:
                 await asyncio.sleep(min(5.0, float(kept.get("retry-after", "1"))))
@@ -160,11 +181,12 @@ async def open_loop(job: dict[str, Any], raws: list[bytes], results: Results) ->
     async def fire(i: int, scheduled: float) -> None:
         nonlocal opened
         conn = idle.pop() if idle else Connection(url.hostname or "127.0.0.1", url.port or 80)
-        status, outcome, _ = await _one(conn, raws[i % len(raws)], None)
+        status, outcome, _ = await _one(conn, stamped(raws[i % len(raws)], first + i), None)
         results.add(i % len(raws), (time.perf_counter() - scheduled) * 1000, status, outcome, None,
                     scheduled - start if times else None)
         idle.append(conn)
 
+    first = _first_number()
     start = time.perf_counter()
     total = int(rate * duration)
     for i in range(total):

@@ -26,7 +26,7 @@ def routing_accuracy(stack: BenchStack, data: Path, size: int, seed: int, core: 
     dev = dev_rows(data)
     # A fixed, seeded sample: the same rows on every run with the same seed and data file.
     rows = random.Random(seed).sample(dev, min(size, len(dev)))
-    run = run_load({"mode": "list", "url": stack.router_url, "bodies": [chat_body(r["text"]) for r in rows],
+    run = run_load({"mode": "list", "url": stack.router_url, "bodies": [chat_body(r["text"], unique=False) for r in rows],
                     "concurrency": 4, "core": core, "headers": {"cache-control": "no-store"},
                     "capture_headers": CAPTURE})
     correct, blocked, missing = 0, 0, 0

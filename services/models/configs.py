@@ -9,10 +9,10 @@ BACKEND = "onnxruntime"
 # Short wait: the latency target is ~10 ms per request; batching mostly helps under concurrent load.
 MAX_QUEUE_DELAY_US = 500
 # The shared trunk does not wait for a batch to fill: the decision, guard and cache calls for one request
-# arrive a few ms apart, and the first one's rows are kept (ROW_CACHE_ROWS) to answer the others, so a
-# batching window would only add its length to every call. Under load, requests that arrive while the trunk
-# computes are batched anyway. (The native onnxruntime backend of the NGC image ignores the row cache; a
-# GPU computes a batch's duplicate rows at no visible cost.)
+# arrive a few ms apart, and locally the first one's rows are kept (ROW_CACHE_ROWS) to answer the others,
+# so a batching window would only add its length to every call. (This is config.pbtxt, for the NGC image's
+# native backend, which has no row cache: under load, requests that arrive while the trunk computes are
+# batched, and a GPU computes a batch's duplicate rows at no visible cost. The local config has no batcher.)
 TRUNK_QUEUE_DELAY_US = 0
 # Rows whose outputs the local backend keeps: at 256 tokens a row's outputs take ~17 KB (mostly the PII
 # head's per-token probabilities), so 1,024 rows cost at most ~17 MB, and hold the last second or more of
@@ -32,30 +32,27 @@ LOCAL_CONFIG_NAME = "local"
 LOCAL_SETTINGS = "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
 
 
-def _tensor(kind: str, spec: TensorSpec, ragged: bool = False) -> str:
+def _tensor(kind: str, spec: TensorSpec) -> str:
     dims = ", ".join(str(d) for d in spec.dims)
-    extra = "  allow_ragged_batch: true\n" if ragged else ""
-    return f"{kind} {{\n  name: \"{spec.name}\"\n  data_type: {spec.data_type}\n  dims: [ {dims} ]\n{extra}}}\n"
+    return f"{kind} {{\n  name: \"{spec.name}\"\n  data_type: {spec.data_type}\n  dims: [ {dims} ]\n}}\n"
 
 
-def _io(spec: ModelSpec, ragged: bool = False) -> str:
-    return ("".join(_tensor("input", t, ragged) for t in spec.inputs)
-            + "".join(_tensor("output", t) for t in spec.outputs))
+def _io(spec: ModelSpec) -> str:
+    return "".join(_tensor("input", t) for t in spec.inputs) + "".join(_tensor("output", t) for t in spec.outputs)
 
 
 def onnx_model_config(spec: ModelSpec, name: str | None = None, queue_delay_us: int = MAX_QUEUE_DELAY_US,
-                      parameters: dict[str, str] | None = None, ragged: bool = False) -> str:
+                      parameters: dict[str, str] | None = None, batching: bool = True) -> str:
     """A generic ONNX model: no instance_group or accelerator, so the deployment decides (see README)."""
     params = "".join(
         f'parameters {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}\n'
         for key, value in (parameters or {}).items()
     )
+    head = f'name: "{name or spec.name}"\nbackend: "{BACKEND}"\nmax_batch_size: {MAX_BATCH_SIZE}\n' + _io(spec) + params
+    if not batching:
+        return head
     return (
-        f'name: "{name or spec.name}"\n'
-        f'backend: "{BACKEND}"\n'
-        f"max_batch_size: {MAX_BATCH_SIZE}\n"
-        + _io(spec, ragged)
-        + params
+        head
         + "dynamic_batching {\n"
         f"  max_queue_delay_microseconds: {queue_delay_us}\n"
         "  default_queue_policy {\n"
@@ -91,9 +88,9 @@ def ensemble_config(spec: ModelSpec) -> str:
     )
 
 
-def _trunk_config(ragged: bool = False) -> str:
+def _trunk_config(batching: bool = True) -> str:
     return onnx_model_config(io.TRUNK_SPEC, queue_delay_us=TRUNK_QUEUE_DELAY_US,
-                             parameters={"row_cache_rows": str(ROW_CACHE_ROWS)}, ragged=ragged)
+                             parameters={"row_cache_rows": str(ROW_CACHE_ROWS)}, batching=batching)
 
 
 def repository_configs() -> dict[str, str]:
@@ -107,12 +104,13 @@ def repository_configs() -> dict[str, str]:
 def local_configs() -> dict[str, str]:
     """Model name -> configs/local.pbtxt text, for every model that is not an ensemble.
 
-    The trunk's inputs also allow ragged batches there: the stand-in backend takes each request's tensors
-    as they are and groups equal shapes itself. Without it, Triton's batcher with one instance held a
-    queued request of another length bucket until a 500 ms timer fired (seen at concurrency 8: requests
-    waited 2 s and were rejected). The native backend would concatenate ragged inputs into one flat
-    tensor, which the ONNX graph cannot read, so config.pbtxt keeps equal-shape batching.
+    The local trunk has no dynamic batcher: with one instance, Triton 2.51's batcher (the nvidia-pytriton
+    wheel's) now and then waited 500 ms for an instance that was already free (seen in the benchmarks and
+    in a stress test at concurrency 8: requests queued 2 s and were rejected; with two instances, or
+    without the batcher, never). The stand-in backend computes rows one at a time anyway, and the row cache
+    needs the one instance; the front's admission control bounds what queues. config.pbtxt (the NGC image's
+    native backend) keeps dynamic batching and its queue policy.
     """
     configs = {name: text for name, text in repository_configs().items() if 'platform: "ensemble"' not in text}
-    configs[io.TRUNK] = _trunk_config(ragged=True)
+    configs[io.TRUNK] = _trunk_config(batching=False)
     return {name: text + LOCAL_SETTINGS for name, text in configs.items()}

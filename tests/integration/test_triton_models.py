@@ -53,7 +53,10 @@ def test_strict_config_loads_every_model(triton_server: TritonConfig) -> None:
     for name in expected - set(io.ENSEMBLE_NAMES):
         config = _http_json(triton_server, f"/v2/models/{name}/config")
         assert config["backend"] == "onnxruntime"
-        assert "dynamic_batching" in config
+        # The local settings (configs/local.pbtxt): one instance, no batcher, the row cache.
+        assert [g["count"] for g in config["instance_group"]] == [1]
+        assert "dynamic_batching" not in config
+        assert config["parameters"]["row_cache_rows"]["string_value"] == "1024"
 
 
 async def test_every_model_answers(triton_server: TritonConfig, models: TritonModels) -> None:

@@ -196,3 +196,12 @@ def test_rows_are_computed_one_at_a_time_so_batch_mates_do_not_matter() -> None:
     uncached.cache = None
     uncached.session = _BatchDependentSession()
     np.testing.assert_array_equal(uncached._run(feeds)["sum"][:, 0], alone)
+
+
+def test_the_local_trunk_runs_alone_without_a_batcher_and_the_ngc_config_keeps_its_queue_policy() -> None:
+    from services.models.configs import local_configs
+
+    local, generic = local_configs()[io.TRUNK], repository_configs()[io.TRUNK]
+    assert "instance_group [ { count: 1 kind: KIND_CPU } ]" in local and "dynamic_batching" not in local
+    assert "instance_group" not in generic and "timeout_action: REJECT" in generic
+    assert set(local_configs()) == {io.TRUNK}  # ensembles are scheduled by Triton itself
