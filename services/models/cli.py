@@ -39,6 +39,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     from services.models.train import train_trunk
 
     finetuned = Path(args.finetuned) if args.finetuned else None
+    if args.trunk == "base":
+        from services.models.train import train_base_trunk
+
+        if finetuned is None:
+            raise SystemExit("the base trunk trains on a GPU: run `python -m services.models.trunk train --trunk base "
+                             "BUNDLE OUT` there, then `switchyard train trunk --trunk base --finetuned OUT`")
+        record = train_base_trunk(_paths(args), finetuned)
+        print(json.dumps({"task": "trunk_base", "results": record["results"]["domain"]["dev"]})[:1500])
+        print("weights/trunk_base, cards/trunk_base.md and .switchyard/base-repository updated")
+        return 0
     record = train_trunk(_paths(args), finetuned)
     print(json.dumps({"task": "trunk", "results": record["results"]})[:3000])
     print("weights, model cards and triton_models/ updated")
@@ -83,6 +93,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("tasks", nargs=1, choices=TRAIN_TARGETS, metavar="trunk")
     train.add_argument("--finetuned", help="import the output folder of `python -m services.models.trunk train` "
                        "(trained where a GPU is) instead of training here")
+    train.add_argument("--trunk", choices=("small", "base"), default="small",
+                       help="which trunk's weights and cards: small (services/models/weights/trunk) or base "
+                       "(weights/trunk_base; import only, with --finetuned)")
     _common(train)
     train.set_defaults(func=cmd_train)
 

@@ -34,6 +34,12 @@ class ModelPaths:
         return self.work_dir / "reports"
 
 
+def base_trunk_repository(work_dir: Path) -> Path:
+    """Where the base trunk's repository is built for its card and its test (`make base-models`); to serve
+    it, build it into the served repository instead (`make models TRUNK=base`)."""
+    return Path(work_dir) / "base-repository"
+
+
 def base_encoder_path(work_dir: Path) -> Path:
     """The frozen base model (all-MiniLM-L6-v2) as ONNX, with `<name>.tokenizer.json` beside it: the k-NN
     yardstick's encoder. A build output, outside Triton's repository: nothing serves it."""

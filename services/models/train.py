@@ -108,3 +108,34 @@ def train_trunk(paths: ModelPaths, finetuned: Path | None = None) -> dict:
         cards.write(task, head_method, [s for s in train_sel if s.file.split(".")[0] in chosen],
                     [s for s in dev_sel if s.file.split(".")[0] in chosen], results["int8"][task])
     return cards.write_trunk(method, train_sel, dev_sel, results)
+
+
+def train_base_trunk(paths: ModelPaths, finetuned: Path) -> dict:
+    """Import a GPU run of the base trunk (`python -m services.models.trunk train --trunk base ...`) into
+    weights/trunk_base, build it (int8) into its own repository, and write cards/trunk_base.*: the served
+    domain head's dev figures (recomputed by the card test) beside the GPU run's for every head."""
+    from services.models.build import EMBED_HEAD, TRUNK_ADAPTER, TRUNK_WEIGHTS, build_repository
+    from services.models.evaluate import OnnxPipeline, evaluate_domain
+    from services.models.paths import base_trunk_repository
+
+    target = WEIGHTS_DIR / TRUNK_WEIGHTS["base"]
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (TRUNK_ADAPTER, EMBED_HEAD, "trunk_train.json", *HEAD_WEIGHTS.values()):
+        if not (finetuned / name).is_file():
+            raise FileNotFoundError(f"{finetuned / name} missing: run `python -m services.models.trunk train --trunk "
+                                    "base ...` first")
+        if (finetuned / name).resolve() != (target / name).resolve():
+            shutil.copyfile(finetuned / name, target / name)
+    repository = base_trunk_repository(paths.work_dir)
+    build_repository(ModelPaths(repository=repository, data_dir=paths.data_dir, work_dir=paths.work_dir), trunk="base")
+    results = {"domain": evaluate_domain(OnnxPipeline(repository), paths)}
+    record = json.loads((target / "trunk_train.json").read_text())
+    small = json.loads((WEIGHTS_DIR / TRUNK_WEIGHTS["small"] / "trunk_train.json").read_text())
+    gpu_file = target / "gpu_figures.json"
+    gpu = json.loads(gpu_file.read_text()) if gpu_file.is_file() else None
+    sources = ("domain", "jailbreak", "pii", "safety")
+    train_sel = [load_rows(paths.data_dir, task, "train", True)[1] for task in sources]
+    dev_sel = [load_rows(paths.data_dir, task, "dev", False)[1] for task in sources]
+    method = {"method": "base shared trunk: one LoRA adapter + all heads on all-mpnet-base-v2, jointly trained",
+              **record}
+    return cards.write_base_trunk(method, small, train_sel, dev_sel, results, gpu)

@@ -45,3 +45,20 @@ def test_card_metrics_are_reproducible(task: str, pipeline: OnnxPipeline) -> Non
     assert recorded.keys() == measured.keys()
     off = {k: (recorded[k], measured[k]) for k in recorded if abs(recorded[k] - measured[k]) > TOLERANCE}
     assert not off, f"card {task} is stale (card, measured): {off}; rerun `switchyard train trunk --finetuned services/models/weights/trunk`"
+
+
+def test_base_trunk_card_is_reproducible() -> None:
+    """cards/trunk_base: the served (int8) base trunk's domain figures, from its own repository (make base-models)."""
+    from services.models.evaluate import evaluate_domain
+    from services.models.paths import base_trunk_repository
+
+    paths = default_paths()
+    repository = base_trunk_repository(paths.work_dir)
+    problems = repository_problems(repository, paths.backend_dir, trunk="base")
+    if problems:
+        pytest.fail(f"the base trunk's repository is not built ({problems[0]}): run `make base-models`", pytrace=False)
+    recorded = dict(_flatten(cards.load_metrics("trunk_base")["results"]["domain"]))
+    measured = dict(_flatten(evaluate_domain(OnnxPipeline(repository), paths)))
+    assert recorded.keys() == measured.keys()
+    off = {k: (recorded[k], measured[k]) for k in recorded if abs(recorded[k] - measured[k]) > TOLERANCE}
+    assert not off, f"card trunk_base is stale (card, measured): {off}; rerun `switchyard train trunk --trunk base --finetuned services/models/weights/trunk_base`"
