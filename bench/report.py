@@ -92,6 +92,10 @@ def _monolith(results: dict[str, Any]) -> list[str]:
         ratio = f"{added['median'] / one['median']:.1f}×" if added.get("median") and one.get("median") else "–"
         lines.append(f"| {SIZE_LABELS[size]} | {fmt(one)} ({mono.get(size, {}).get('rows_mean', '–')}) | "
                      f"{fmt(fan_c)} | {fmt(added)} | {ratio} |")
+    base = results.get("monolith_base")
+    if base:
+        lines += ["", "The base trunk (all-mpnet-base-v2, int8; `models.trunk: base`), same monolith: " + ", ".join(
+            f"{SIZE_LABELS[size]} {fmt(base.get(size, {}).get('one_pass', {}))} ms" for size in SIZES) + "."]
     lines += ["", "Monolith: the served trunk file (heads fused) and the services' tokenizer in one process with "
               "onnxruntime (same thread settings as the Triton backend), measured with the mesh stopped: each "
               "distinct row a request needs (whole text, windows, the embedder's cut) once, every head on it. "

@@ -19,6 +19,7 @@ from bench import cache, fanout, guard_load, latency, monolith, quality, through
 from bench.metrics_scrape import breakdown, scrape
 from bench.prompts import load_prompts
 from bench.stack import REPO, BenchStack, run_load
+from services.models.paths import base_trunk_repository
 
 RESULTS_DIR = REPO / "bench" / "results"
 
@@ -141,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     if stage("monolith"):
         results["monolith"] = monolith.monolith_latency(stack.config.triton.model_repository, prompts,
                                                         args.rounds, 10 if args.quick else 20)
+        # The base trunk (models.trunk: base) on the same rows, when `make base-models` has built it: its
+        # CPU cost beside the small one's.
+        base = base_trunk_repository(REPO / ".switchyard")
+        if (base / "trunk" / "1" / "model.onnx").is_file():
+            print("  monolith, base trunk", flush=True)
+            results["monolith_base"] = monolith.monolith_latency(base, prompts, args.rounds, 5 if args.quick else 10)
     if stage("cache_quality"):
         # Hit rate vs wrong-hit rate on the cache pairs, threshold-only beside threshold + verification.
         proc = subprocess.run([sys.executable, "-m", "bench.cache_quality", "--out", str(args.out)], cwd=REPO,
