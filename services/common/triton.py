@@ -27,6 +27,9 @@ from services.common.tokenizer import (Batch, EntitySpan, TextTokenizer, Tokeniz
 CALL_DEADLINE: ContextVar[float | None] = ContextVar("switchyard_call_deadline", default=None)
 # Floor for a call's budget, so that a nearly spent deadline still gets a definite (fast) answer.
 MIN_CALL_TIMEOUT_S = 0.01
+# The request parameter carrying the caller's deadline (wall clock, ms since the epoch): the local backend
+# drops a request whose caller has given up (services/models/triton_backend/model.py, same name).
+DEADLINE_PARAMETER = "switchyard_deadline_ms"
 
 
 def set_call_deadline(time_remaining_s: float | None) -> None:
@@ -211,8 +214,10 @@ class TritonModels:
             try:
                 result = await self._client.infer(
                     spec.name, inputs, outputs=outputs, client_timeout=budget,
-                    # The same budget server-side: Triton drops the request from its queue after it.
-                    timeout=int(budget * 1_000_000)
+                    # The same budget server-side: Triton's queue policy drops the request after it, and the
+                    # local backend (which has no batcher, so no queue policy) reads the deadline parameter.
+                    timeout=int(budget * 1_000_000),
+                    parameters={DEADLINE_PARAMETER: round(time.time() * 1000 + budget * 1000, 1)},
                 )
                 return result.as_numpy(output)
             except InferenceServerException as exc:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc.aio as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from services.common import model_io as io
 from services.common.config import TritonConfig
@@ -151,3 +153,26 @@ async def test_errors_name_the_problem(triton_server: TritonConfig, models: Trit
     async with TritonModels(nowhere, models._tokenizer, retries=1, retry_backoff_s=0.01) as offline:
         with pytest.raises(TritonUnavailableError, match="tritonserver running"):
             await offline.embed(["hi"])
+
+
+async def test_a_request_past_its_deadline_is_dropped_not_computed(triton_server: TritonConfig) -> None:
+    """The local trunk has no queue policy: the backend reads the caller's deadline parameter instead."""
+    from services.common.triton import DEADLINE_PARAMETER
+
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    ids = np.array([[101, 2054, 2003, 1996, 3437, 102]], dtype=np.int64)
+    inputs = []
+    for name, value in ((io.INPUT_IDS, ids), (io.ATTENTION_MASK, np.ones_like(ids))):
+        item = grpcclient.InferInput(name, list(value.shape), "INT64")
+        item.set_data_from_numpy(value)
+        inputs.append(item)
+    try:
+        with pytest.raises(InferenceServerException, match="timeout expired"):
+            await client.infer(io.DOMAIN_CLASSIFIER, inputs, client_timeout=30,
+                               parameters={DEADLINE_PARAMETER: time.time() * 1000 - 1000})
+        # The same request with time left is answered.
+        result = await client.infer(io.DOMAIN_CLASSIFIER, inputs, client_timeout=30,
+                                    parameters={DEADLINE_PARAMETER: time.time() * 1000 + 10_000})
+        assert result.as_numpy(io.PROBABILITIES).shape == (1, len(io.DOMAIN_LABELS))
+    finally:
+        await client.close()

@@ -19,6 +19,7 @@ waiting in a batching window for each other. It counts both in the metric `switc
 
 import json
 import os
+import time
 from collections import OrderedDict
 
 import numpy as np
@@ -27,6 +28,21 @@ import triton_python_backend_utils as pb_utils
 
 # Small CPUs: one or two threads per model and no spin-waiting, so idle models leave cores to others.
 DEFAULT_INTRA_OP_THREADS = min(2, os.cpu_count() or 1)
+# The caller's deadline (wall clock, ms since the epoch), a request parameter the services set
+# (services.common.triton). The local trunk runs without Triton's dynamic batcher and so without its queue
+# policy: this is how a request whose caller has given up is dropped instead of computed. Without it, a
+# backlog left by a stall (Triton frozen for 4 s under load) was computed while new requests waited behind
+# it, missed their deadlines, and became backlog in turn: the mesh never recovered.
+DEADLINE_PARAMETER = "switchyard_deadline_ms"
+
+
+def _expired(parameters, now_ms):
+    """True when the request's deadline parameter (if any) has passed."""
+    try:
+        deadline = json.loads(parameters or "{}").get(DEADLINE_PARAMETER)
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(deadline, (int, float)) and now_ms > deadline
 
 
 def _row_keys(feeds):
@@ -117,12 +133,20 @@ class TritonPythonModel:
         self.counter = RowCounter(config["name"]) if self.cache is not None else None
 
     def execute(self, requests):
-        # Requests whose inputs have the same shapes (beyond the batch) run as one batch.
-        arrays = [[pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.inputs] for r in requests]
-        groups = {}
-        for index, feeds in enumerate(arrays):
-            groups.setdefault(tuple(a.shape[1:] for a in feeds), []).append(index)
         responses = [None] * len(requests)
+        now_ms = time.time() * 1000
+        live = []
+        for index, request in enumerate(requests):
+            if _expired(request.parameters(), now_ms):
+                responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                    "Request timeout expired: the caller's deadline passed while the request was queued"))
+            else:
+                live.append(index)
+        # Requests whose inputs have the same shapes (beyond the batch) run as one batch.
+        arrays = {i: [pb_utils.get_input_tensor_by_name(requests[i], n).as_numpy() for n in self.inputs] for i in live}
+        groups = {}
+        for index, feeds in arrays.items():
+            groups.setdefault(tuple(a.shape[1:] for a in feeds), []).append(index)
         for members in groups.values():
             feeds = {n: np.concatenate([arrays[m][k] for m in members]) for k, n in enumerate(self.inputs)}
             try:

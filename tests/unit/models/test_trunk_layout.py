@@ -205,3 +205,14 @@ def test_the_local_trunk_runs_alone_without_a_batcher_and_the_ngc_config_keeps_i
     assert "instance_group [ { count: 1 kind: KIND_CPU } ]" in local and "dynamic_batching" not in local
     assert "instance_group" not in generic and "timeout_action: REJECT" in generic
     assert set(local_configs()) == {io.TRUNK}  # ensembles are scheduled by Triton itself
+
+
+def test_a_request_whose_caller_gave_up_is_recognised() -> None:
+    backend = _backend_module()
+    from services.common.triton import DEADLINE_PARAMETER
+
+    assert backend.DEADLINE_PARAMETER == DEADLINE_PARAMETER
+    assert backend._expired('{"switchyard_deadline_ms": 1000.0}', now_ms=1000.5)
+    assert not backend._expired('{"switchyard_deadline_ms": 1000.0}', now_ms=999.0)
+    assert not backend._expired("{}", now_ms=1e15) and not backend._expired("", now_ms=1e15)
+    assert not backend._expired("not json", now_ms=1e15)
