@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from bench.prompts import UNIQUE_MARK as PROMPT_MARK
+
 REQUEST_TIMEOUT_S = 30.0
 MAX_OPEN_CONNECTIONS = 512
-# bench.prompts.UNIQUE_MARK: replaced in every request by a letter code of its sequence number (same width,
-# so the content-length holds).
-UNIQUE_MARK = b"qqqqqqq"
+# Replaced in every request by a letter code of its sequence number (same width, so the content-length holds).
+UNIQUE_MARK = PROMPT_MARK.encode()
 _LETTERS = b"abcdefghijklmnopqrstuvwxyz"
 
 

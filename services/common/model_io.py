@@ -121,7 +121,6 @@ class ModelSpec:
         return next(t for t in self.outputs if t.name == name)
 
 
-ENCODER_SPEC = ModelSpec(ENCODER, (_IDS, _MASK), (_HIDDEN,))
 POOL_NORMALIZE_SPEC = ModelSpec(POOL_NORMALIZE, (_HIDDEN, _MASK), (TensorSpec(EMBEDDING, "TYPE_FP32", (HIDDEN_SIZE,)),))
 DOMAIN_HEAD_SPEC = ModelSpec(
     DOMAIN_HEAD, (_HIDDEN, _MASK), (TensorSpec(PROBABILITIES, "TYPE_FP32", (len(DOMAIN_LABELS),)),)

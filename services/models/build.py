@@ -46,19 +46,6 @@ def onnx_path(repository: Path, model: str) -> Path:
     return repository / model / "1" / MODEL_FILE
 
 
-def ensemble_encoders(repository: Path) -> dict[str, str]:
-    """Ensemble name -> the encoder its first step runs, read from the built configs."""
-    import re
-
-    found = {}
-    for name in io.ENSEMBLE_NAMES:
-        config = repository / name / "config.pbtxt"
-        match = re.search(r'model_name: "([^"]+)"', config.read_text()) if config.is_file() else None
-        if match:
-            found[name] = match.group(1)
-    return found
-
-
 def _fresh(target: Path, sources: list[Path]) -> bool:
     """True when target exists and is newer than every source (then the export is skipped)."""
     return target.is_file() and all(target.stat().st_mtime >= s.stat().st_mtime for s in sources if s.exists())

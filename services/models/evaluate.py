@@ -108,9 +108,8 @@ class OnnxPipeline:
         if long_rows:
             for start in range(0, len(long_rows), 16):
                 rows = long_rows[start : start + 16]
-                width = int(windows.attention_mask[rows].sum(axis=1).max())
-                probs = self._rows(io.JAILBREAK_CLASSIFIER, windows.input_ids[rows, :width],
-                                   windows.attention_mask[rows, :width])
+                # Whole rows: _rows cuts each to its own length bucket, as the guard's calls send it.
+                probs = self._rows(io.JAILBREAK_CLASSIFIER, windows.input_ids[rows], windows.attention_mask[rows])
                 for row, p in zip(rows, probs[:, io.JAILBREAK_LABELS.index("jailbreak")]):
                     scores[owners[row]] = max(scores[owners[row]], float(p))
         return scores
