@@ -152,7 +152,6 @@ ENSEMBLE_SPECS: tuple[ModelSpec, ...] = (
     CACHE_PAIR_CLASSIFIER_SPEC,
 )
 
-ENSEMBLE_NAMES: tuple[str, ...] = tuple(s.name for s in ENSEMBLE_SPECS)
 
 # The shared multi-task trunk (services.models.trunk): the one model behind every ensemble. Its graph is
 # the encoder with every head fused on top (services.models.heads.fuse_heads), so one execution answers
@@ -180,3 +179,10 @@ TRUNK_SPEC = ModelSpec(
     (_IDS, _MASK),
     tuple(TensorSpec(TRUNK_OUTPUTS[e.name], e.outputs[0].data_type, e.outputs[0].dims) for e in ENSEMBLE_SPECS),
 )
+# Several heads in one call: an ensemble that passes on every trunk output under the trunk's own names, of
+# which a caller requests those it needs. The guard reads its jailbreak, safety and PII heads on the same rows
+# this way (services.common.triton coalesces them): one request instead of three.
+TRUNK_HEADS = "trunk_heads"
+TRUNK_HEADS_SPEC = ModelSpec(TRUNK_HEADS, (_IDS, _MASK), TRUNK_SPEC.outputs)
+# Every ensemble a service may call: the per-task contract and trunk_heads.
+ENSEMBLE_NAMES: tuple[str, ...] = (*(s.name for s in ENSEMBLE_SPECS), TRUNK_HEADS)

@@ -32,6 +32,30 @@ MIN_CALL_TIMEOUT_S = 0.01
 DEADLINE_PARAMETER = "switchyard_deadline_ms"
 
 
+# The request (an object per served call) whose concurrent Triton calls may share one request: calls of one
+# group that send identical rows within a few event-loop turns of each other go to trunk_heads as one call
+# asking for each caller's head (the guard: jailbreak, safety and PII on the rows of a short prompt). Unset
+# (decision, cache), every call goes out on its own. Never shared between served calls: one client's
+# cancelled request must not fail another's.
+COALESCE_GROUP: ContextVar[object | None] = ContextVar("switchyard_coalesce_group", default=None)
+# Event-loop turns a first call waits for the others of its group: the guard's checks reach their Triton
+# calls one or two task levels apart (a turn is ~10 us; a call that comes later still goes out on its own).
+COALESCE_TURNS = 3
+
+
+def coalesce_calls() -> None:
+    """From here on, this task's concurrent Triton calls on identical rows share one request (see COALESCE_GROUP)."""
+    COALESCE_GROUP.set(object())
+
+
+class _SharedCall:
+    """Calls waiting to go out as one request: the ensembles that asked, and the outputs they will share."""
+
+    def __init__(self, spec: io.ModelSpec, loop: asyncio.AbstractEventLoop) -> None:
+        self.specs = [spec]
+        self.outputs: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
+
+
 def set_call_deadline(time_remaining_s: float | None) -> None:
     """Bound this task's Triton calls by the served call's remaining time (grpc context.time_remaining())."""
     CALL_DEADLINE.set(None if time_remaining_s is None else time.monotonic() + time_remaining_s)
@@ -79,6 +103,7 @@ class TritonModels:
         # Reconnect within a second after Triton stalled or restarted: gRPC's default backoff grows to
         # 120 s, and its 20 s connect timeout waits on a server that accepted TCP but was frozen.
         self._client = grpcclient.InferenceServerClient(url=config.grpc_url, channel_args=TRITON_CHANNEL_ARGS)
+        self._shared: dict[tuple, _SharedCall] = {}
 
     @classmethod
     def from_config(cls, config: TritonConfig, model_repository: Path | None = None) -> TritonModels:
@@ -201,13 +226,49 @@ class TritonModels:
         return budget
 
     async def _infer_once(self, spec: io.ModelSpec, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        group = COALESCE_GROUP.get()
+        if group is None or spec.name not in io.TRUNK_OUTPUTS:
+            return (await self._request(spec, input_ids, mask, [spec.outputs[0].name]))[spec.outputs[0].name]
+        head = io.TRUNK_OUTPUTS[spec.name]
+        key = (id(group), input_ids.shape, input_ids.tobytes(), mask.tobytes())
+        shared = self._shared.get(key)
+        if shared is not None:
+            shared.specs.append(spec)
+            # Shielded: this caller giving up must not cancel the request the others wait on.
+            return (await asyncio.shield(shared.outputs))[head]
+        shared = self._shared[key] = _SharedCall(spec, asyncio.get_running_loop())
+        try:
+            try:
+                for _ in range(COALESCE_TURNS):
+                    await asyncio.sleep(0)
+            finally:
+                del self._shared[key]
+            names = {s.name for s in shared.specs}
+            if len(names) == 1:
+                answer = await self._request(spec, input_ids, mask, [spec.outputs[0].name])
+                outputs = {head: answer[spec.outputs[0].name]}
+            else:
+                heads = [io.TRUNK_OUTPUTS[name] for name in sorted(names)]
+                outputs = await self._request(io.TRUNK_HEADS_SPEC, input_ids, mask, heads)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                shared.outputs.cancel()
+            else:
+                shared.outputs.set_exception(exc)
+                shared.outputs.exception()  # retrieved here: no "never retrieved" warning when nobody joined
+            raise
+        shared.outputs.set_result(outputs)
+        return outputs[head]
+
+    async def _request(self, spec: io.ModelSpec, input_ids: np.ndarray, mask: np.ndarray,
+                       output_names: list[str]) -> dict[str, np.ndarray]:
+        """One Triton request for the named outputs of `spec`, retried while Triton is unavailable."""
         inputs = []
         for tensor, value in ((spec.input(io.INPUT_IDS), input_ids), (spec.input(io.ATTENTION_MASK), mask)):
             item = grpcclient.InferInput(tensor.name, list(value.shape), tensor.wire_dtype)
             item.set_data_from_numpy(np.ascontiguousarray(value, dtype=tensor.numpy_dtype))
             inputs.append(item)
-        output = spec.outputs[0].name
-        outputs = [grpcclient.InferRequestedOutput(output)]
+        outputs = [grpcclient.InferRequestedOutput(name) for name in output_names]
         attempt = 0
         while True:
             budget = self._timeout_s
@@ -219,7 +280,7 @@ class TritonModels:
                     timeout=int(budget * 1_000_000),
                     parameters={DEADLINE_PARAMETER: round(time.time() * 1000 + budget * 1000, 1)},
                 )
-                return result.as_numpy(output)
+                return {name: result.as_numpy(name) for name in output_names}
             except InferenceServerException as exc:
                 error = self._translate(exc, spec.name)
                 if isinstance(error, TritonUnavailableError) and attempt < self._retries:

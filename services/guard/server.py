@@ -13,7 +13,8 @@ import numpy as np
 from services.common.config import SwitchyardConfig
 from services.common.grpc_server import run_grpc_service
 from services.common.reload import LiveConfig, start_reloading
-from services.common.triton import LazyTritonModels, TritonError, TritonTimeoutError, set_call_deadline
+from services.common.triton import (LazyTritonModels, TritonError, TritonTimeoutError, coalesce_calls,
+                                    set_call_deadline)
 from services.guard.check import RequestGuard
 from services.guard.metrics import GuardMetrics
 from services.guard.pii import TaggedSpan
@@ -34,6 +35,8 @@ class GuardServicer(guard_pb2_grpc.GuardServicer):
         self, request: guard_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> guard_pb2.CheckResponse:
         set_call_deadline(context.time_remaining())
+        # The checks read one prompt's rows: its jailbreak, safety and PII heads go to Triton as one call.
+        coalesce_calls()
         request_id = request.request.request_id
         try:
             verdict = await self._guard.check(request.request.messages)

@@ -68,14 +68,23 @@ def onnx_model_config(spec: ModelSpec, name: str | None = None, queue_delay_us: 
 def ensemble_config(spec: ModelSpec) -> str:
     """One step: the trunk, of whose outputs the ensemble keeps its own under the ensemble's output name."""
     (output,) = spec.outputs
+    return _trunk_ensemble(spec, {io.TRUNK_OUTPUTS[spec.name]: output.name})
+
+
+def heads_ensemble_config() -> str:
+    """trunk_heads: one step, the trunk, every output passed on under its own name (the caller picks)."""
+    return _trunk_ensemble(io.TRUNK_HEADS_SPEC, {o.name: o.name for o in io.TRUNK_SPEC.outputs})
+
+
+def _trunk_ensemble(spec: ModelSpec, outputs: dict[str, str]) -> str:
     step = (
         "  step {\n"
         f'    model_name: "{io.TRUNK}"\n'
         "    model_version: -1\n"
         f'    input_map {{ key: "{io.INPUT_IDS}" value: "{io.INPUT_IDS}" }}\n'
         f'    input_map {{ key: "{io.ATTENTION_MASK}" value: "{io.ATTENTION_MASK}" }}\n'
-        f'    output_map {{ key: "{io.TRUNK_OUTPUTS[spec.name]}" value: "{output.name}" }}\n'
-        "  }\n"
+        + "".join(f'    output_map {{ key: "{key}" value: "{value}" }}\n' for key, value in outputs.items())
+        + "  }\n"
     )
     return (
         f'name: "{spec.name}"\n'
@@ -98,6 +107,7 @@ def repository_configs() -> dict[str, str]:
     configs = {io.TRUNK: _trunk_config()}
     for spec in io.ENSEMBLE_SPECS:
         configs[spec.name] = ensemble_config(spec)
+    configs[io.TRUNK_HEADS] = heads_ensemble_config()
     return configs
 
 

@@ -20,7 +20,7 @@ import tritonclient.grpc.aio as grpcclient
 from services.common import model_io as io
 from services.common.config import TritonConfig
 from services.common.tokenizer import Truncation
-from services.common.triton import TritonModels
+from services.common.triton import TritonModels, coalesce_calls
 from services.models.evaluate import OnnxPipeline
 
 pytestmark = pytest.mark.integration
@@ -69,7 +69,10 @@ async def _routed_request(decision: TritonModels, guard: TritonModels, cache: Tr
     """What the three services ask Triton for one chat request, each through its own client, concurrently."""
 
     async def check() -> None:
-        await asyncio.gather(guard.jailbreak_scores([prompt]), guard.tag_pii([prompt]))
+        # As the guard's servicer does: its checks' calls on the prompt's one row share one request.
+        coalesce_calls()
+        await asyncio.gather(guard.jailbreak_scores([prompt]), guard.safety_probabilities([prompt]),
+                             guard.tag_pii([prompt]))
 
     await asyncio.gather(decision.classify_domain([prompt]), check(), cache.embed([prompt]))
 
@@ -97,9 +100,10 @@ async def test_one_trunk_computation_per_routed_request(trunk_server: TritonConf
     print(f"concurrency {concurrency}: {computed:.0f} trunk rows computed and {reused:.0f} reused for {requests} "
           f"routed requests ({computed / requests:.2f} computed per request); {after - before} executions, "
           f"{inferences_after - inferences_before} rows asked for")
-    # Every service asked: four calls per request (domain, jailbreak, PII, embedder), each one row.
-    assert inferences_after - inferences_before == 4 * requests
-    assert computed + reused == 4 * requests
+    # Every service asked, each one row: the decision (domain), the guard (jailbreak, safety and PII heads in
+    # one trunk_heads request) and the cache (embedder): three trunk requests per routed request.
+    assert inferences_after - inferences_before == 3 * requests
+    assert computed + reused == 3 * requests
     assert computed / requests <= 1.1, f"{computed:.0f} trunk rows computed for {requests} routed requests"
 
 
@@ -147,3 +151,32 @@ async def test_trunk_through_triton_equals_onnxruntime(trunk_server: TritonConfi
         embedding = await models.embed(PROMPTS)
     assert embedding.shape == (len(PROMPTS), io.HIDDEN_SIZE)
     np.testing.assert_allclose(np.linalg.norm(embedding, axis=1), 1.0, atol=1e-5)
+
+
+async def test_trunk_heads_answers_what_each_ensemble_answers(trunk_server: TritonConfig) -> None:
+    """One trunk_heads request for several heads returns, head by head, what each task's own ensemble does."""
+    async with TritonModels.from_config(trunk_server) as models:
+        alone = await asyncio.gather(models.jailbreak_scores(PROMPTS), models.safety_probabilities(PROMPTS),
+                                     models.tag_pii(PROMPTS))
+
+        async def shared() -> list:
+            coalesce_calls()
+            return await asyncio.gather(models.jailbreak_scores(PROMPTS), models.safety_probabilities(PROMPTS),
+                                        models.tag_pii(PROMPTS))
+
+        before = await _model_inferences(trunk_server, io.TRUNK_HEADS)
+        together = await asyncio.create_task(shared())
+        after = await _model_inferences(trunk_server, io.TRUNK_HEADS)
+    np.testing.assert_array_equal(together[0], alone[0])
+    np.testing.assert_array_equal(together[1], alone[1])
+    assert together[2] == alone[2]
+    assert after - before == len(PROMPTS)  # every row went through trunk_heads, once
+
+
+async def _model_inferences(config: TritonConfig, model: str) -> int:
+    client = grpcclient.InferenceServerClient(config.grpc_url)
+    try:
+        stats = await client.get_inference_statistics(model_name=model, as_json=True)
+    finally:
+        await client.close()
+    return int(stats["model_stats"][0].get("inference_count", 0))

@@ -19,6 +19,8 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from services.common import model_io as io
+
 from .conftest import FULLNAME, REPO, VARIANTS, helm_template, one, render, router_config_data
 
 MODELS = REPO / "triton_models"
@@ -116,7 +118,7 @@ def test_every_model_config_with_the_chart_settings_parses(setting, tmp_path):
         config.ClearField("instance_group")
         config.ClearField("optimization")
         assert config == base, model.name
-    assert ensembles == 6 and onnx_models == len(list(MODELS.glob("*/config.pbtxt"))) - ensembles
+    assert ensembles == len(io.ENSEMBLE_NAMES) and onnx_models == len(list(MODELS.glob("*/config.pbtxt"))) - ensembles
 
 
 @pytest.mark.parametrize(("args", "served"), [

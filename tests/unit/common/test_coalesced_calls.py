@@ -1,0 +1,152 @@
+"""One served call's concurrent Triton calls on identical rows share one trunk_heads request (the guard's checks)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from services.common import model_io as io
+from services.common.config import TritonConfig
+from services.common.triton import TritonModels, TritonTimeoutError, coalesce_calls
+from tests.unit.common.test_jailbreak_windows import WORDS, word_tokenizer
+
+# Each head answers a value of its own, so a caller that got another head's output would see it.
+HEAD_VALUES = {output.name: 0.1 * (k + 1) for k, output in enumerate(io.TRUNK_SPEC.outputs)}
+
+
+class RequestRecorder(TritonModels):
+    """TritonModels whose Triton requests are recorded (model, outputs asked) and answered per head."""
+
+    def __init__(self, fail: Exception | None = None, delay_s: float = 0.0) -> None:
+        super().__init__(TritonConfig(grpc_port=1), word_tokenizer())
+        self.requests: list[tuple[str, tuple[str, ...]]] = []
+        self.fail = fail
+        self.delay_s = delay_s
+
+    async def _request(self, spec: io.ModelSpec, input_ids: np.ndarray, mask: np.ndarray,
+                       output_names: list[str]) -> dict[str, np.ndarray]:
+        self.requests.append((spec.name, tuple(output_names)))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.fail is not None:
+            raise self.fail
+        out = {}
+        for name in output_names:
+            tensor = spec.output(name)
+            head = name if spec.name == io.TRUNK_HEADS else io.TRUNK_OUTPUTS[spec.name]
+            dims = tuple(input_ids.shape[1] if d < 0 else d for d in tensor.dims)
+            out[name] = np.full((input_ids.shape[0], *dims), HEAD_VALUES[head], dtype=np.float32)
+        return out
+
+
+async def guard_calls(models: TritonModels, text: str, group: bool):
+    """What the guard's checks send for one prompt, concurrently (services.guard.check)."""
+    if group:
+        coalesce_calls()
+    return await asyncio.gather(models.jailbreak_scores([text]), models.jailbreak_window_scores([text]),
+                                models.safety_probabilities([text]), models.tag_pii([text]))
+
+
+async def test_a_short_prompts_three_heads_go_out_as_one_request() -> None:
+    models = RequestRecorder()
+    try:
+        jailbreak, windows, safety, spans = await asyncio.create_task(guard_calls(models, "w1 w2 w3 w4", True))
+    finally:
+        await models.close()
+    assert models.requests == [(io.TRUNK_HEADS, ("jailbreak_probabilities", "pii_probabilities",
+                                                 "safety_probabilities"))]
+    # Every caller got its own head's output back.
+    assert jailbreak[0] == pytest.approx(HEAD_VALUES["jailbreak_probabilities"])
+    assert safety[0, 0] == pytest.approx(HEAD_VALUES["safety_probabilities"])
+    assert [len(w) for w in windows] == [0] and len(spans) == 1
+
+
+async def test_without_a_group_every_call_goes_alone() -> None:
+    models = RequestRecorder()
+    try:
+        await asyncio.create_task(guard_calls(models, "w1 w2 w3 w4", False))
+    finally:
+        await models.close()
+    assert sorted(name for name, _ in models.requests) == sorted(
+        [io.JAILBREAK_CLASSIFIER, io.SAFETY_CLASSIFIER, io.PII_TAGGER])
+
+
+async def test_different_rows_are_not_merged() -> None:
+    """A long text: the whole-text rows and its windows differ, so only identical rows share a request."""
+    models = RequestRecorder()
+    long_text = " ".join(WORDS[:700])
+    try:
+        await asyncio.create_task(guard_calls(models, long_text, True))
+    finally:
+        await models.close()
+    # HEAD_TAIL row (jailbreak + safety) in one request; the four windows (jailbreak windows + PII) in another.
+    assert sorted(models.requests) == sorted([
+        (io.TRUNK_HEADS, ("jailbreak_probabilities", "safety_probabilities")),
+        (io.TRUNK_HEADS, ("jailbreak_probabilities", "pii_probabilities")),
+    ])
+
+
+async def test_two_served_calls_never_share_a_request() -> None:
+    models = RequestRecorder()
+    try:
+        await asyncio.gather(asyncio.create_task(guard_calls(models, "w1 w2 w3 w4", True)),
+                             asyncio.create_task(guard_calls(models, "w1 w2 w3 w4", True)))
+    finally:
+        await models.close()
+    assert len(models.requests) == 2
+
+
+async def test_a_failed_shared_request_fails_every_caller() -> None:
+    models = RequestRecorder(fail=TritonTimeoutError("trunk_heads: no answer"))
+    try:
+        results = await asyncio.create_task(_gathered(models))
+    finally:
+        await models.close()
+    assert len(models.requests) == 1
+    assert all(isinstance(r, TritonTimeoutError) for r in results)
+
+
+async def _gathered(models: TritonModels):
+    coalesce_calls()
+    return await asyncio.gather(models.jailbreak_scores(["w1 w2 w3"]), models.safety_probabilities(["w1 w2 w3"]),
+                                return_exceptions=True)
+
+
+async def test_a_caller_that_gives_up_leaves_the_others_their_answer() -> None:
+    models = RequestRecorder(delay_s=0.05)
+
+    async def scenario():
+        coalesce_calls()
+        first = asyncio.ensure_future(models.jailbreak_scores(["w1 w2 w3"]))
+        second = asyncio.ensure_future(models.safety_probabilities(["w1 w2 w3"]))
+        await asyncio.sleep(0.01)  # both joined, the shared request is in flight
+        second.cancel()
+        return await asyncio.wait_for(first, timeout=2), second
+
+    try:
+        jailbreak, second = await asyncio.create_task(scenario())
+    finally:
+        await models.close()
+    assert jailbreak[0] == pytest.approx(HEAD_VALUES["jailbreak_probabilities"])
+    assert second.cancelled() and len(models.requests) == 1
+
+
+async def test_a_cancelled_first_caller_does_not_leave_the_others_waiting() -> None:
+    models = RequestRecorder(delay_s=0.05)
+
+    async def scenario():
+        coalesce_calls()
+        first = asyncio.ensure_future(models.jailbreak_scores(["w1 w2 w3"]))
+        second = asyncio.ensure_future(models.safety_probabilities(["w1 w2 w3"]))
+        await asyncio.sleep(0.01)
+        first.cancel()
+        done, _ = await asyncio.wait({second}, timeout=2)
+        return done
+
+    try:
+        done = await asyncio.create_task(scenario())
+    finally:
+        await models.close()
+    assert len(done) == 1  # ended (cancelled with the request it shared), not left hanging
