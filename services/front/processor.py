@@ -197,8 +197,20 @@ class ChatProcessor(PassThroughProcessor):
         if headers.end_of_stream:
             return self.error(RequestError(400, "the request body is empty; send a JSON chat completion request",
                                            "empty_body"))
+        remove = client_headers_to_remove(self.request_headers)
+        attempt = fallback.attempt_from_headers(self.config, self.request_headers)
+        if attempt is not None and not attempt.is_fallback:
+            # The upstream pass of the first attempt sends the body the downstream pass wrote: its model is
+            # named here and the body phase is skipped (where Envoy allows the override; else that phase
+            # names it again).
+            self.attempt = attempt
+            return ep.ProcessingResponse(
+                request_headers=ep.HeadersResponse(response=ep.CommonResponse(header_mutation=ep.HeaderMutation(
+                    remove_headers=[h for h in remove if h != SELECTED_MODEL_HEADER],
+                    set_headers=[header_option(SELECTED_MODEL_HEADER, attempt.link.model)]))),
+                mode_override=pm.ProcessingMode(request_body_mode=pm.ProcessingMode.NONE))
         return ep.ProcessingResponse(request_headers=ep.HeadersResponse(response=ep.CommonResponse(
-            header_mutation=ep.HeaderMutation(remove_headers=client_headers_to_remove(self.request_headers)))))
+            header_mutation=ep.HeaderMutation(remove_headers=remove))))
 
     # -- request body ----------------------------------------------------------------------
     async def process_request_body(self, body: ep.HttpBody) -> ep.ProcessingResponse:

@@ -210,6 +210,8 @@ def fallback_ext_proc_filter(config: SwitchyardConfig) -> dict[str, Any]:
                              "timeout": f"{max(timeout_s * 6, 30):.0f}s"},
             "failure_mode_allow": config.envoy.failure_mode_allow,
             "message_timeout": f"{timeout_s:.3f}s",
+            # The first attempt's body needs no rewrite: the front skips its body phase (one message less).
+            "allow_mode_override": True,
             "processing_mode": {
                 "request_header_mode": "SEND",
                 "request_body_mode": "BUFFERED",

@@ -75,6 +75,27 @@ def test_no_failure_no_fallback(client: httpx.Client, mesh: MeshRunner) -> None:
     assert [b["model"] for b in asked(mesh, marker)] == ["deepseek-r1"]
 
 
+def envoy_counter(mesh: MeshRunner, name: str) -> int:
+    text = httpx.get(f"http://127.0.0.1:{mesh.config.envoy.admin_port}/stats", params={"filter": name},
+                     trust_env=False).text
+    return sum(int(line.rsplit(":", 1)[1]) for line in text.splitlines() if line.split(":", 1)[0] == name)
+
+
+def test_the_first_attempts_upstream_pass_skips_the_body(client: httpx.Client, mesh: MeshRunner) -> None:
+    """The downstream pass wrote the body the first attempt sends: the upstream pass names its model at the
+    request headers and skips the body phase (two messages: request and response headers)."""
+    # The upstream filter's stat prefix is the listener's without the separating dot (Envoy's naming).
+    sent = "http.switchyardext_proc.stream_msgs_sent"
+    before = envoy_counter(mesh, sent)
+    marker = f"#upstream{time.time_ns()}"
+    response = client.post(CHAT, json=chat(f"{MATH} {marker}"), headers={"cache-control": "no-store"})
+    assert response.status_code == 200
+    assert envoy_counter(mesh, sent) - before == 2
+    # The backend still learnt its model, and got the body the downstream pass rewrote.
+    (body,) = asked(mesh, marker)
+    assert body["model"] == "deepseek-r1" and body["messages"][0]["role"] == "system"
+
+
 @pytest.mark.parametrize("mode", ["503", "reset", "timeout"])
 def test_top_candidate_failing_is_answered_by_the_next(client: httpx.Client, mesh: MeshRunner, mode: str) -> None:
     marker = f"#{mode}{time.time_ns()}"

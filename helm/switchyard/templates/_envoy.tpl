@@ -48,6 +48,7 @@ pointing at Kubernetes Services instead of loopback.
           "grpc_service" (dict "envoy_grpc" (dict "cluster_name" .cluster) "timeout" (printf "%.0fs" (maxf (mulf $timeoutS 6) 30)))
           "failure_mode_allow" (ternary $envoy.failure_mode_allow false (hasKey $envoy "failure_mode_allow"))
           "message_timeout" (printf "%.3fs" $timeoutS)
+          "allow_mode_override" true
           "processing_mode" (dict
               "request_header_mode" "SEND"
               "request_body_mode" "BUFFERED"
