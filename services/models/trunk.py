@@ -9,7 +9,8 @@ serving sends.
 
 prepare_bundle() runs here (commercial train rows, all dev rows, tokenized) and writes .switchyard/trunk/;
 `python -m services.models.trunk train BUNDLE OUT` trains where a GPU is and writes trunk_lora.npz,
-the three head .npz files (services.models.heads.MLP format) and trunk_train.json;
+the three head .npz files (services.models.heads.MLP format) and trunk_train.json (Recipe's options, e.g. the
+base trunk's `--batch 64 --domain-weight 2 --length-grouped`, change the recipe; left out, the small trunk's);
 `python -m services.models.trunk figures BUNDLE OUT` times the merged trunk with its heads in fp16.
 
 Two trunks (`--trunk small|base`, default small): small is all-MiniLM-L6-v2 (384-d states, 6 layers); base is
@@ -25,6 +26,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +41,10 @@ EMBEDDING_WIDTH = 384
 # alpha = 2 * rank (the per-task adapters' scale). Rank 64 with distillation weight 20 lost 3 points of
 # domain accuracy and 1.5 of jailbreak F1 (see the trunk card's history).
 RANK = 128
-# Base: rank 32 on the 6 linear layers of all 12 MPNet blocks: 5.3 M parameters (10.6 MB in fp16), as large as
-# the small trunk's adapter.
-BASE_RANK = 32
+# Base: rank 64 on the 6 linear layers of all 12 MPNet blocks: 10.6 M parameters (21 MB in fp16, 19.6 MB as
+# committed). Rank 32 (the first base run: 2 budget-cut epochs at batch 32) served 0.831 domain accuracy, rank 64
+# with the longer run in the base trunk's card 0.847.
+BASE_RANK = 64
 RANKS = {"small": RANK, "base": BASE_RANK}
 DEFAULT_BUNDLES = {"small": Path(".switchyard/trunk"), "base": Path(".switchyard/trunk_base")}
 # Rows distilled in training (every task but the pairs) and the cache's dev rows: the base bundle holds them in
@@ -63,6 +66,50 @@ DISTILL_TASK = "cache"
 JAILBREAK_WEIGHT = 1.5
 # Safety batches over-sample the unsafe rows and XSTest's safe look-alikes (hard negatives) this many times.
 SAFETY_OVERSAMPLE = 3
+# Length-grouped batches: this many batches of a task are drawn at random, sorted by length and cut again, so a
+# batch pads to about its own rows' length instead of the longest of a random draw (most rows are far shorter
+# than the 256-token window every joint step was padded to). Measured on the H200 (base trunk): a grouped step of
+# 6 x 64 rows took 0.45 s against 0.25 s for a joint padded step of 6 x 32, about 10 % less per row: six smaller
+# forwards pay more per-operation overhead than the padding cost.
+MEGABATCH = 16
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The training knobs beyond the positional arguments; the defaults are the small trunk's recipe.
+
+    batch_size: rows of each task per step. domain_weight: the domain loss's weight (the others' is 1, the
+    jailbreak's `jailbreak_weight`). length_grouped: each task's rows drawn in length-grouped batches and encoded
+    in their own forward pass at their own width (dev passes sorted by length too), instead of one joint forward
+    padded to the longest row of the step. selection_domain_weight: how many times domain accuracy counts in the
+    epoch selection (SELECTION_RULE).
+    """
+
+    batch_size: int = BATCH_SIZE
+    domain_weight: float = 1.0
+    lr_adapters: float = LR_ADAPTER
+    lr_heads: float = LR_HEADS
+    length_grouped: bool = False
+    selection_domain_weight: float = 1.0
+
+    def changed(self) -> dict:
+        """The knobs that differ from the defaults (what a record and a command line must name)."""
+        default = Recipe()
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)}
+
+    def options(self) -> str:
+        """The changed knobs as `python -m services.models.trunk train` options."""
+        out = []
+        for name, value in self.changed().items():
+            flag = "--" + RECIPE_OPTIONS[name]
+            out.append(flag if isinstance(value, bool) else f"{flag} {value:g}")
+        return "".join(f" {o}" for o in out)
+
+
+# Recipe field -> its command-line option (`--length-grouped` is a flag; the others take a value).
+RECIPE_OPTIONS = {"batch_size": "batch", "domain_weight": "domain-weight", "lr_adapters": "lr-adapters",
+                  "lr_heads": "lr-heads", "length_grouped": "length-grouped",
+                  "selection_domain_weight": "select-domain-weight"}
 
 
 # Bundle (runs here) -----------------------------------------------------------------------------------
@@ -499,8 +546,12 @@ def recall_at_wrong(scores: np.ndarray, same: np.ndarray, wrong: float = 0.01) -
     return float((scores[same] >= threshold).mean()), float(threshold)
 
 
-def evaluate(student, teacher, heads, dev: dict, data) -> dict:
-    """Dev metrics in fp32 (what the exported ONNX computes): the selection and the card's first look."""
+def evaluate(student, teacher, heads, dev: dict, data, sort_by_length: bool = False) -> dict:
+    """Dev metrics in fp32 (what the exported ONNX computes): the selection and the card's first look.
+
+    `sort_by_length`: the classified rows are encoded in chunks of similar length (less padding, same figures up
+    to rounding) and put back in their order.
+    """
     import torch
 
     student.eval()
@@ -509,7 +560,14 @@ def evaluate(student, teacher, heads, dev: dict, data) -> dict:
     with torch.no_grad():
         def run(prefix, fn, size=128):
             ids, mask = dev[prefix][0], dev[prefix][1]
-            return [fn(*_encode(student, ids[i : i + size], mask[i : i + size], False), i) for i in range(0, len(ids), size)]
+            if not sort_by_length:
+                return [fn(*_encode(student, ids[i : i + size], mask[i : i + size], False), i) for i in range(0, len(ids), size)]
+            order = torch.argsort(mask.sum(1), stable=True)
+            chunks = [fn(*_encode(student, ids[order[i : i + size]], mask[order[i : i + size]], False), i)
+                      for i in range(0, len(ids), size)]
+            back = torch.empty_like(order)
+            back[order] = torch.arange(len(order), device=order.device)
+            return [torch.cat(chunks)[back]]
 
         def pooled_probs(prefix: str, head: str):
             return torch.cat(run(prefix, lambda s, m, w, i: torch.softmax(heads[head](_pooled(s, m)), -1))).cpu().numpy()
@@ -517,6 +575,13 @@ def evaluate(student, teacher, heads, dev: dict, data) -> dict:
         probs = pooled_probs("domain", "domain")
         y = dev["domain"][2].cpu().numpy()
         out["domain_accuracy"] = float((probs.argmax(1) == y).mean())
+        predicted = probs.argmax(1)
+        recalls, f1s = [], []
+        for label in np.unique(y):
+            tp = float(((predicted == label) & (y == label)).sum())
+            recalls.append(tp / float((y == label).sum()))
+            f1s.append(2 * tp / max(float((predicted == label).sum() + (y == label).sum()), 1.0))
+        out["domain_macro_f1"], out["domain_min_recall"] = float(np.mean(f1s)), float(np.min(recalls))
         scores = pooled_probs("jailbreak", "jailbreak")[:, 1]
         y = dev["jailbreak"][2].cpu().numpy()
         commercial = data["jailbreak_dev_commercial"]
@@ -587,9 +652,15 @@ SELECTION_RULE = ("best domain accuracy + 2 x jailbreak F1 + PII token F1 + safe
                   "and through the guard's windows (commercial dev rows)")
 
 
-def _selection_value(m: dict) -> float:
+def selection_rule(domain_weight: float = 1.0) -> str:
+    """SELECTION_RULE with domain accuracy counted `domain_weight` times (Recipe.selection_domain_weight)."""
+    return SELECTION_RULE if domain_weight == 1.0 else SELECTION_RULE.replace(
+        "best domain accuracy", f"best {domain_weight:g} x domain accuracy", 1)
+
+
+def _selection_value(m: dict, domain_weight: float = 1.0) -> float:
     within = m["jailbreak_fpr"] <= 0.01 and m["jailbreak_fpr_long"] <= 0.02 and m["jailbreak_guard_fpr_long"] <= 0.02
-    return (m["domain_accuracy"] + 2 * m["jailbreak_f1"] + m["pii_token_f1"] + m["safety_f1"] + m["pair_auc"]
+    return (domain_weight * m["domain_accuracy"] + 2 * m["jailbreak_f1"] + m["pii_token_f1"] + m["safety_f1"] + m["pair_auc"]
             + 0.5 * (m["jailbreak_buried_recall"] + m["jailbreak_evasion_kept"]) - (0.0 if within else 10.0))
 
 
@@ -604,6 +675,23 @@ def _teacher_targets(teacher, ids, mask, lengths: np.ndarray):
             states = teacher(input_ids=ids[i : i + 512, :width], attention_mask=mask[i : i + 512, :width]).last_hidden_state
             out.append(_sentence(states.float(), mask[i : i + 512, :width]))
     return torch.cat(out)
+
+
+def grouped_batches(pool: np.ndarray, lengths: np.ndarray, batch: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """One pass over `pool` in batches of rows of similar length, in random order (MEGABATCH says how).
+
+    The short tail of a pass is dropped (a later pass draws those rows again), unless the pool holds less than
+    one batch.
+    """
+    order = rng.permutation(pool)
+    span = batch * MEGABATCH
+    batches = []
+    for start in range(0, len(order), span):
+        chunk = order[start : start + span]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[k : k + batch] for k in range(0, len(chunk), batch)]
+    full = [b for b in batches if len(b) == batch] or batches
+    return [full[k] for k in rng.permutation(len(full))]
 
 
 def _sampling_pool(data, task: str, prefix: str) -> np.ndarray:
@@ -643,8 +731,9 @@ def _fit_projection(student, embed, sets: dict, targets: dict, tasks: tuple, row
 
 def train(bundle: Path, out: Path, epochs: int = EPOCHS, seed: int = SEED, max_steps: int | None = None,
           rank: int | None = None, distill_weight: float = DISTILL_WEIGHT, jailbreak_weight: float = JAILBREAK_WEIGHT,
-          trunk: str = "small", time_budget: float | None = None) -> dict:
-    """Joint training: every step is one forward over BATCH_SIZE rows of each task, padded together.
+          trunk: str = "small", time_budget: float | None = None, recipe: Recipe = Recipe()) -> dict:
+    """Joint training: every step is one forward over `recipe.batch_size` rows of each task, padded together
+    (or, `recipe.length_grouped`, one forward per task over a batch of rows of similar length).
 
     `time_budget` (seconds, whole run): after a timed probe of a few steps, the epochs get as many steps each
     as fit (with DEV_PASS_SECONDS per dev pass), so the one-cycle schedule still ends inside the budget.
@@ -705,22 +794,29 @@ def train(bundle: Path, out: Path, epochs: int = EPOCHS, seed: int = SEED, max_s
     heads = _heads(device, hidden)
     if hidden != EMBEDDING_WIDTH:
         _fit_projection(student, heads["embed"], sets, targets, distilled)
-    steps_per_epoch = max((len(v) + BATCH_SIZE - 1) // BATCH_SIZE for v in lengths.values())
+    batch = recipe.batch_size
+    steps_per_epoch = max((len(v) + batch - 1) // batch for v in lengths.values())
     if max_steps:
         steps_per_epoch = min(steps_per_epoch, max_steps)
     adapter_params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([{"params": adapter_params, "lr": LR_ADAPTER}, {"params": heads.parameters(), "lr": LR_HEADS}],
+    optimizer = torch.optim.AdamW([{"params": adapter_params, "lr": recipe.lr_adapters},
+                                   {"params": heads.parameters(), "lr": recipe.lr_heads}],
                                   weight_decay=1e-2)
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100)
     # Domain labels overlap (other/health, engineering/physics): smoothing keeps the head from memorising.
     domain_loss = torch.nn.CrossEntropyLoss(label_smoothing=DOMAIN_LABEL_SMOOTHING)
-    weights = {"domain": 1.0, "jailbreak": jailbreak_weight, "safety": 1.0, "pair": 1.0, "pii": 1.0}
+    weights = {"domain": recipe.domain_weight, "jailbreak": jailbreak_weight, "safety": 1.0, "pair": 1.0, "pii": 1.0}
     orders = {task: np.zeros(0, dtype=np.int64) for task in tasks}
+    queued: dict[str, list[np.ndarray]] = {task: [] for task in tasks}
 
     def next_batch(task: str) -> np.ndarray:
-        if len(orders[task]) < BATCH_SIZE:
+        if recipe.length_grouped:
+            if not queued[task]:
+                queued[task] = grouped_batches(pools[task], lengths[task], batch, rng)
+            return queued[task].pop()
+        if len(orders[task]) < batch:
             orders[task] = np.concatenate([orders[task], rng.permutation(pools[task])])
-        idx, orders[task] = orders[task][:BATCH_SIZE], orders[task][BATCH_SIZE:]
+        idx, orders[task] = orders[task][:batch], orders[task][batch:]
         return idx
 
     def step_losses(chosen: dict):
@@ -731,7 +827,7 @@ def train(bundle: Path, out: Path, epochs: int = EPOCHS, seed: int = SEED, max_s
         mask = torch.cat([sets[t][1][index[t], :width] for t in tasks])
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             states = student(input_ids=ids, attention_mask=mask).last_hidden_state.float()
-        part = {t: slice(k * BATCH_SIZE, (k + 1) * BATCH_SIZE) for k, t in enumerate(tasks)}
+        part = {t: slice(k * batch, (k + 1) * batch) for k, t in enumerate(tasks)}
         distill_rows = torch.cat([torch.arange(part[t].start, part[t].stop, device=device) for t in distilled])
         target = torch.cat([targets[t][index[t]] for t in distilled])
         embedded = _sentence(states[distill_rows], mask[distill_rows], heads["embed"])
@@ -745,18 +841,49 @@ def train(bundle: Path, out: Path, epochs: int = EPOCHS, seed: int = SEED, max_s
         loss = sum(weights[t] * value for t, value in losses.items()) + distill_weight * distill
         return loss, losses, distill
 
+    def grouped_step_losses(chosen: dict):
+        # One forward per task at the width of its own batch; the distillation term averages over all its rows.
+        losses, embedded, target = {}, [], []
+        for t in tasks:
+            width = int(lengths[t][chosen[t]].max())
+            index = torch.from_numpy(chosen[t]).to(device, non_blocking=True)
+            ids, mask = sets[t][0][index, :width], sets[t][1][index, :width]
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                states = student(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+            if t in distilled:
+                embedded.append(_sentence(states, mask, heads["embed"]))
+                target.append(targets[t][index])
+            if t in classified:
+                losses[t] = (domain_loss if t == "domain" else loss_fn)(heads[t](_pooled(states, mask)), labels[t][index])
+            elif t == "pii":
+                logits = heads["pii"](states)
+                losses["pii"] = loss_fn(logits.reshape(-1, logits.shape[-1]), sets["pii"][2][index, :width].reshape(-1))
+        distill = (1 - (torch.cat(embedded) * torch.cat(target)).sum(-1)).mean()
+        loss = sum(weights[t] * value for t, value in losses.items()) + distill_weight * distill
+        return loss, losses, distill
+
+    step = grouped_step_losses if recipe.length_grouped else step_losses
+
+    def probe_batches(probe: np.random.Generator, k: int) -> dict:
+        """Step k of the budget's timing probe, drawn as training draws (but from the probe's own generator)."""
+        if not recipe.length_grouped:
+            return {t: probe.choice(pools[t], batch) for t in tasks}
+        return {t: grouped_batches(pools[t], lengths[t], batch, probe)[0] for t in tasks}
+
     extra: dict = {}
     if own_teacher:
         extra = {"trunk": trunk, "bundle": {k: v for k, v in info.items() if k != "trunk"},
                  "embed_head_init": "least squares from the untrained trunk's mean-pooled states to the teacher "
                                     f"targets on {128 * BATCH_SIZE:,} training rows"}
     if time_budget:
-        steps_per_epoch, extra["budget"] = _fit_budget(step_losses, tasks, pools, rng, optimizer, epochs, steps_per_epoch,
-                                                       time_budget - (time.time() - run_started))
+        steps_per_epoch, extra["budget"] = _fit_budget(step, probe_batches, rng, optimizer, epochs, steps_per_epoch,
+                                                       time_budget - (time.time() - run_started),
+                                                       varying_width=recipe.length_grouped)
         extra["budget"]["budget_s"] = time_budget
         print(json.dumps({"budget": extra["budget"]}), flush=True)
     total = epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[LR_ADAPTER, LR_HEADS], total_steps=total, pct_start=0.1)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[recipe.lr_adapters, recipe.lr_heads], total_steps=total,
+                                                    pct_start=0.1)
 
     history, best = [], None
     started = time.time()
@@ -764,7 +891,7 @@ def train(bundle: Path, out: Path, epochs: int = EPOCHS, seed: int = SEED, max_s
         sums = {t: 0.0 for t in (*classified, "pii", "distill")}
         for _ in range(steps_per_epoch):
             chosen = {task: next_batch(task) for task in tasks}
-            loss, losses, distill = step_losses(chosen)
+            loss, losses, distill = step(chosen)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -772,26 +899,30 @@ def train(bundle: Path, out: Path, epochs: int = EPOCHS, seed: int = SEED, max_s
             for t, value in losses.items():
                 sums[t] += value.detach()
             sums["distill"] += distill.detach()
-        metrics = evaluate(student, teacher, heads, dev, data)
+        metrics = evaluate(student, teacher, heads, dev, data, sort_by_length=recipe.length_grouped)
         metrics["epoch"] = epoch
         metrics["train_loss"] = {k: round(float(v) / steps_per_epoch, 4) for k, v in sums.items()}
         metrics["seconds"] = round(time.time() - started, 1)
         history.append(metrics)
         print(json.dumps(metrics), flush=True)
-        value = _selection_value(metrics)
+        value = _selection_value(metrics, recipe.selection_domain_weight)
         if best is None or value > best[0]:
             best = (value, epoch, lora.adapter_arrays(student),
                     {k: v.detach().cpu().numpy().copy() for k, v in heads.state_dict().items()})
             _save(out, best, history, epochs, steps_per_epoch, seed, rank, distill_weight, jailbreak_weight,
-                  student, extra)
+                  student, extra, recipe)
     assert best is not None
     return _save(out, best, history, epochs, steps_per_epoch, seed, rank, distill_weight, jailbreak_weight,
-                 student, extra)
+                 student, extra, recipe)
 
 
-def _fit_budget(step_losses, tasks: tuple, pools: dict, rng, optimizer, epochs: int, steps_per_epoch: int,
-                seconds_left: float) -> tuple[int, dict]:
-    """Steps per epoch that fit the time left: a timed probe of training steps (no update), DEV_PASS_SECONDS a pass."""
+def _fit_budget(step_losses, probe_batches, rng, optimizer, epochs: int, steps_per_epoch: int,
+                seconds_left: float, varying_width: bool = False) -> tuple[int, dict]:
+    """Steps per epoch that fit the time left: a timed probe of training steps (no update), DEV_PASS_SECONDS a pass.
+
+    `probe_batches(generator, k)` draws the probe's step k. A fixed-width step is timed by the median of 8;
+    length-grouped steps vary in width (`varying_width`), so by the mean of 20.
+    """
     import torch
 
     def sync() -> None:
@@ -799,9 +930,10 @@ def _fit_budget(step_losses, tasks: tuple, pools: dict, rng, optimizer, epochs: 
             torch.cuda.synchronize()
 
     probe = np.random.default_rng(rng.integers(1 << 31))  # the training order is not drawn from
+    probe_steps = 20 if varying_width else 8
     timings = []
-    for k in range(8):
-        chosen = {t: probe.choice(pools[t], BATCH_SIZE) for t in tasks}
+    for k in range(probe_steps):
+        chosen = probe_batches(probe, k)
         sync()
         start = time.time()
         loss = step_losses(chosen)[0]
@@ -811,10 +943,10 @@ def _fit_budget(step_losses, tasks: tuple, pools: dict, rng, optimizer, epochs: 
             timings.append(time.time() - start)
     optimizer.zero_grad(set_to_none=True)
     # The optimizer step and the host work beside it cost little more on a GPU; 10 % covers them.
-    step_s = float(np.median(timings)) * 1.1
+    step_s = float(np.mean(timings) if varying_width else np.median(timings)) * 1.1
     # One dev pass of the base trunk took 22 s on an H200 (fp32); timing one here would cost as much again.
     eval_s = DEV_PASS_SECONDS
-    seconds_left -= 8 * step_s + 20.0  # 20 s: the last save and the exit
+    seconds_left -= probe_steps * step_s + 20.0  # 20 s: the last save and the exit
     fits = int((seconds_left - epochs * eval_s) / (epochs * step_s))
     if fits < 1:
         raise SystemExit(f"time budget too small: a step takes {step_s:.2f} s and a dev pass {eval_s:.1f} s")
@@ -828,7 +960,8 @@ HEAD_FILES = {"domain": "domain_head.npz", "jailbreak": "jailbreak_head.npz", "p
 
 
 def _save(out: Path, best, history: list, epochs: int, steps_per_epoch: int, seed: int, rank: int,
-          distill_weight: float, jailbreak_weight: float, student=None, extra: dict | None = None) -> dict:
+          distill_weight: float, jailbreak_weight: float, student=None, extra: dict | None = None,
+          recipe: Recipe = Recipe()) -> dict:
     """Write the adapter, the heads and the record (after every better epoch, so a cut-off run keeps its best)."""
     import torch
 
@@ -843,7 +976,7 @@ def _save(out: Path, best, history: list, epochs: int, steps_per_epoch: int, see
                         layer0_b=hs["embed.bias"].astype(np.float32))
     record = {
         "selected_epoch": best[1],
-        "selection_rule": SELECTION_RULE,
+        "selection_rule": selection_rule(recipe.selection_domain_weight),
         "dev_selection": next(h for h in history if h["epoch"] == best[1]),
         "history": history,
         "rank": rank, "lora_alpha": 2.0 * rank, "distill_weight": distill_weight, "domain_label_smoothing": DOMAIN_LABEL_SMOOTHING,
@@ -853,14 +986,21 @@ def _save(out: Path, best, history: list, epochs: int, steps_per_epoch: int, see
         "augmentation": "jailbreak: every jailbreak again with harmless words/sentences/greeting added (and as many "
                         "benign rows), 1,500 templated benign prompts about the assistant + XSTest safe x3, 3,000 "
                         "injections buried in long benign documents as serving windows (services.models.augment)",
-        "batch_size_per_task": BATCH_SIZE,
-        "epochs": epochs, "steps_per_epoch": steps_per_epoch, "seed": seed, "lr_adapters": LR_ADAPTER, "lr_heads": LR_HEADS,
+        "batch_size_per_task": recipe.batch_size,
+        "epochs": epochs, "steps_per_epoch": steps_per_epoch, "seed": seed, "lr_adapters": recipe.lr_adapters,
+        "lr_heads": recipe.lr_heads,
         "weight_decay": 0.01, "schedule": "one-cycle, 10 % warm-up",
         "precision": f"bf16 autocast on {torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
         "lora_targets": ", ".join(lora.TARGETS) + " of all 6 layers",
         "command": f"python -m services.models.trunk train .switchyard/trunk OUT {epochs} 0 {rank} {distill_weight:g} "
-                   f"{jailbreak_weight:g} {seed}",
+                   f"{jailbreak_weight:g} {seed}" + recipe.options(),
     }
+    if recipe.domain_weight != 1.0:
+        record["domain_loss_weight"] = recipe.domain_weight
+    if recipe.length_grouped:
+        record["batching"] = (f"length-grouped: {MEGABATCH} random batches of a task sorted by length and cut again, "
+                              "each task's batch encoded in its own forward pass at its own width; dev passes in "
+                              "length-sorted chunks")
     if extra:
         layers = student.config.num_hidden_layers
         budget = extra.get("budget")
@@ -868,7 +1008,7 @@ def _save(out: Path, best, history: list, epochs: int, steps_per_epoch: int, see
         record["command"] = (f"python -m services.models.trunk train --trunk {extra['trunk']}"
                              + (f" --budget {budget['budget_s']:g}" if budget and "budget_s" in budget else "")
                              + f" {DEFAULT_BUNDLES[extra['trunk']]} OUT {epochs} {steps_per_epoch} {rank} "
-                             f"{distill_weight:g} {jailbreak_weight:g} {seed}")
+                             f"{distill_weight:g} {jailbreak_weight:g} {seed}" + recipe.options())
         record["distill"] = record["distill"].replace(
             "linear map of the mean-pooled trunk states", f"linear map {student.config.hidden_size} -> "
             f"{EMBEDDING_WIDTH} of the mean-pooled trunk states").replace(
@@ -946,26 +1086,40 @@ def figures(bundle: Path, trained: Path, out: Path, trunk: str = "small") -> dic
     return result
 
 
-def _options(argv: list[str]) -> tuple[list[str], str, float | None]:
-    """Split `--trunk small|base` and `--budget SECONDS` (train) off the positional arguments."""
-    rest, trunk, budget = [], "small", None
+def _options(argv: list[str]) -> tuple[list[str], str, float | None, Recipe]:
+    """Split `--trunk small|base`, `--budget SECONDS` and the Recipe's options (train) off the positional arguments.
+
+    Recipe options: --batch N, --domain-weight W, --lr-adapters LR, --lr-heads LR, --length-grouped,
+    --select-domain-weight W (Recipe says what each does; left out, the small trunk's recipe).
+    """
+    rest, trunk, budget, knobs = [], "small", None, {}
+    by_option = {f"--{option}": name for name, option in RECIPE_OPTIONS.items()}
+    types = {f.name: f.type for f in fields(Recipe)}
     args = iter(argv)
     for arg in args:
-        if arg in ("--trunk", "--budget"):
+        if arg == "--length-grouped":
+            knobs["length_grouped"] = True
+        elif arg in ("--trunk", "--budget", *by_option):
             value = next(args, None)
             if value is None:
                 raise SystemExit(f"{arg} needs a value")
             if arg == "--trunk":
                 trunk = check_trunk(value)
-            else:
+            elif arg == "--budget":
                 budget = float(value)
+            else:
+                name = by_option[arg]
+                try:
+                    knobs[name] = int(value) if types[name] in (int, "int") else float(value)
+                except ValueError:
+                    raise SystemExit(f"{arg} {value}: not a number") from None
         else:
             rest.append(arg)
-    return rest, trunk, budget
+    return rest, trunk, budget, Recipe(**knobs)
 
 
 if __name__ == "__main__":
-    argv, trunk, budget = _options(sys.argv[1:])
+    argv, trunk, budget, recipe = _options(sys.argv[1:])
     command = argv[0]
     if command == "prepare":
         prepare_bundle(Path(argv[1]), int(argv[2]) if len(argv) > 2 else None, trunk=trunk)
@@ -975,7 +1129,7 @@ if __name__ == "__main__":
               rank=int(argv[5]) if len(argv) > 5 else RANKS[trunk],
               distill_weight=float(argv[6]) if len(argv) > 6 else DISTILL_WEIGHT,
               jailbreak_weight=float(argv[7]) if len(argv) > 7 else JAILBREAK_WEIGHT,
-              seed=int(argv[8]) if len(argv) > 8 else SEED, trunk=trunk, time_budget=budget)
+              seed=int(argv[8]) if len(argv) > 8 else SEED, trunk=trunk, time_budget=budget, recipe=recipe)
     elif command == "figures":
         figures(Path(argv[1]), Path(argv[2]), Path(argv[3]) if len(argv) > 3 else Path(argv[2]), trunk=trunk)
     else:

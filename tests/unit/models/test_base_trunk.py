@@ -127,8 +127,18 @@ def test_base_heads_read_768_wide_states() -> None:
 
 
 def test_options_and_bundle_trunk(tmp_path: Path) -> None:
-    assert trunk._options(["train", "B", "O", "3"]) == (["train", "B", "O", "3"], "small", None)
-    assert trunk._options(["train", "--trunk", "base", "B", "O", "--budget", "500"]) == (["train", "B", "O"], "base", 500.0)
+    assert trunk._options(["train", "B", "O", "3"]) == (["train", "B", "O", "3"], "small", None, trunk.Recipe())
+    assert trunk._options(["train", "--trunk", "base", "B", "O", "--budget", "500"]) == (
+        ["train", "B", "O"], "base", 500.0, trunk.Recipe())
+    rest, _, _, recipe = trunk._options(["train", "B", "O", "4", "--batch", "64", "--domain-weight", "2",
+                                         "--length-grouped", "--select-domain-weight", "3"])
+    assert rest == ["train", "B", "O", "4"]
+    assert recipe == trunk.Recipe(batch_size=64, domain_weight=2.0, length_grouped=True, selection_domain_weight=3.0)
+    assert recipe.options() == " --batch 64 --domain-weight 2 --length-grouped --select-domain-weight 3"
+    # Left out, the options leave the small trunk's recipe as it was.
+    assert trunk.Recipe().options() == "" and trunk.selection_rule() == trunk.SELECTION_RULE
+    with pytest.raises(SystemExit, match="not a number"):
+        trunk._options(["train", "--batch", "many"])
     with pytest.raises(SystemExit, match="unknown trunk"):
         trunk._options(["train", "--trunk", "huge"])
     assert trunk.bundle_trunk(tmp_path) == "small"
@@ -136,6 +146,19 @@ def test_options_and_bundle_trunk(tmp_path: Path) -> None:
     assert trunk._check_bundle(tmp_path, "base")["pad_id"] == 1
     with pytest.raises(SystemExit, match="--trunk base"):
         trunk._check_bundle(tmp_path, "small")
+
+
+def test_grouped_batches_cover_the_pool_in_batches_of_similar_length() -> None:
+    lengths = np.random.default_rng(0).integers(2, 257, size=1000)
+    pool = np.repeat(np.arange(1000), 2)  # over-sampled rows come twice, as in the safety pool
+    batches = trunk.grouped_batches(pool, lengths, 32, np.random.default_rng(1))
+    assert all(len(b) == 32 for b in batches) and len(batches) == len(pool) // 32
+    drawn = np.concatenate(batches)
+    assert np.bincount(drawn, minlength=1000).max() <= 2 and len(drawn) > len(pool) - 32
+    # Sorted within each megabatch: a batch pads to far less than a random draw would.
+    padded = sum(int(lengths[b].max()) for b in batches) * 32
+    assert padded < 1.3 * lengths[drawn].sum()
+    assert trunk.grouped_batches(np.arange(5), lengths, 32, np.random.default_rng(1))[0].size == 5
 
 
 def test_teacher_rows_are_the_same_words_in_the_teachers_ids() -> None:
