@@ -31,6 +31,7 @@ VARIANTS: dict[str, list[str]] = {
     "plain-envoy": ["--set", "envoy.enabled=true", "--set", "metrics.serviceMonitor.enabled=true",
                     "--set", "metrics.dashboards.enabled=true"],
     "dev": ["-f", str(EXAMPLES / "dev.yaml")],
+    "gpu-base": ["-f", str(EXAMPLES / "gpu-base.yaml")],
 }
 
 

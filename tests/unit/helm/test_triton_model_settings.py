@@ -31,8 +31,9 @@ WORKSPACE = 2147483648
 
 # name -> (`helm template` arguments, instance kind, instance count, TensorRT precision or None)
 SETTINGS: dict[str, tuple[list[str], int, int, str | None]] = {
-    **{name: (args, KIND_GPU, 1, None) for name, args in VARIANTS.items() if name != "dev"},
+    **{name: (args, KIND_GPU, 1, None) for name, args in VARIANTS.items() if name not in ("dev", "gpu-base")},
     "dev": (VARIANTS["dev"], KIND_CPU, 1, None),
+    "gpu-base": (VARIANTS["gpu-base"], KIND_GPU, 1, "FP16"),
     "cpu-3-instances": (["--set", "triton.gpu.enabled=false", "--set", "triton.cpuInstances=3"], KIND_CPU, 3, None),
     "gpu-2-instances": (["--set", "triton.gpu.instancesPerGpu=2"], KIND_GPU, 2, None),
     "tensorrt-fp16": (["--set", "triton.tensorrt.enabled=true"], KIND_GPU, 1, "FP16"),
@@ -164,7 +165,8 @@ def test_a_broken_fragment_fails_the_parse(broken, message):
 
 
 @pytest.mark.parametrize(("args", "trunk"), [([], "small"), (["--set", "triton.gpu.enabled=false"], "small"),
-                                             (["--set", "triton.trunk=base"], "base")])
+                                             (["--set", "triton.trunk=base"], "base"),
+                                             (VARIANTS["gpu-base"], "base")])
 def test_the_services_are_told_the_trunk_the_chart_asks_for(args, trunk, tmp_path):
     docs = render(*args)
     assert f"triton.trunk resolves to {trunk}" in init_container_script(docs)
