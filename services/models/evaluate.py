@@ -177,12 +177,17 @@ def evaluate_jailbreak(pipeline: OnnxPipeline, paths: ModelPaths) -> dict:
     sentences = augment.harmless_sentences([t for t, label in zip(texts, y) if not label], rng=rng)
     varied = [augment.with_harmless_text(t, rng, sentences) for t in blocked]
     long_scores = pipeline.jailbreak_guard_scores(benign_long)
+    # Exam questions (the domain dev split, every row benign): what a subject question risks being refused.
+    domain_rows, _ = load_rows(paths.data_dir, "domain", "dev", False)
+    subject_scores = pipeline.jailbreak_guard_scores([r["text"] for r in domain_rows])
     report["guard"] = {
         "threshold": threshold,
         "fpr_real_user_chats": round(float((scores[userchat] >= threshold).mean()), 4),
         "real_user_chats": int(userchat.sum()),
         "recall_all_dev": round(float((scores[y == 1] >= threshold).mean()), 4),
         "fpr_long_benign_windows": round(float((long_scores >= threshold).mean()), 4),
+        "fpr_subject_questions": round(float((subject_scores >= threshold).mean()), 4),
+        "subject_questions": len(domain_rows),
         "long_benign": len(benign_long),
         "buried_recall": round(float((pipeline.jailbreak_guard_scores(buried) >= threshold).mean()), 4),
         "buried_probes": len(buried),

@@ -7,6 +7,16 @@ or chemistry. The re-fit starts from the committed head and trains it for SAFETY
 fp32 pooled states of the commercial safety rows plus SAFETY_EXTRA_SAFE commercial domain train rows
 as safe; the trunk and every other head are unchanged. The next trunk training adds the same rows
 (services.models.trunk.prepare_bundle), so the re-fit is a bridge, not a second recipe.
+
+`python -m services.models.refit jailbreak` does the same for the jailbreak head, which read 4.3 % of the
+domain dev questions as jailbreaks at the guard's 0.97 threshold (60 of them philosophy: 27 % of that class,
+e.g. "If animals have no direct or indirect moral standing, then using them for human purposes is"): its
+benign rows are chat prompts and documents, with no exam questions on ethics or history. It re-fits on the
+trunk's served (int8) pooled states of the joint training's jailbreak rows (services.models.trunk's bundle:
+the commercial rows, their harmless-text variants, the templated benign prompts, XSTest and the buried
+injections' windows) plus the same JAILBREAK_EXTRA_BENIGN commercial domain train questions as benign. The
+bundle does not hold those extra rows yet (the re-fit reads its jailbreak rows from it): the next joint
+training should add them to its jailbreak rows as the bundle does for safety.
 """
 
 from __future__ import annotations
@@ -20,11 +30,17 @@ import numpy as np
 from services.common import model_io as io
 from services.common.tokenizer import Truncation
 from services.models.data import load_rows
+from services.models.heads import MLP
 from services.models.paths import WEIGHTS_DIR, ModelPaths, default_paths
 
 SAFETY_EXTRA_SAFE = 4000
 SAFETY_EPOCHS = 8
+# The jailbreak head's extra benign rows: as many domain questions as the safety head's (the same ones).
+JAILBREAK_EXTRA_BENIGN = SAFETY_EXTRA_SAFE
+JAILBREAK_EPOCHS = 8
 SEED = 13
+# Rows per onnxruntime run when pooling token-id rows (length-sorted, each batch padded to its bucket).
+POOL_BATCH = 32
 
 
 def pooled_states(pipeline, texts: list[str]) -> np.ndarray:
@@ -39,6 +55,90 @@ def pooled_states(pipeline, texts: list[str]) -> np.ndarray:
         top = (hidden + (mask - 1) * 1e4).max(1)
         out[[chosen[int(i)] for i in batch.text_index]] = np.concatenate([mean, top], 1)
     return out
+
+
+def pooled_rows(session, rows: list[np.ndarray], pad_id: int = 0) -> np.ndarray:
+    """Mean + max pooled token states of token-id rows (special tokens included), as the served trunk computes
+    them: length-sorted batches, each padded to its longest row's bucket."""
+    from services.common.tokenizer import bucket_width
+
+    out = np.zeros((len(rows), 2 * io.HIDDEN_SIZE), np.float32)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    for start in range(0, len(order), POOL_BATCH):
+        chosen = order[start : start + POOL_BATCH]
+        width = bucket_width(max(len(rows[i]) for i in chosen))
+        ids = np.full((len(chosen), width), pad_id, np.int64)
+        mask = np.zeros((len(chosen), width), np.int64)
+        for k, i in enumerate(chosen):
+            ids[k, : len(rows[i])], mask[k, : len(rows[i])] = rows[i], 1
+        hidden = session.run([io.HIDDEN_STATES], {io.INPUT_IDS: ids, io.ATTENTION_MASK: mask})[0]
+        m = mask[..., None].astype(np.float32)
+        mean = (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+        top = (hidden + (m - 1) * 1e4).max(1)
+        out[chosen] = np.concatenate([mean, top], 1)
+    return out
+
+
+def _bundle_rows(data, prefix: str) -> list[np.ndarray]:
+    lengths = data[f"{prefix}_len"].astype(np.int64)
+    ids = data[f"{prefix}_ids"].astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    return [ids[a : a + n] for a, n in zip(starts, lengths)]
+
+
+def jailbreak_rows(bundle: Path) -> tuple[list[np.ndarray], np.ndarray]:
+    """The joint training's jailbreak rows (token ids) and labels, then JAILBREAK_EXTRA_BENIGN of its commercial
+    domain train rows as benign (the safety re-fit's selection)."""
+    data = np.load(bundle / "trunk.npz")
+    rows = _bundle_rows(data, "jailbreak_train")
+    labels = data["jailbreak_train_labels"].astype(np.int64)
+    domain = _bundle_rows(data, "domain_train")
+    rng = np.random.default_rng(SEED)
+    extra = [domain[i] for i in rng.choice(len(domain), min(JAILBREAK_EXTRA_BENIGN, len(domain)), replace=False)]
+    return rows + extra, np.concatenate([labels, np.zeros(len(extra), np.int64)])
+
+
+def _fit_head(target: Path, x: np.ndarray, y: np.ndarray, w: np.ndarray, classes: int, epochs: int) -> Path:
+    """Train the committed pooled head at `target` further on (x, y) with row weights w; overwrite it."""
+    import torch
+
+    torch.manual_seed(SEED)
+    head = np.load(target)
+    hidden = head["layer0_b"].shape[0]
+    net = torch.nn.Sequential(torch.nn.Linear(2 * io.HIDDEN_SIZE, hidden), torch.nn.ReLU(), torch.nn.Dropout(0.1),
+                              torch.nn.Linear(hidden, classes))
+    with torch.no_grad():
+        for layer, i in ((net[0], 0), (net[3], 1)):
+            layer.weight.copy_(torch.from_numpy(head[f"layer{i}_w"].T))
+            layer.bias.copy_(torch.from_numpy(head[f"layer{i}_b"]))
+    xt, yt, wt = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=3e-4, weight_decay=1e-2)
+    loss_fn = torch.nn.CrossEntropyLoss(reduction="none")
+    for epoch in range(epochs):
+        order = torch.randperm(len(xt))
+        for i in range(0, len(xt), 128):
+            rows = order[i : i + 128]
+            loss = (loss_fn(net(xt[rows]), yt[rows]) * wt[rows]).sum() / wt[rows].sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        print(f"[refit] epoch {epoch + 1}/{epochs} loss {float(loss.detach()):.4f}", file=sys.stderr, flush=True)
+    state = {k: v.detach().numpy() for k, v in net.state_dict().items()}
+    MLP(((state["0.weight"].T, state["0.bias"]), (state["3.weight"].T, state["3.bias"]))).save(target)
+    return target
+
+
+def refit_jailbreak(repository: Path, bundle: Path, target: Path | None = None) -> Path:
+    """Re-fit the jailbreak head on the served trunk's pooled states (repository: the built triton_models/)."""
+    from services.models.runtime import session
+
+    target = target or WEIGHTS_DIR / "trunk" / "jailbreak_head.npz"
+    started = time.time()
+    rows, labels = jailbreak_rows(bundle)
+    x = pooled_rows(session(repository / io.TRUNK / "1" / "model.onnx"), rows)
+    print(f"[refit] {len(rows)} rows pooled in {time.time() - started:.0f} s "
+          f"({int(labels.sum())} jailbreak, {int((labels == 0).sum())} benign)", file=sys.stderr, flush=True)
+    return _fit_head(target, x, labels, np.ones(len(labels), np.float32), len(io.JAILBREAK_LABELS), JAILBREAK_EPOCHS)
 
 
 def safety_rows(paths: ModelPaths, rows: list[dict] | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -57,44 +157,27 @@ def safety_rows(paths: ModelPaths, rows: list[dict] | None = None) -> tuple[list
 
 
 def refit_safety(fp32_repository: Path, paths: ModelPaths | None = None, target: Path | None = None) -> Path:
-    import torch
-
     from services.models.evaluate import OnnxPipeline
 
     paths = paths or default_paths()
     target = target or WEIGHTS_DIR / "trunk" / "safety_head.npz"
-    torch.manual_seed(SEED)
     started = time.time()
     texts, labels, weights = safety_rows(paths)
-    x = torch.from_numpy(pooled_states(OnnxPipeline(fp32_repository), texts))
+    x = pooled_states(OnnxPipeline(fp32_repository), texts)
     print(f"[refit] {len(texts)} rows embedded in {time.time() - started:.0f} s", file=sys.stderr, flush=True)
-    y, w = torch.from_numpy(labels), torch.from_numpy(weights)
-    head = np.load(target)
-    net = torch.nn.Sequential(torch.nn.Linear(2 * io.HIDDEN_SIZE, 512), torch.nn.ReLU(), torch.nn.Dropout(0.1),
-                              torch.nn.Linear(512, len(io.SAFETY_LABELS)))
-    with torch.no_grad():
-        for layer, i in ((net[0], 0), (net[3], 1)):
-            layer.weight.copy_(torch.from_numpy(head[f"layer{i}_w"].T))
-            layer.bias.copy_(torch.from_numpy(head[f"layer{i}_b"]))
-    optimizer = torch.optim.AdamW(net.parameters(), lr=3e-4, weight_decay=1e-2)
-    loss_fn = torch.nn.CrossEntropyLoss(reduction="none")
-    for epoch in range(SAFETY_EPOCHS):
-        order = torch.randperm(len(x))
-        for i in range(0, len(x), 128):
-            rows = order[i : i + 128]
-            loss = (loss_fn(net(x[rows]), y[rows]) * w[rows]).sum() / w[rows].sum()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        print(f"[refit] epoch {epoch + 1}/{SAFETY_EPOCHS} loss {float(loss):.4f}", file=sys.stderr, flush=True)
-    state = {k: v.detach().numpy() for k, v in net.state_dict().items()}
-    np.savez_compressed(target, layer0_w=state["0.weight"].T.astype(np.float32), layer0_b=state["0.bias"],
-                        layer1_w=state["3.weight"].T.astype(np.float32), layer1_b=state["3.bias"])
-    return target
+    return _fit_head(target, x, labels, weights, len(io.SAFETY_LABELS), SAFETY_EPOCHS)
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["safety"]:
-        raise SystemExit("usage: python -m services.models.refit safety [FP32_REPOSITORY]")
-    repository = Path(sys.argv[2]) if len(sys.argv) > 2 else default_paths().work_dir / "trunk-repository-fp32"
-    print(refit_safety(repository))
+    head = sys.argv[1] if len(sys.argv) > 1 else ""
+    if head == "safety":
+        repository = Path(sys.argv[2]) if len(sys.argv) > 2 else default_paths().work_dir / "trunk-repository-fp32"
+        print(refit_safety(repository))
+    elif head == "jailbreak":
+        from services.models.trunk import prepare_bundle
+
+        paths = default_paths()
+        bundle = Path(sys.argv[2]) if len(sys.argv) > 2 else prepare_bundle(paths.work_dir / "trunk")
+        print(refit_jailbreak(paths.repository, bundle))
+    else:
+        raise SystemExit("usage: python -m services.models.refit safety [FP32_REPOSITORY] | jailbreak [BUNDLE]")
