@@ -32,28 +32,34 @@ MIN_CALL_TIMEOUT_S = 0.01
 DEADLINE_PARAMETER = "switchyard_deadline_ms"
 
 
-# The request (an object per served call) whose concurrent Triton calls may share one request: calls of one
-# group that send identical rows within a few event-loop turns of each other go to trunk_heads as one call
-# asking for each caller's head (the guard: jailbreak, safety and PII on the rows of a short prompt). Unset
-# (decision, cache), every call goes out on its own. Never shared between served calls: one client's
-# cancelled request must not fail another's.
-COALESCE_GROUP: ContextVar[object | None] = ContextVar("switchyard_coalesce_group", default=None)
-# Event-loop turns a first call waits for the others of its group: the guard's checks reach their Triton
-# calls one or two task levels apart (a turn is ~10 us; a call that comes later still goes out on its own).
-COALESCE_TURNS = 3
+# The served call (guard check) whose Triton calls on identical rows share one request: the first call for a
+# row sends it to trunk_heads asking for every head the call declared, and the others for that row read
+# their head from its answer instead of sending their own (the guard: jailbreak, safety and PII on the rows
+# of a prompt). Unset (decision, cache), every call goes out on its own. Never shared between served calls:
+# one client's cancelled request must not fail another's.
+COALESCE_GROUP: ContextVar[_CallGroup | None] = ContextVar("switchyard_coalesce_group", default=None)
 
 
-def coalesce_calls() -> None:
-    """From here on, this task's concurrent Triton calls on identical rows share one request (see COALESCE_GROUP)."""
-    COALESCE_GROUP.set(object())
+class _CallGroup:
+    """One served call's shared requests: row tensors -> the request answering every declared head."""
+
+    def __init__(self, ensembles: frozenset[str]) -> None:
+        self.ensembles = ensembles
+        self.requests: dict[tuple, asyncio.Future[dict[str, np.ndarray]]] = {}
 
 
-class _SharedCall:
-    """Calls waiting to go out as one request: the ensembles that asked, and the outputs they will share."""
+def coalesce_calls(*ensembles: str) -> None:
+    """From here on, this task's Triton calls to `ensembles` on identical rows share one trunk_heads request."""
+    unknown = [name for name in ensembles if name not in io.TRUNK_OUTPUTS]
+    if unknown:
+        raise ValueError(f"coalesce_calls: {unknown} are not heads of the trunk (known: {sorted(io.TRUNK_OUTPUTS)})")
+    COALESCE_GROUP.set(_CallGroup(frozenset(ensembles)))
 
-    def __init__(self, spec: io.ModelSpec, loop: asyncio.AbstractEventLoop) -> None:
-        self.specs = [spec]
-        self.outputs: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
+
+def _retrieve(request: asyncio.Future) -> None:
+    """Mark a shared request's failure seen: its callers may all have given up before it ended."""
+    if not request.cancelled():
+        request.exception()
 
 
 def set_call_deadline(time_remaining_s: float | None) -> None:
@@ -103,7 +109,6 @@ class TritonModels:
         # Reconnect within a second after Triton stalled or restarted: gRPC's default backoff grows to
         # 120 s, and its 20 s connect timeout waits on a server that accepted TCP but was frozen.
         self._client = grpcclient.InferenceServerClient(url=config.grpc_url, channel_args=TRITON_CHANNEL_ARGS)
-        self._shared: dict[tuple, _SharedCall] = {}
 
     @classmethod
     def from_config(cls, config: TritonConfig, model_repository: Path | None = None) -> TritonModels:
@@ -227,38 +232,17 @@ class TritonModels:
 
     async def _infer_once(self, spec: io.ModelSpec, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         group = COALESCE_GROUP.get()
-        if group is None or spec.name not in io.TRUNK_OUTPUTS:
+        if group is None or spec.name not in group.ensembles or len(group.ensembles) < 2:
             return (await self._request(spec, input_ids, mask, [spec.outputs[0].name]))[spec.outputs[0].name]
-        head = io.TRUNK_OUTPUTS[spec.name]
-        key = (id(group), input_ids.shape, input_ids.tobytes(), mask.tobytes())
-        shared = self._shared.get(key)
-        if shared is not None:
-            shared.specs.append(spec)
-            # Shielded: this caller giving up must not cancel the request the others wait on.
-            return (await asyncio.shield(shared.outputs))[head]
-        shared = self._shared[key] = _SharedCall(spec, asyncio.get_running_loop())
-        try:
-            try:
-                for _ in range(COALESCE_TURNS):
-                    await asyncio.sleep(0)
-            finally:
-                del self._shared[key]
-            names = {s.name for s in shared.specs}
-            if len(names) == 1:
-                answer = await self._request(spec, input_ids, mask, [spec.outputs[0].name])
-                outputs = {head: answer[spec.outputs[0].name]}
-            else:
-                heads = [io.TRUNK_OUTPUTS[name] for name in sorted(names)]
-                outputs = await self._request(io.TRUNK_HEADS_SPEC, input_ids, mask, heads)
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                shared.outputs.cancel()
-            else:
-                shared.outputs.set_exception(exc)
-                shared.outputs.exception()  # retrieved here: no "never retrieved" warning when nobody joined
-            raise
-        shared.outputs.set_result(outputs)
-        return outputs[head]
+        key = (input_ids.shape, input_ids.tobytes(), mask.tobytes())
+        request = group.requests.get(key)
+        if request is None:
+            heads = [io.TRUNK_OUTPUTS[name] for name in sorted(group.ensembles)]
+            # A task of its own: a caller that gives up must not cancel what the others wait on.
+            request = group.requests[key] = asyncio.ensure_future(
+                self._request(io.TRUNK_HEADS_SPEC, input_ids, mask, heads))
+            request.add_done_callback(_retrieve)
+        return (await asyncio.shield(request))[io.TRUNK_OUTPUTS[spec.name]]
 
     async def _request(self, spec: io.ModelSpec, input_ids: np.ndarray, mask: np.ndarray,
                        output_names: list[str]) -> dict[str, np.ndarray]:

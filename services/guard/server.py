@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from services.common import model_io as io
 from services.common.config import SwitchyardConfig
 from services.common.grpc_server import run_grpc_service
 from services.common.reload import LiveConfig, start_reloading
@@ -35,8 +36,8 @@ class GuardServicer(guard_pb2_grpc.GuardServicer):
         self, request: guard_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> guard_pb2.CheckResponse:
         set_call_deadline(context.time_remaining())
-        # The checks read one prompt's rows: its jailbreak, safety and PII heads go to Triton as one call.
-        coalesce_calls()
+        # The checks read the same rows of one prompt: their three heads go to Triton as one request per row.
+        coalesce_calls(io.JAILBREAK_CLASSIFIER, io.SAFETY_CLASSIFIER, io.PII_TAGGER)
         request_id = request.request.request_id
         try:
             verdict = await self._guard.check(request.request.messages)

@@ -70,7 +70,7 @@ async def _routed_request(decision: TritonModels, guard: TritonModels, cache: Tr
 
     async def check() -> None:
         # As the guard's servicer does: its checks' calls on the prompt's one row share one request.
-        coalesce_calls()
+        coalesce_calls(io.JAILBREAK_CLASSIFIER, io.SAFETY_CLASSIFIER, io.PII_TAGGER)
         await asyncio.gather(guard.jailbreak_scores([prompt]), guard.safety_probabilities([prompt]),
                              guard.tag_pii([prompt]))
 
@@ -160,7 +160,7 @@ async def test_trunk_heads_answers_what_each_ensemble_answers(trunk_server: Trit
                                      models.tag_pii(PROMPTS))
 
         async def shared() -> list:
-            coalesce_calls()
+            coalesce_calls(io.JAILBREAK_CLASSIFIER, io.SAFETY_CLASSIFIER, io.PII_TAGGER)
             return await asyncio.gather(models.jailbreak_scores(PROMPTS), models.safety_probabilities(PROMPTS),
                                         models.tag_pii(PROMPTS))
 

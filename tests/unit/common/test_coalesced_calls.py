@@ -1,4 +1,4 @@
-"""One served call's concurrent Triton calls on identical rows share one trunk_heads request (the guard's checks)."""
+"""One served call's Triton calls on identical rows share one trunk_heads request (the guard's checks)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import pytest
 from services.common import model_io as io
 from services.common.config import TritonConfig
 from services.common.triton import TritonModels, TritonTimeoutError, coalesce_calls
+
+GUARD_HEADS = (io.JAILBREAK_CLASSIFIER, io.SAFETY_CLASSIFIER, io.PII_TAGGER)
+ALL_THREE = ("jailbreak_probabilities", "pii_probabilities", "safety_probabilities")
 from tests.unit.common.test_jailbreak_windows import WORDS, word_tokenizer
 
 # Each head answers a value of its own, so a caller that got another head's output would see it.
@@ -44,7 +47,7 @@ class RequestRecorder(TritonModels):
 async def guard_calls(models: TritonModels, text: str, group: bool):
     """What the guard's checks send for one prompt, concurrently (services.guard.check)."""
     if group:
-        coalesce_calls()
+        coalesce_calls(*GUARD_HEADS)
     return await asyncio.gather(models.jailbreak_scores([text]), models.jailbreak_window_scores([text]),
                                 models.safety_probabilities([text]), models.tag_pii([text]))
 
@@ -55,8 +58,7 @@ async def test_a_short_prompts_three_heads_go_out_as_one_request() -> None:
         jailbreak, windows, safety, spans = await asyncio.create_task(guard_calls(models, "w1 w2 w3 w4", True))
     finally:
         await models.close()
-    assert models.requests == [(io.TRUNK_HEADS, ("jailbreak_probabilities", "pii_probabilities",
-                                                 "safety_probabilities"))]
+    assert models.requests == [(io.TRUNK_HEADS, ALL_THREE)]
     # Every caller got its own head's output back.
     assert jailbreak[0] == pytest.approx(HEAD_VALUES["jailbreak_probabilities"])
     assert safety[0, 0] == pytest.approx(HEAD_VALUES["safety_probabilities"])
@@ -81,11 +83,9 @@ async def test_different_rows_are_not_merged() -> None:
         await asyncio.create_task(guard_calls(models, long_text, True))
     finally:
         await models.close()
-    # HEAD_TAIL row (jailbreak + safety) in one request; the four windows (jailbreak windows + PII) in another.
-    assert sorted(models.requests) == sorted([
-        (io.TRUNK_HEADS, ("jailbreak_probabilities", "safety_probabilities")),
-        (io.TRUNK_HEADS, ("jailbreak_probabilities", "pii_probabilities")),
-    ])
+    # The HEAD_TAIL row (jailbreak + safety) in one request; the four windows (jailbreak windows + PII) in
+    # another, each asking for the three declared heads.
+    assert models.requests == [(io.TRUNK_HEADS, ALL_THREE)] * 2
 
 
 async def test_two_served_calls_never_share_a_request() -> None:
@@ -109,7 +109,7 @@ async def test_a_failed_shared_request_fails_every_caller() -> None:
 
 
 async def _gathered(models: TritonModels):
-    coalesce_calls()
+    coalesce_calls(*GUARD_HEADS)
     return await asyncio.gather(models.jailbreak_scores(["w1 w2 w3"]), models.safety_probabilities(["w1 w2 w3"]),
                                 return_exceptions=True)
 
@@ -118,7 +118,7 @@ async def test_a_caller_that_gives_up_leaves_the_others_their_answer() -> None:
     models = RequestRecorder(delay_s=0.05)
 
     async def scenario():
-        coalesce_calls()
+        coalesce_calls(*GUARD_HEADS)
         first = asyncio.ensure_future(models.jailbreak_scores(["w1 w2 w3"]))
         second = asyncio.ensure_future(models.safety_probabilities(["w1 w2 w3"]))
         await asyncio.sleep(0.01)  # both joined, the shared request is in flight
@@ -133,20 +133,42 @@ async def test_a_caller_that_gives_up_leaves_the_others_their_answer() -> None:
     assert second.cancelled() and len(models.requests) == 1
 
 
-async def test_a_cancelled_first_caller_does_not_leave_the_others_waiting() -> None:
+async def test_the_first_callers_cancellation_leaves_the_others_their_answer() -> None:
     models = RequestRecorder(delay_s=0.05)
 
     async def scenario():
-        coalesce_calls()
+        coalesce_calls(*GUARD_HEADS)
         first = asyncio.ensure_future(models.jailbreak_scores(["w1 w2 w3"]))
         second = asyncio.ensure_future(models.safety_probabilities(["w1 w2 w3"]))
         await asyncio.sleep(0.01)
         first.cancel()
-        done, _ = await asyncio.wait({second}, timeout=2)
-        return done
+        return await asyncio.wait_for(second, timeout=2), first
 
     try:
-        done = await asyncio.create_task(scenario())
+        safety, first = await asyncio.create_task(scenario())
     finally:
         await models.close()
-    assert len(done) == 1  # ended (cancelled with the request it shared), not left hanging
+    assert first.cancelled() and len(models.requests) == 1
+    assert safety[0, 0] == pytest.approx(HEAD_VALUES["safety_probabilities"])
+
+
+async def test_a_late_caller_reads_the_answer_already_there() -> None:
+    """No waiting window: the first call goes out at once; a call for the same row after it ended reuses it."""
+    models = RequestRecorder()
+
+    async def scenario():
+        coalesce_calls(*GUARD_HEADS)
+        await models.jailbreak_scores(["w1 w2 w3"])
+        return await models.safety_probabilities(["w1 w2 w3"])
+
+    try:
+        safety = await asyncio.create_task(scenario())
+    finally:
+        await models.close()
+    assert len(models.requests) == 1
+    assert safety[0, 0] == pytest.approx(HEAD_VALUES["safety_probabilities"])
+
+
+def test_only_trunk_heads_can_be_declared() -> None:
+    with pytest.raises(ValueError, match="not heads of the trunk"):
+        coalesce_calls(io.TRUNK)
