@@ -50,11 +50,16 @@ def pooled_states(pipeline, texts: list[str]) -> np.ndarray:
     trunk = pipeline._session(io.TRUNK)
     out = np.zeros((len(texts), 2 * io.HIDDEN_SIZE), np.float32)
     for chosen, batch, hidden in encode_batches(trunk, pipeline.tokenizer, texts, Truncation.HEAD_TAIL):
-        mask = batch.attention_mask[..., None].astype(np.float32)
-        mean = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
-        top = (hidden + (mask - 1) * 1e4).max(1)
-        out[[chosen[int(i)] for i in batch.text_index]] = np.concatenate([mean, top], 1)
+        out[[chosen[int(i)] for i in batch.text_index]] = _mean_max(hidden, batch.attention_mask)
     return out
+
+
+def _mean_max(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Masked mean and masked max of token states, concatenated: what the fused pooled heads compute."""
+    m = mask[..., None].astype(np.float32)
+    mean = (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+    top = (hidden + (m - 1) * 1e4).max(1)
+    return np.concatenate([mean, top], 1)
 
 
 def pooled_rows(session, rows: list[np.ndarray], pad_id: int = 0) -> np.ndarray:
@@ -72,27 +77,19 @@ def pooled_rows(session, rows: list[np.ndarray], pad_id: int = 0) -> np.ndarray:
         for k, i in enumerate(chosen):
             ids[k, : len(rows[i])], mask[k, : len(rows[i])] = rows[i], 1
         hidden = session.run([io.HIDDEN_STATES], {io.INPUT_IDS: ids, io.ATTENTION_MASK: mask})[0]
-        m = mask[..., None].astype(np.float32)
-        mean = (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)
-        top = (hidden + (m - 1) * 1e4).max(1)
-        out[chosen] = np.concatenate([mean, top], 1)
+        out[chosen] = _mean_max(hidden, mask)
     return out
-
-
-def _bundle_rows(data, prefix: str) -> list[np.ndarray]:
-    lengths = data[f"{prefix}_len"].astype(np.int64)
-    ids = data[f"{prefix}_ids"].astype(np.int64)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    return [ids[a : a + n] for a, n in zip(starts, lengths)]
 
 
 def jailbreak_rows(bundle: Path) -> tuple[list[np.ndarray], np.ndarray]:
     """The joint training's jailbreak rows (token ids) and labels, then JAILBREAK_EXTRA_BENIGN of its commercial
     domain train rows as benign (the safety re-fit's selection)."""
+    from services.models.trunk import ragged_rows
+
     data = np.load(bundle / "trunk.npz")
-    rows = _bundle_rows(data, "jailbreak_train")
+    rows = ragged_rows(data, "jailbreak_train")
     labels = data["jailbreak_train_labels"].astype(np.int64)
-    domain = _bundle_rows(data, "domain_train")
+    domain = ragged_rows(data, "domain_train")
     rng = np.random.default_rng(SEED)
     extra = [domain[i] for i in rng.choice(len(domain), min(JAILBREAK_EXTRA_BENIGN, len(domain)), replace=False)]
     return rows + extra, np.concatenate([labels, np.zeros(len(extra), np.int64)])

@@ -126,6 +126,14 @@ def _ragged_rows(prefix: str, rows: list[np.ndarray], arrays: dict) -> None:
     arrays[f"{prefix}_ids"] = np.concatenate(rows).astype(np.uint16) if rows else np.zeros(0, dtype=np.uint16)
 
 
+def ragged_rows(arrays, prefix: str) -> list[np.ndarray]:
+    """The token-id rows _ragged_rows stored under `prefix` (a bundle's trunk.npz or its arrays), as int64."""
+    lengths = arrays[f"{prefix}_len"].astype(np.int64)
+    ids = arrays[f"{prefix}_ids"].astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    return [ids[offsets[i] : offsets[i + 1]] for i in range(len(lengths))]
+
+
 def _valid_rows(batch) -> list[np.ndarray]:
     return [batch.input_ids[i, : int(n)] for i, n in enumerate(batch.attention_mask.sum(axis=1))]
 
@@ -381,11 +389,7 @@ def _teacher_arrays(arrays: dict, student_tokenizer: Path, teacher_tokenizer: Pa
     teacher = TextTokenizer.from_file(teacher_tokenizer)
     out: dict[str, np.ndarray] = {}
     for prefix in TEACHER_ROWS:
-        lengths = arrays[f"{prefix}_len"]
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
-        ids = arrays[f"{prefix}_ids"].astype(np.int64)
-        texts = decoder.decode_batch([ids[offsets[i] : offsets[i + 1]].tolist() for i in range(len(lengths))],
-                                     skip_special_tokens=True)
+        texts = decoder.decode_batch([row.tolist() for row in ragged_rows(arrays, prefix)], skip_special_tokens=True)
         _ragged(f"teacher_{prefix}", teacher.encode(texts, Truncation.HEAD), out)
     return out
 

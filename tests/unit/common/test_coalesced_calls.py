@@ -114,42 +114,30 @@ async def _gathered(models: TritonModels):
                                 return_exceptions=True)
 
 
-async def test_a_caller_that_gives_up_leaves_the_others_their_answer() -> None:
+@pytest.mark.parametrize("gives_up", ["first", "second"])
+async def test_a_caller_that_gives_up_leaves_the_other_its_answer(gives_up: str) -> None:
+    """Whichever caller is cancelled, the one who sent the request or the one who joined it, the other still
+    gets its head from the one shared request."""
     models = RequestRecorder(delay_s=0.05)
 
     async def scenario():
         coalesce_calls(*GUARD_HEADS)
-        first = asyncio.ensure_future(models.jailbreak_scores(["w1 w2 w3"]))
-        second = asyncio.ensure_future(models.safety_probabilities(["w1 w2 w3"]))
+        callers = {"first": asyncio.ensure_future(models.jailbreak_scores(["w1 w2 w3"])),
+                   "second": asyncio.ensure_future(models.safety_probabilities(["w1 w2 w3"]))}
         await asyncio.sleep(0.01)  # both joined, the shared request is in flight
-        second.cancel()
-        return await asyncio.wait_for(first, timeout=2), second
+        callers[gives_up].cancel()
+        (kept,) = (future for name, future in callers.items() if name != gives_up)
+        return await asyncio.wait_for(kept, timeout=2), callers[gives_up]
 
     try:
-        jailbreak, second = await asyncio.create_task(scenario())
+        answer, cancelled = await asyncio.create_task(scenario())
     finally:
         await models.close()
-    assert jailbreak[0] == pytest.approx(HEAD_VALUES["jailbreak_probabilities"])
-    assert second.cancelled() and len(models.requests) == 1
-
-
-async def test_the_first_callers_cancellation_leaves_the_others_their_answer() -> None:
-    models = RequestRecorder(delay_s=0.05)
-
-    async def scenario():
-        coalesce_calls(*GUARD_HEADS)
-        first = asyncio.ensure_future(models.jailbreak_scores(["w1 w2 w3"]))
-        second = asyncio.ensure_future(models.safety_probabilities(["w1 w2 w3"]))
-        await asyncio.sleep(0.01)
-        first.cancel()
-        return await asyncio.wait_for(second, timeout=2), first
-
-    try:
-        safety, first = await asyncio.create_task(scenario())
-    finally:
-        await models.close()
-    assert first.cancelled() and len(models.requests) == 1
-    assert safety[0, 0] == pytest.approx(HEAD_VALUES["safety_probabilities"])
+    assert cancelled.cancelled() and len(models.requests) == 1
+    if gives_up == "second":
+        assert answer[0] == pytest.approx(HEAD_VALUES["jailbreak_probabilities"])
+    else:
+        assert answer[0, 0] == pytest.approx(HEAD_VALUES["safety_probabilities"])
 
 
 async def test_a_late_caller_reads_the_answer_already_there() -> None:
