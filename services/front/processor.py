@@ -178,6 +178,8 @@ class ChatProcessor(PassThroughProcessor):
     def __init__(self, context: FrontContext, config: SwitchyardConfig, request_headers: dict[str, str]) -> None:
         super().__init__(context, config, request_headers)
         self.routed: Routed | None = None
+        # Set at the request headers: the fallback attempt this upstream pass serves (None downstream).
+        self.attempt: fallback.Attempt | None = None
         self.streaming_response = False
         self._response_chunks: list[bytes] = []
         self._response_bytes = 0
@@ -198,12 +200,12 @@ class ChatProcessor(PassThroughProcessor):
             return self.error(RequestError(400, "the request body is empty; send a JSON chat completion request",
                                            "empty_body"))
         remove = client_headers_to_remove(self.request_headers)
-        attempt = fallback.attempt_from_headers(self.config, self.request_headers)
+        # Read (and its signature checked) once per pass: the body phase goes on from it.
+        self.attempt = attempt = fallback.attempt_from_headers(self.config, self.request_headers)
         if attempt is not None and not attempt.is_fallback:
             # The upstream pass of the first attempt sends the body the downstream pass wrote: its model is
             # named here and the body phase is skipped (where Envoy allows the override; else that phase
             # names it again).
-            self.attempt = attempt
             return ep.ProcessingResponse(
                 request_headers=ep.HeadersResponse(response=ep.CommonResponse(header_mutation=ep.HeaderMutation(
                     remove_headers=[h for h in remove if h != SELECTED_MODEL_HEADER],
@@ -214,7 +216,7 @@ class ChatProcessor(PassThroughProcessor):
 
     # -- request body ----------------------------------------------------------------------
     async def process_request_body(self, body: ep.HttpBody) -> ep.ProcessingResponse:
-        self.attempt = attempt = fallback.attempt_from_headers(self.config, self.request_headers)
+        attempt = self.attempt
         if attempt is not None:
             # The upstream pass (Envoy's router runs the front again per attempt): rewrite for the
             # candidate of this attempt, route nothing.
@@ -260,7 +262,7 @@ class ChatProcessor(PassThroughProcessor):
             self.response_status = int(values.get(":status", "0"))
         except ValueError:
             self.response_status = 0
-        attempt: fallback.Attempt | None = getattr(self, "attempt", None)
+        attempt = self.attempt
         if attempt is not None:
             # The upstream pass: name the model that answered; the downstream pass takes it from here.
             if self.response_status in fallback.RETRIABLE_STATUSES:
