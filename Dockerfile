@@ -7,8 +7,10 @@
 # service targets copy its tokenizer, so that every service tokenizes exactly as the encoder expects.
 # Bases are pinned to exact versions; pin by digest (NAME:TAG@sha256:...) in your registry mirror.
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
-# NGC 25.01 = Triton 2.54 with its native onnxruntime backend (CUDA/TensorRT on GPU, CPU otherwise).
-ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:25.01-py3
+# NGC 25.04 = Triton 2.57 with its native onnxruntime backend (CUDA/TensorRT on GPU, CPU otherwise). Not
+# older: Triton's gRPC frontend could crash when a request was cancelled as it completed (server#7368, fixed
+# in 24.12; a second race, server#8078, fixed in spring 2025), and clients cancel routinely (deadlines).
+ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:25.04-py3
 
 # ---- builder: a venv with switchyard and its runtime dependencies --------------------------------
 FROM ${PYTHON_IMAGE} AS builder

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import copy
+import os
+import signal
 import socket
 import subprocess
 import tempfile
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,33 +85,127 @@ def triton_server() -> Iterator[TritonConfig]:
     problems = repository_problems(REPOSITORY)
     if problems:
         pytest.fail("model repository not built (run `make models`): " + "; ".join(problems), pytrace=False)
-    yield from running_triton(REPOSITORY)
-
-
-def running_triton(repository: Path, backend_dir: Path | None = None) -> Iterator[TritonConfig]:
-    """Run tritonserver (strict model config) over `repository` on free ports until the generator is closed;
-    fail loudly, with the server's own log, when it cannot start."""
-    http_port, grpc_port, metrics_port = free_ports(3)
-    config = TritonConfig(host="127.0.0.1", http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-                          model_repository=repository, timeout_ms=10000)
-    spec = launch_spec(config, strict_model_config=True) if backend_dir is None else \
-        launch_spec(config, backend_dir=backend_dir, strict_model_config=True)
-    log = tempfile.NamedTemporaryFile("w+", prefix="tritonserver-", suffix=".log", delete=False)
-    process = subprocess.Popen(spec.argv, env=spec.env, stdout=log, stderr=subprocess.STDOUT)
+    triton = LocalTriton(REPOSITORY)
+    triton.start()
+    SHARED_TRITON.append(triton)
     try:
-        wait_until_ready(config, timeout_s=180, is_alive=lambda: process.poll() is None)
-    except Exception as exc:  # noqa: BLE001 - report the server's own log with the failure
-        process.kill()
-        process.wait()
-        log.seek(0)
-        pytest.fail(f"tritonserver did not start: {exc}\n--- {log.name} ---\n{log.read()[-6000:]}", pytrace=False)
-    try:
-        yield config
+        yield triton.config
     finally:
-        process.terminate()
+        SHARED_TRITON.remove(triton)
+        triton.stop()
+
+
+# The session's shared tritonserver while it runs (see shared_triton_outlives_each_test).
+SHARED_TRITON: list[LocalTriton] = []
+
+
+@pytest.fixture(autouse=True)
+def shared_triton_outlives_each_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test that used the shared Triton: if it died or hung during the test, fail that test with
+    the server's log, and restart it on the same ports, so that one crash is reported where it happened
+    instead of failing every later test (as `switchyard up` and Kubernetes restart a hung Triton)."""
+    yield
+    if "triton_server" not in request.fixturenames or not SHARED_TRITON:
+        return
+    triton = SHARED_TRITON[0]
+    problem = triton.problem()
+    if problem is None:
+        return
+    log = triton.log_tail()
+    triton.stop()
+    triton.start()
+    pytest.fail(f"the shared tritonserver {problem} during this test (restarted for the tests after it); "
+                f"its log ends:\n{log}", pytrace=False)
+
+
+class LocalTriton:
+    """tritonserver (strict model config) over `repository` on free ports, started and stopped by tests;
+    a restart keeps the ports, so configs that point at it stay valid."""
+
+    def __init__(self, repository: Path, backend_dir: Path | None = None) -> None:
+        http_port, grpc_port, metrics_port = free_ports(3)
+        self.config = TritonConfig(host="127.0.0.1", http_port=http_port, grpc_port=grpc_port,
+                                   metrics_port=metrics_port, model_repository=repository, timeout_ms=10000)
+        self.spec = launch_spec(self.config, strict_model_config=True) if backend_dir is None else \
+            launch_spec(self.config, backend_dir=backend_dir, strict_model_config=True)
+        self.process: subprocess.Popen | None = None
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="tritonserver-", suffix=".log", delete=False)
+
+    def start(self) -> None:
+        """Start it and wait until it is ready; fail loudly, with the server's own log, when it cannot."""
+        # A session of its own, so that stop() also ends its Python backend stubs (a killed server's stubs
+        # otherwise live on, holding their shared memory).
+        self.process = process = subprocess.Popen(self.spec.argv, env=self.spec.env, stdout=self.log,
+                                                  stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+            wait_until_ready(self.config, timeout_s=180, is_alive=lambda: process.poll() is None)
+        except Exception as exc:  # noqa: BLE001 - report the server's own log with the failure
+            self.stop()
+            pytest.fail(f"tritonserver did not start: {exc}\n--- {self.log.name} ---\n{self.log_tail()}",
+                        pytrace=False)
+
+    def problem(self) -> str | None:
+        """None while it runs and answers; otherwise what is wrong (exited, or hung)."""
+        assert self.process is not None
+        if self.process.poll() is not None:
+            return f"exited with code {self.process.returncode}"
+        for attempt in range(3):  # a moment's stall right after a load test is not a hang
+            if self.answers():
+                return None
+            time.sleep(2)
+        return "stopped answering (hung)"
+
+    def answers(self) -> bool:
+        """Live on HTTP and on gRPC, each over a new connection (a hung 2.51 kept accepting gRPC connections
+        without answering on them)."""
+        import tritonclient.grpc as grpcclient
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.config.http_port}/v2/health/live", timeout=2):
+                pass
+            client = grpcclient.InferenceServerClient(self.config.grpc_url)
+            try:
+                return bool(client.is_server_live(client_timeout=2))
+            finally:
+                client.close()
+        except Exception:  # noqa: BLE001 - any failure to answer is "not live"
+            return False
+
+    def log_tail(self, chars: int = 6000) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text(errors="replace")[-chars:]
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None and not _group_alive(self.process.pid):
+            return
+        for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.process.wait(timeout=wait_s)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # what is left of the group: its stubs
+        except ProcessLookupError:
+            return
+        for _ in range(100):  # until they are gone (reaped by init), so that a restart starts clean
+            if not _group_alive(self.process.pid):
+                return
+            time.sleep(0.05)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs (zombies do not count: an init that does not reap
+    orphans, as in some containers, would keep them forever)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue
+        if int(group) == pgid and state != "Z":
+            return True
+    return False

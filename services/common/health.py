@@ -29,3 +29,23 @@ async def http_ok(*urls: str, expect: str | None = None, timeout_s: float = 1.0)
     except httpx.HTTPError:
         return False
     return True
+
+
+async def triton_live(host: str, http_port: int, grpc_port: int, timeout_s: float = 2.0) -> bool:
+    """True when Triton answers "live" on HTTP and on gRPC, each over a new connection.
+
+    Both, because a hung Triton 2.51 was seen to keep its gRPC port accepting connections without ever
+    answering on them (services.common.triton.ABANDONED_CALL_GRACE_S says when it hangs).
+    """
+    import tritonclient.grpc.aio as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    if not await http_ok(f"http://{host}:{http_port}/v2/health/live", timeout_s=timeout_s):
+        return False
+    client = grpcclient.InferenceServerClient(url=f"{host}:{grpc_port}")
+    try:
+        return bool(await client.is_server_live(client_timeout=timeout_s))
+    except InferenceServerException:
+        return False
+    finally:
+        await client.close()

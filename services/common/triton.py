@@ -25,6 +25,13 @@ from services.common.tokenizer import (Batch, EntitySpan, TextTokenizer, Tokeniz
 # Monotonic time at which the gRPC call being served gives up (set per call by the services). Triton
 # work for a caller that has given up is wasted and delays everyone else, so no Triton call outlives it.
 CALL_DEADLINE: ContextVar[float | None] = ContextVar("switchyard_call_deadline", default=None)
+# Triton 2.51's gRPC frontend (the local nvidia-pytriton server) can crash when an inference request is
+# cancelled as it completes (triton-inference-server/server#7368, fixed in 24.12): a SIGSEGV that leaves the
+# process hung, so every service behind it fails. A call is cancelled when its gRPC deadline passes or its
+# caller is cancelled, both routine under load; so no call to Triton is cancelled from here. Its gRPC
+# deadline is the caller's budget plus this grace (reached only when Triton itself hangs), and a caller that
+# stops waiting at its budget leaves the request to end on its own.
+ABANDONED_CALL_GRACE_S = 30.0
 # Floor for a call's budget, so that a nearly spent deadline still gets a definite (fast) answer.
 MIN_CALL_TIMEOUT_S = 0.01
 # The request parameter carrying the caller's deadline (wall clock, ms since the epoch): the local backend
@@ -256,15 +263,23 @@ class TritonModels:
         attempt = 0
         while True:
             budget = self._timeout_s
+            # Never cancelled from here (see ABANDONED_CALL_GRACE_S): the gRPC deadline is later than the
+            # budget, and a caller that stops waiting (budget spent, or its own call cancelled) leaves the
+            # request to end on its own; the backend answers an expired one at once.
+            call = asyncio.ensure_future(self._client.infer(
+                spec.name, inputs, outputs=outputs, client_timeout=budget + ABANDONED_CALL_GRACE_S,
+                # Triton's queue policy drops the request after the budget, and the local backend (which has
+                # no batcher, so no queue policy) reads the deadline parameter.
+                timeout=int(budget * 1_000_000),
+                parameters={DEADLINE_PARAMETER: round(time.time() * 1000 + budget * 1000, 1)},
+            ))
+            call.add_done_callback(_retrieve)
             try:
-                result = await self._client.infer(
-                    spec.name, inputs, outputs=outputs, client_timeout=budget,
-                    # The same budget server-side: Triton's queue policy drops the request after it, and the
-                    # local backend (which has no batcher, so no queue policy) reads the deadline parameter.
-                    timeout=int(budget * 1_000_000),
-                    parameters={DEADLINE_PARAMETER: round(time.time() * 1000 + budget * 1000, 1)},
-                )
+                result = await asyncio.wait_for(asyncio.shield(call), budget)
                 return {name: result.as_numpy(name) for name in output_names}
+            except TimeoutError:
+                raise TritonTimeoutError(f"{spec.name}: no answer from Triton at {self._config.grpc_url} within "
+                                         f"{budget * 1000:.0f} ms (the call's deadline)") from None
             except InferenceServerException as exc:
                 error = self._translate(exc, spec.name)
                 if isinstance(error, TritonUnavailableError) and attempt < self._retries:

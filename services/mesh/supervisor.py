@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from services.common.config import SwitchyardConfig
-from services.common.health import grpc_serving, http_ok
+from services.common.health import grpc_serving, http_ok, triton_live
 from services.common.triton_server import launch_spec, ready_urls, repository_problems
 from services.mesh.envoy_config import build_envoy_config, envoy_binary
 
@@ -26,6 +26,12 @@ STOP_GRACE_S = 10.0
 # keeps crashing (like Kubernetes' CrashLoopBackOff, shorter), and starts over once it has stayed up.
 RESTART_BACKOFF_S = (0.2, 10.0)
 STABLE_AFTER_S = 30.0
+# A process with a liveness check that has answered it once and then fails it for HUNG_AFTER_S is hung:
+# it is killed, and so restarted (the chart's livenessProbe does the same in Kubernetes). Longer than a
+# stall the mesh rides out (a 4 s freeze, tests/e2e/test_faults.py), short enough that a hung Triton
+# (it hangs rather than exits after some crashes) is back in well under a minute.
+LIVENESS_PERIOD_S = 2.0
+HUNG_AFTER_S = 15.0
 
 
 class MeshError(RuntimeError):
@@ -43,6 +49,8 @@ class ProcessSpec:
     # (config key, host, port) that must be free before the start.
     ports: list[tuple[str, str, int]] = field(default_factory=list)
     env: dict[str, str] | None = None
+    # Is it alive (not: ready)? None: only its exit is watched.
+    live: Callable[[], Awaitable[bool]] | None = None
 
 
 def _set_parent_death_signal() -> None:
@@ -79,6 +87,8 @@ class Mesh:
         self.processes: dict[str, asyncio.subprocess.Process] = {}
         # How often each process was restarted after a crash.
         self.restarts: dict[str, int] = {}
+        # How often each process was killed for failing its liveness check (then restarted).
+        self.hung_kills: dict[str, int] = {}
         self._log_tasks: list[asyncio.Task[None]] = []
         self._watchers: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -103,8 +113,11 @@ class Mesh:
                 async def triton_ready() -> bool:
                     return await http_ok(*ready_urls(t))
 
+                async def triton_alive() -> bool:
+                    return await triton_live(t.host, t.http_port, t.grpc_port)
+
                 specs.append(ProcessSpec(
-                    "triton", launch.argv, ready=triton_ready, env=launch.env,
+                    "triton", launch.argv, ready=triton_ready, env=launch.env, live=triton_alive,
                     endpoint=f"http://{t.host}:{t.http_port}  grpc :{t.grpc_port}  metrics :{t.metrics_port}",
                     ports=[("triton.http_port", t.host, t.http_port), ("triton.grpc_port", t.host, t.grpc_port),
                            ("triton.metrics_port", t.host, t.metrics_port)]))
@@ -167,6 +180,7 @@ class Mesh:
             raise
         if self.restart:
             self._watchers = [asyncio.create_task(self._keep_running(spec)) for spec in specs]
+            self._watchers += [asyncio.create_task(self._kill_when_hung(spec)) for spec in specs if spec.live]
         return specs
 
     async def _spawn(self, spec: ProcessSpec) -> asyncio.subprocess.Process:
@@ -202,6 +216,33 @@ class Mesh:
             except OSError as exc:
                 self.log_line(spec.name, f"cannot restart: {exc}")
                 await asyncio.sleep(longest)
+
+    async def _kill_when_hung(self, spec: ProcessSpec) -> None:
+        """Kill `spec`'s process (so that _keep_running restarts it) once it has failed its liveness check
+        for HUNG_AFTER_S. A process is judged only after it has once answered, so a slow start is no hang."""
+        assert spec.live is not None
+        answered_pid, failing_since = None, None
+        while not self._stopping:
+            await asyncio.sleep(LIVENESS_PERIOD_S)
+            process = self.processes[spec.name]
+            if process.returncode is not None:
+                continue
+            if await spec.live():
+                answered_pid, failing_since = process.pid, None
+                continue
+            if answered_pid != process.pid or self._stopping:
+                continue
+            now = time.monotonic()
+            failing_since = failing_since or now
+            if now - failing_since >= HUNG_AFTER_S:
+                self.log_line(spec.name, f"has not answered its liveness check for {now - failing_since:.0f}s "
+                                         "(hung); killing it so that it restarts")
+                self.hung_kills[spec.name] = self.hung_kills.get(spec.name, 0) + 1
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                answered_pid, failing_since = None, None
 
     async def _pump(self, name: str, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None

@@ -34,7 +34,9 @@ FREEZE_S = 4.0
 @dataclass(frozen=True)
 class Fault:
     process: str
-    action: str  # "kill" (SIGKILL; the mesh restarts it) or "stop" (SIGSTOP for FREEZE_S, then SIGCONT)
+    # "kill" (SIGKILL; the mesh restarts it), "stop" (SIGSTOP for FREEZE_S, then SIGCONT), or "hang" (SIGSTOP
+    # for good: the mesh must notice that it stopped answering, kill it and restart it)
+    action: str
     # What a client may see meanwhile: 200 (served, maybe degraded), 429/503 (OpenAI errors with
     # Retry-After), 500 (Envoy's own answer while the front itself is down: failure_mode_allow false).
     allowed: frozenset[int]
@@ -56,6 +58,8 @@ CATALOGUE = [
     # Triton resumes with a backlog of expired work to drop; on a busy machine that takes a while.
     Fault("triton", "stop", REFUSED, 15.0, load_s=25.0),
     Fault("triton", "kill", REFUSED, 45.0, load_s=60.0),
+    # Detection takes supervisor.HUNG_AFTER_S (15 s), then a restart like the kill's.
+    Fault("triton", "hang", REFUSED, 50.0, load_s=65.0),
 ]
 RESULTS: dict[str, dict] = {}
 
@@ -85,6 +89,8 @@ async def _inject(mesh: MeshRunner, fault: Fault) -> float:
     # tritonserver through shared memory) can wedge a model instance for good, an artefact of the local
     # stand-in backend that the native onnxruntime backend of the NGC image does not have.
     os.kill(process.pid, signal.SIGSTOP)
+    if fault.action == "hang":
+        return 0.0
     try:
         await asyncio.sleep(FREEZE_S)
     finally:
@@ -96,6 +102,7 @@ async def _inject(mesh: MeshRunner, fault: Fault) -> float:
 def test_fault_under_load(mesh: MeshRunner, fault: Fault) -> None:
     before = {mark: reached_backend(mesh.simulator_url, mark) for mark in ATTACK_MARKS}
     restarts = mesh.mesh.restarts.get(fault.process, 0)
+    hung_kills = mesh.mesh.hung_kills.get(fault.process, 0)
 
     async def run() -> tuple:
         started = time.monotonic()
@@ -111,8 +118,9 @@ def test_fault_under_load(mesh: MeshRunner, fault: Fault) -> None:
         assert reached_backend(mesh.simulator_url, mark) == before[mark], f"an attack reached the backend ({mark})"
     assert result.unblocked_attacks_answered == 0
     assert set(result.statuses) <= fault.allowed, (result.statuses, result.bad_errors[:3])
-    if fault.action == "kill":
+    if fault.action in ("kill", "hang"):
         assert mesh.mesh.restarts.get(fault.process, 0) == restarts + 1
+    assert mesh.mesh.hung_kills.get(fault.process, 0) == hung_kills + (fault.action == "hang")
     ended = fault_at + lasted
     benign = recovery_s(result, "benign", ended, _normal)
     blocking = recovery_s(result, "attack", ended, lambda e: e.status == 200 and e.blocked)

@@ -119,10 +119,11 @@ def test_a_typo_never_turns_one_name_into_another():
         is Rejection.ENTITIES
 
 
-def test_long_texts_are_checked_quickly():
-    import time
+def test_long_texts_are_judged_by_what_changed():
+    # 300 sentences; only the last words, or one word throughout, differ. (How fast is a benchmark's
+    # question, not a test's: a wall-clock bound here failed on a loaded CI machine.)
     body = " ".join(f"Sentence {i} says something about topic {i % 7} in some detail." for i in range(300))
-    started = time.perf_counter()
-    verify(body + " Is it true?", body + " Is it false?")
-    verify("Please summarise: " + body, "Summarise this: " + body.replace("detail", "depth"))
-    assert time.perf_counter() - started < 0.5
+    assert verify(body + " Is it true?", body + " Is it false?").rejection is Rejection.SUBSTITUTION
+    assert verify("Please summarise: " + body, "Summarise this: " + body.replace("detail", "depth")).rejection \
+        is Rejection.EDITED
+    assert verify(body + " Is it true?", body + " Is it true?").agreement is Agreement.EXACT
