@@ -119,9 +119,9 @@ _TRAILING = re.compile(rf"(?:[\s,.:;!?-]*\b(?:{_WRAPPER}))+[\s.!?]*$", re.I)
 # Words by which a speaker takes back what they just said ("X, no I mean Y"). A run of them marks a
 # correction when it holds at least one strong marker; the correction counts only if it restores the other
 # question word for word, so a marker word that is not one here ("no", "or") changes nothing.
-_CORRECTION_STRONG = frozenset("no nope wait sorry mean meant rather instead actually scratch correction "
-                               "um umm uh uhh er erm rephrase oops".split())
-_CORRECTION_WEAK = frozenset("i or not that but make let me ask and say to should be what the".split())
+_CORRECTION_STRONG_WORDS = ("no nope wait sorry mean meant rather instead actually scratch correction um umm uh uhh "
+                            "er erm rephrase oops misspoke")
+_CORRECTION_WEAK_WORDS = "i or not that but make let me ask and say to should be what the oh shoot wrong one tell want know"
 # Pairs that one edit apart are different words, not a typo.
 _OPPOSITES = frozenset(frozenset(p.split("/")) for p in """
 increase/decrease increases/decreases increased/decreased increasing/decreasing include/exclude
@@ -229,6 +229,11 @@ def _stem(word: str) -> str:
             # "listed" is not the framing verb "list" ("list the ...").
             return word if stem in STOPWORDS else stem
     return word
+
+
+# The markers as _Text.words() spells them (stemmed: "oops" is "oop" there, and was never found before).
+_CORRECTION_STRONG = frozenset(_stem(w) for w in _CORRECTION_STRONG_WORDS.split())
+_CORRECTION_WEAK = frozenset(_stem(w) for w in _CORRECTION_WEAK_WORDS.split())
 
 
 def _typo(a: str, b: str) -> bool:

@@ -98,6 +98,14 @@ def test_look_alikes_are_rejected(stored, asked, reason):
      "What is the eighth um least no most populous city in the nation?", Agreement.CORRECTION),
     ("For how many years had temperatures been studied in the 2001 report?",
      "For how many years had sea levels been studied in the 2001 report no temperatures?", Agreement.CORRECTION),
+    # "oops" is a marker too (it never matched: the verifier's words are stemmed, "oops" is "oop" there)
+    ("Against whom did the Camisards rise up to fight?",
+     "Against whom did the French troops oops the Camisards rise up to fight?", Agreement.CORRECTION),
+    ("What year was Casimir Pulaski born in Warsaw?",
+     "What year was Casimir Pulaski born in Krakow uh shoot Warsaw?", Agreement.CORRECTION),
+    ("When can the European Court of Justice uphold measures?",
+     "When can the European Union law, oh I misspoke, I mean the European Court of Justice uphold measures?",
+     Agreement.CORRECTION),
     # other words, same numbers, names, negations and direction
     ("How can I learn to play the guitar quickly?", "What is the fastest way to learn guitar playing?",
      Agreement.PARAPHRASE),
