@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import os
 import signal
@@ -9,7 +10,6 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from services.common.config import TritonConfig
+from services.common.health import triton_live
 from services.common.triton_server import launch_spec, repository_problems, wait_until_ready
 
 REPO = Path(__file__).resolve().parent.parent
@@ -156,46 +157,46 @@ class LocalTriton:
         return "stopped answering (hung)"
 
     def answers(self) -> bool:
-        """Live on HTTP and on gRPC, each over a new connection (a hung 2.51 kept accepting gRPC connections
-        without answering on them)."""
-        import tritonclient.grpc as grpcclient
-
+        """Live on HTTP and on gRPC (services.common.health.triton_live), in a loop of its own: this runs in
+        fixture teardown, beside pytest-asyncio's loops, whose current-loop setting it must not touch."""
+        loop = asyncio.new_event_loop()
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.config.http_port}/v2/health/live", timeout=2):
-                pass
-            client = grpcclient.InferenceServerClient(self.config.grpc_url)
-            try:
-                return bool(client.is_server_live(client_timeout=2))
-            finally:
-                client.close()
-        except Exception:  # noqa: BLE001 - any failure to answer is "not live"
-            return False
+            return loop.run_until_complete(triton_live(self.config.host, self.config.http_port,
+                                                       self.config.grpc_port))
+        finally:
+            loop.close()
 
     def log_tail(self, chars: int = 6000) -> str:
         self.log.flush()
         return Path(self.log.name).read_text(errors="replace")[-chars:]
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None and not _group_alive(self.process.pid):
+        """SIGTERM, then SIGKILL for the whole process group: the server if it did not stop in time, and its
+        Python-backend stubs, which outlive a killed server; returns once none of them runs."""
+        if self.process is None:
             return
-        for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        if self.process.poll() is None:
+            _signal_group(self.process.pid, signal.SIGTERM)
             try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.process.wait(timeout=wait_s)
-                break
+                self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                continue
+                pass
+        _signal_group(self.process.pid, signal.SIGKILL)
         try:
-            os.killpg(self.process.pid, signal.SIGKILL)  # what is left of the group: its stubs
-        except ProcessLookupError:
-            return
-        for _ in range(100):  # until they are gone (reaped by init), so that a restart starts clean
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        for _ in range(100):  # until the stubs are gone, so that a restart starts clean
             if not _group_alive(self.process.pid):
                 return
             time.sleep(0.05)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def _group_alive(pgid: int) -> bool:

@@ -22,8 +22,9 @@ from services.common.tokenizer import (Batch, EntitySpan, TextTokenizer, Tokeniz
                                        bucket_width, decode_bio, merge_chunk_spans)
 
 
-# Monotonic time at which the gRPC call being served gives up (set per call by the services). Triton
-# work for a caller that has given up is wasted and delays everyone else, so no Triton call outlives it.
+# Monotonic time at which the gRPC call being served gives up (set per call by the services). No Triton call
+# is waited on past it, and the request carries it (DEADLINE_PARAMETER), so that Triton drops work whose
+# caller has given up instead of computing it while everyone else waits.
 CALL_DEADLINE: ContextVar[float | None] = ContextVar("switchyard_call_deadline", default=None)
 # Triton 2.51's gRPC frontend (the local nvidia-pytriton server) can crash when an inference request is
 # cancelled as it completes (triton-inference-server/server#7368, fixed in 24.12): a SIGSEGV that leaves the
