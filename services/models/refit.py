@@ -14,9 +14,9 @@ e.g. "If animals have no direct or indirect moral standing, then using them for 
 benign rows are chat prompts and documents, with no exam questions on ethics or history. It re-fits on the
 trunk's served (int8) pooled states of the joint training's jailbreak rows (services.models.trunk's bundle:
 the commercial rows, their harmless-text variants, the templated benign prompts, XSTest and the buried
-injections' windows) plus the same JAILBREAK_EXTRA_BENIGN commercial domain train questions as benign. The
-bundle does not hold those extra rows yet (the re-fit reads its jailbreak rows from it): the next joint
-training should add them to its jailbreak rows as the bundle does for safety.
+injections' windows) plus the same JAILBREAK_EXTRA_BENIGN commercial domain train questions as benign. Bundles prepared since
+then hold those rows among their jailbreak rows (the joint training learns them), and the re-fit does not
+add them twice.
 """
 
 from __future__ import annotations
@@ -81,17 +81,25 @@ def pooled_rows(session, rows: list[np.ndarray], pad_id: int = 0) -> np.ndarray:
     return out
 
 
+def extra_benign_domain_rows(domain: list, count: int = JAILBREAK_EXTRA_BENIGN) -> list:
+    """`count` of the commercial domain train rows (texts or token rows), seeded: the plain subject questions
+    the jailbreak and safety heads learn as benign (the same questions for both)."""
+    rng = np.random.default_rng(SEED)
+    return [domain[i] for i in rng.choice(len(domain), min(count, len(domain)), replace=False)]
+
+
 def jailbreak_rows(bundle: Path) -> tuple[list[np.ndarray], np.ndarray]:
     """The joint training's jailbreak rows (token ids) and labels, then JAILBREAK_EXTRA_BENIGN of its commercial
-    domain train rows as benign (the safety re-fit's selection)."""
+    domain train rows as benign (the safety re-fit's selection). A bundle that already holds them (its
+    `jailbreak_train_extra_benign` says how many) is returned as it is."""
     from services.models.trunk import ragged_rows
 
     data = np.load(bundle / "trunk.npz")
     rows = ragged_rows(data, "jailbreak_train")
     labels = data["jailbreak_train_labels"].astype(np.int64)
-    domain = ragged_rows(data, "domain_train")
-    rng = np.random.default_rng(SEED)
-    extra = [domain[i] for i in rng.choice(len(domain), min(JAILBREAK_EXTRA_BENIGN, len(domain)), replace=False)]
+    if "jailbreak_train_extra_benign" in data.files:
+        return rows, labels
+    extra = extra_benign_domain_rows(ragged_rows(data, "domain_train"))
     return rows + extra, np.concatenate([labels, np.zeros(len(extra), np.int64)])
 
 
@@ -144,8 +152,7 @@ def safety_rows(paths: ModelPaths, rows: list[dict] | None = None) -> tuple[list
     if rows is None:
         rows, _ = load_rows(paths.data_dir, "safety", "train", True)
     domain, _ = load_rows(paths.data_dir, "domain", "train", True)
-    rng = np.random.default_rng(SEED)
-    extra = [domain[i]["text"] for i in rng.choice(len(domain), min(SAFETY_EXTRA_SAFE, len(domain)), replace=False)]
+    extra = extra_benign_domain_rows([r["text"] for r in domain], SAFETY_EXTRA_SAFE)
     texts = [r["text"] for r in rows] + extra
     labels = np.array([io.SAFETY_LABELS.index(r["category"]) for r in rows] + [0] * len(extra))
     weights = np.array([3.0 if r["category"] != io.SAFETY_NONE or r["source"] == "xstest" else 1.0 for r in rows]

@@ -247,7 +247,9 @@ def prepare_bundle(out_dir: Path, limit: int | None = None, trunk: str = "small"
     for split in ("train", "dev"):
         # Dev rows of every license are scored (never trained on); model selection uses commercial dev rows.
         d = rows("domain", split, split == "train")
-        _ragged(f"domain_{split}", tokenizer.encode([r["text"] for r in d], Truncation.HEAD_TAIL), arrays)
+        domain_batch = tokenizer.encode([r["text"] for r in d], Truncation.HEAD_TAIL)
+        _ragged(f"domain_{split}", domain_batch, arrays)
+        domain_rows = _valid_rows(domain_batch)
         arrays[f"domain_{split}_labels"] = np.array([domain_index[r["label"]] for r in d], dtype=np.int64)
         j = rows("jailbreak", split, split == "train")
         texts = [r["text"] for r in j]
@@ -273,6 +275,14 @@ def prepare_bundle(out_dir: Path, limit: int | None = None, trunk: str = "small"
             buried, buried_labels, _ = buried_windows(tokenizer, benign_long, attacks, 3000 if not limit else 20, rng)
             job_rows += buried
             job_labels += buried_labels
+            # Plain subject questions as benign (services.models.refit says why): without them the head refused
+            # 4.3 % of the domain dev questions, a quarter of philosophy's ("Suppose ... morally ...").
+            from services.models.refit import extra_benign_domain_rows
+
+            subject_rows = extra_benign_domain_rows(domain_rows)
+            job_rows += subject_rows
+            job_labels += [0] * len(subject_rows)
+            arrays["jailbreak_train_extra_benign"] = np.array(len(subject_rows), dtype=np.int64)
             _ragged_rows("jailbreak_train", job_rows, arrays)
             arrays["jailbreak_train_labels"] = np.array(job_labels, dtype=np.int64)
         else:
@@ -774,6 +784,7 @@ def train(bundle: Path, out: Path, epochs: int = EPOCHS, seed: int = SEED, max_s
             del teacher_set
         elif task in distilled:
             targets[task] = _teacher_targets(teacher, sets[task][0], sets[task][1], lengths[task])
+    extra_benign = int(data["jailbreak_train_extra_benign"]) if "jailbreak_train_extra_benign" in data.files else 0
     classified = ("domain", "jailbreak", "safety", "pair")
     labels = {t: torch.from_numpy(data[f"{t}_train_labels"]).to(device) for t in classified}
 
@@ -914,10 +925,10 @@ def train(bundle: Path, out: Path, epochs: int = EPOCHS, seed: int = SEED, max_s
             best = (value, epoch, lora.adapter_arrays(student),
                     {k: v.detach().cpu().numpy().copy() for k, v in heads.state_dict().items()})
             _save(out, best, history, epochs, steps_per_epoch, seed, rank, distill_weight, jailbreak_weight,
-                  student, extra, recipe)
+                  student, extra, recipe, extra_benign)
     assert best is not None
     return _save(out, best, history, epochs, steps_per_epoch, seed, rank, distill_weight, jailbreak_weight,
-                 student, extra, recipe)
+                 student, extra, recipe, extra_benign)
 
 
 def _fit_budget(step_losses, probe_batches, rng, optimizer, epochs: int, steps_per_epoch: int,
@@ -965,8 +976,10 @@ HEAD_FILES = {"domain": "domain_head.npz", "jailbreak": "jailbreak_head.npz", "p
 
 def _save(out: Path, best, history: list, epochs: int, steps_per_epoch: int, seed: int, rank: int,
           distill_weight: float, jailbreak_weight: float, student=None, extra: dict | None = None,
-          recipe: Recipe = Recipe()) -> dict:
-    """Write the adapter, the heads and the record (after every better epoch, so a cut-off run keeps its best)."""
+          recipe: Recipe = Recipe(), extra_benign: int = 0) -> dict:
+    """Write the adapter, the heads and the record (after every better epoch, so a cut-off run keeps its best).
+
+    extra_benign: how many plain domain questions the bundle's jailbreak rows hold as benign."""
     import torch
 
     out.mkdir(parents=True, exist_ok=True)
@@ -989,7 +1002,8 @@ def _save(out: Path, best, history: list, epochs: int, steps_per_epoch: int, see
                    "normalised) and all-MiniLM-L6-v2's embedding of the same row, on every training row but the pairs",
         "augmentation": "jailbreak: every jailbreak again with harmless words/sentences/greeting added (and as many "
                         "benign rows), 1,500 templated benign prompts about the assistant + XSTest safe x3, 3,000 "
-                        "injections buried in long benign documents as serving windows (services.models.augment)",
+                        "injections buried in long benign documents as serving windows (services.models.augment)"
+                        + (f", {extra_benign:,} commercial domain train questions as benign" if extra_benign else ""),
         "batch_size_per_task": recipe.batch_size,
         "epochs": epochs, "steps_per_epoch": steps_per_epoch, "seed": seed, "lr_adapters": recipe.lr_adapters,
         "lr_heads": recipe.lr_heads,

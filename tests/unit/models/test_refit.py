@@ -53,3 +53,25 @@ def test_jailbreak_rows_add_benign_domain_questions(tmp_path) -> None:
     extra = rows[2:]
     assert len(extra) == min(JAILBREAK_EXTRA_BENIGN, len(domain)) and labels.tolist() == [1, 0] + [0] * len(extra)
     assert sorted(r.tolist() for r in extra) == sorted(r.tolist() for r in domain)
+
+
+def test_jailbreak_rows_of_a_bundle_that_holds_the_subject_questions_are_not_doubled(tmp_path) -> None:
+    # Bundles prepared since the joint training learns the subject questions hold them among their rows.
+    ids = lambda n, start: np.arange(start, start + n, dtype=np.uint16)  # noqa: E731
+    jail = [ids(5, 100), ids(7, 200), ids(4, 300)]
+    np.savez(tmp_path / "trunk.npz",
+             jailbreak_train_len=np.array([len(r) for r in jail], np.int32),
+             jailbreak_train_ids=np.concatenate(jail), jailbreak_train_labels=np.array([1, 0, 0], np.int64),
+             jailbreak_train_extra_benign=np.array(1), domain_train_len=np.array([4], np.int32),
+             domain_train_ids=ids(4, 300))
+    rows, labels = jailbreak_rows(tmp_path)
+    assert [r.tolist() for r in rows] == [r.tolist() for r in jail] and labels.tolist() == [1, 0, 0]
+
+
+def test_extra_benign_domain_rows_are_the_safety_refits_selection() -> None:
+    from services.models.refit import extra_benign_domain_rows
+
+    texts = [f"question {i}" for i in range(JAILBREAK_EXTRA_BENIGN + 50)]
+    chosen = extra_benign_domain_rows(texts)
+    assert len(chosen) == JAILBREAK_EXTRA_BENIGN and len(set(chosen)) == len(chosen)
+    assert chosen == extra_benign_domain_rows(list(texts))  # seeded: the same rows every time
