@@ -1019,7 +1019,13 @@ def _save(out: Path, best, history: list, epochs: int, steps_per_epoch: int, see
         record["batching"] = (f"length-grouped: {MEGABATCH} random batches of a task sorted by length and cut again, "
                               "each task's batch encoded in its own forward pass at its own width; dev passes in "
                               "length-sorted chunks")
-    if extra:
+    if extra and "trunk" not in extra:  # the small trunk's only extra is a --budget's record
+        budget = extra.get("budget") or {}
+        record["command"] = record["command"].replace(
+            "train .switchyard/trunk", f"train --budget {budget['budget_s']:g} .switchyard/trunk" if "budget_s" in budget
+            else "train .switchyard/trunk")
+        record.update(extra)
+    elif extra:
         layers = student.config.num_hidden_layers
         budget = extra.get("budget")
         record["lora_targets"] = ", ".join(lora.targets_of(student)) + f" of all {layers} layers"

@@ -75,3 +75,21 @@ def test_extra_benign_domain_rows_are_the_safety_refits_selection() -> None:
     chosen = extra_benign_domain_rows(texts)
     assert len(chosen) == JAILBREAK_EXTRA_BENIGN and len(set(chosen)) == len(chosen)
     assert chosen == extra_benign_domain_rows(list(texts))  # seeded: the same rows every time
+
+
+def test_a_budgeted_small_run_saves_its_record(tmp_path) -> None:
+    # An H200 run of the small trunk with --budget died at its first save: the record assumed a base run.
+    from services.models import trunk
+
+    heads = {}
+    for task in trunk.HEAD_FILES:
+        heads.update({f"{task}.0.weight": np.zeros((2, 3)), f"{task}.0.bias": np.zeros(2),
+                      f"{task}.3.weight": np.zeros((2, 2)), f"{task}.3.bias": np.zeros(2)})
+    heads.update({"embed.weight": np.zeros((2, 2)), "embed.bias": np.zeros(2)})
+    best = (1.0, 1, {"layer.a": np.zeros(3, np.float32)}, heads)
+    budget = {"budget": {"steps_per_epoch": 60, "budget_s": 420.0}}
+    record = trunk._save(tmp_path, best, [{"epoch": 1}], 1, 60, 13, 8, 5.0, 2.5, extra=budget, extra_benign=4000)
+    assert record["budget"]["budget_s"] == 420.0
+    assert record["command"].startswith("python -m services.models.trunk train --budget 420 .switchyard/trunk OUT 1 0 8")
+    assert "4,000 commercial domain train questions as benign" in record["augmentation"]
+    assert (tmp_path / "trunk_train.json").is_file() and (tmp_path / "domain_head.npz").is_file()
