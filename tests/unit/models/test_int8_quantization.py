@@ -1,4 +1,4 @@
-"""The int8 trunk's weights are 7-bit, so that no CPU saturates their sums (build.quantize_int8 says why)."""
+"""The int8 trunk's weights: 7-bit where 8-bit sums would saturate on CPUs without VNNI (build.quantize_int8)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from services.models.build import quantize_int8
+from services.models.build import SATURATING_TRUNKS, quantize_int8
 
 
 def _matmul_model(path: Path, weight: np.ndarray) -> None:
@@ -28,9 +28,12 @@ def _quantized_weight(path: Path) -> np.ndarray:
 def test_reduced_range_weights_fit_in_seven_bits(tmp_path: Path) -> None:
     weight = np.random.default_rng(0).normal(size=(64, 32)).astype(np.float32)
     _matmul_model(tmp_path / "m.onnx", weight)
-    quantize_int8(tmp_path / "m.onnx", tmp_path / "full.onnx", reduce_range=False)
-    quantize_int8(tmp_path / "m.onnx", tmp_path / "reduced.onnx")  # the default, what every trunk is built with
+    quantize_int8(tmp_path / "m.onnx", tmp_path / "full.onnx")
+    quantize_int8(tmp_path / "m.onnx", tmp_path / "reduced.onnx", reduce_range=True)
     full, reduced = _quantized_weight(tmp_path / "full.onnx"), _quantized_weight(tmp_path / "reduced.onnx")
     assert np.abs(full.astype(np.int32)).max() == 127
     assert np.abs(reduced.astype(np.int32)).max() <= 64  # |u8 x s7| pairs sum below 2^15: no saturation
 
+
+def test_the_base_trunk_is_the_one_built_with_seven_bit_weights() -> None:
+    assert SATURATING_TRUNKS == ("base",)
