@@ -14,9 +14,9 @@ e.g. "If animals have no direct or indirect moral standing, then using them for 
 benign rows are chat prompts and documents, with no exam questions on ethics or history. It re-fits on the
 trunk's served (int8) pooled states of the joint training's jailbreak rows (services.models.trunk's bundle:
 the commercial rows, their harmless-text variants, the templated benign prompts, XSTest and the buried
-injections' windows) plus the same JAILBREAK_EXTRA_BENIGN commercial domain train questions as benign. Bundles prepared since
-then hold those rows among their jailbreak rows (the joint training learns them), and the re-fit does not
-add them twice.
+injections' windows) plus the same JAILBREAK_EXTRA_BENIGN commercial domain train questions as benign.
+Bundles prepared since then hold those rows among their jailbreak rows (the joint training learns them),
+and the re-fit does not add them twice.
 """
 
 from __future__ import annotations

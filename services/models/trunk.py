@@ -249,7 +249,6 @@ def prepare_bundle(out_dir: Path, limit: int | None = None, trunk: str = "small"
         d = rows("domain", split, split == "train")
         domain_batch = tokenizer.encode([r["text"] for r in d], Truncation.HEAD_TAIL)
         _ragged(f"domain_{split}", domain_batch, arrays)
-        domain_rows = _valid_rows(domain_batch)
         arrays[f"domain_{split}_labels"] = np.array([domain_index[r["label"]] for r in d], dtype=np.int64)
         j = rows("jailbreak", split, split == "train")
         texts = [r["text"] for r in j]
@@ -279,7 +278,7 @@ def prepare_bundle(out_dir: Path, limit: int | None = None, trunk: str = "small"
             # 4.3 % of the domain dev questions, a quarter of philosophy's ("Suppose ... morally ...").
             from services.models.refit import extra_benign_domain_rows
 
-            subject_rows = extra_benign_domain_rows(domain_rows)
+            subject_rows = extra_benign_domain_rows(_valid_rows(domain_batch))
             job_rows += subject_rows
             job_labels += [0] * len(subject_rows)
             arrays["jailbreak_train_extra_benign"] = np.array(len(subject_rows), dtype=np.int64)
@@ -982,6 +981,8 @@ def _save(out: Path, best, history: list, epochs: int, steps_per_epoch: int, see
     extra_benign: how many plain domain questions the bundle's jailbreak rows hold as benign."""
     import torch
 
+    budget = (extra or {}).get("budget") or {}
+    budget_flag = f" --budget {budget['budget_s']:g}" if "budget_s" in budget else ""
     out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out / "trunk_lora.npz", **{k: v.astype(np.float16) for k, v in best[2].items()})
     hs = best[3]
@@ -1010,8 +1011,8 @@ def _save(out: Path, best, history: list, epochs: int, steps_per_epoch: int, see
         "weight_decay": 0.01, "schedule": "one-cycle, 10 % warm-up",
         "precision": f"bf16 autocast on {torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
         "lora_targets": ", ".join(lora.TARGETS) + " of all 6 layers",
-        "command": f"python -m services.models.trunk train .switchyard/trunk OUT {epochs} 0 {rank} {distill_weight:g} "
-                   f"{jailbreak_weight:g} {seed}" + recipe.options(),
+        "command": f"python -m services.models.trunk train{budget_flag} .switchyard/trunk OUT {epochs} 0 {rank} "
+                   f"{distill_weight:g} {jailbreak_weight:g} {seed}" + recipe.options(),
     }
     if recipe.domain_weight != 1.0:
         record["domain_loss_weight"] = recipe.domain_weight
@@ -1019,25 +1020,17 @@ def _save(out: Path, best, history: list, epochs: int, steps_per_epoch: int, see
         record["batching"] = (f"length-grouped: {MEGABATCH} random batches of a task sorted by length and cut again, "
                               "each task's batch encoded in its own forward pass at its own width; dev passes in "
                               "length-sorted chunks")
-    if extra and "trunk" not in extra:  # the small trunk's only extra is a --budget's record
-        budget = extra.get("budget") or {}
-        record["command"] = record["command"].replace(
-            "train .switchyard/trunk", f"train --budget {budget['budget_s']:g} .switchyard/trunk" if "budget_s" in budget
-            else "train .switchyard/trunk")
-        record.update(extra)
-    elif extra:
+    if extra and "trunk" in extra:  # the base trunk's record; a small run's only extra is a --budget's record
         layers = student.config.num_hidden_layers
-        budget = extra.get("budget")
         record["lora_targets"] = ", ".join(lora.targets_of(student)) + f" of all {layers} layers"
-        record["command"] = (f"python -m services.models.trunk train --trunk {extra['trunk']}"
-                             + (f" --budget {budget['budget_s']:g}" if budget and "budget_s" in budget else "")
-                             + f" {DEFAULT_BUNDLES[extra['trunk']]} OUT {epochs} {steps_per_epoch} {rank} "
+        record["command"] = (f"python -m services.models.trunk train --trunk {extra['trunk']}{budget_flag}"
+                             f" {DEFAULT_BUNDLES[extra['trunk']]} OUT {epochs} {steps_per_epoch} {rank} "
                              f"{distill_weight:g} {jailbreak_weight:g} {seed}" + recipe.options())
         record["distill"] = record["distill"].replace(
             "linear map of the mean-pooled trunk states", f"linear map {student.config.hidden_size} -> "
             f"{EMBEDDING_WIDTH} of the mean-pooled trunk states").replace(
             "of the same row", "of the same row (its text in MiniLM's ids)")
-        record.update(extra)
+    record.update(extra or {})
     (out / "trunk_train.json").write_text(json.dumps(record, indent=1))
     return record
 
