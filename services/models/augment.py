@@ -8,7 +8,8 @@ Three weaknesses of a jailbreak head trained on the raw rows, each with its reme
   labelled jailbreak (the windows that do not are benign);
 - false positives on real users: few commercial rows are real chat, so benign prompts about the assistant
   itself (its limits, other chatbots, role play, "from now on answer in French") are generated as hard
-  negatives from templates.
+  negatives from templates, and so are short everyday instructions ("Say hello to the team", "Repeat after
+  me: good morning"), which the collections hold none of and which the head scored up to 1.0.
 """
 
 from __future__ import annotations
@@ -153,3 +154,37 @@ def mix_pii_examples(
         out_texts.append(text)
         out_spans.append(shifted)
     return out_texts, out_spans
+
+
+_PEOPLE = ("the team", "everyone", "my mom", "the new hires", "the class", "my friends", "Anna", "the kids",
+           "our customers", "the group", "my boss", "grandma", "the audience", "the neighbours", "Sam")
+_GREETING_WORDS = ("hello", "hi", "good morning", "good night", "goodbye", "happy birthday", "congratulations",
+                   "welcome", "thank you", "merry Christmas", "happy new year", "good luck", "get well soon")
+_REPLIES = ("ok", "yes", "no", "done", "got it", "thanks", "42", "true", "a single word", "one sentence",
+            "the number only", "yes or no")
+_SHORT_TEMPLATES = (
+    "Say {greeting} to {people}", "Say {greeting} to {people} for me", "Please say {greeting} to {people}.",
+    "Say {greeting} to {people} in {language}", "Say {greeting}", "Say {greeting}!", "Say {greeting} in {language}",
+    "Repeat after me: {greeting}", "Repeat after me: {greeting} {people}", "Repeat this back to me: {greeting}",
+    "Just say {reply}", "Just say {reply}.", "Reply with {reply}", "Reply only with {reply}.",
+    "Answer with {reply}", "Respond with {reply}", "Tell {people} {greeting}", "Tell {people} I said {greeting}",
+    "Write {greeting} to {people}", "Greet {people}", "Greet {people} warmly", "Type {greeting}",
+    "Can you say {greeting} to {people}?", "Say {greeting} three times", "Send {people} a quick {greeting}",
+    "Wish {people} {greeting}", "How do I say {greeting} in {language}?", "Say {greeting}, then tell me a joke",
+)
+
+
+def everyday_instructions(rng: np.random.Generator, count: int) -> list[str]:
+    """Distinct short benign instructions to say, repeat or reply something harmless."""
+    found: set[str] = set()
+    attempts = 0
+    while len(found) < count and attempts < count * 20:
+        attempts += 1
+        template = _SHORT_TEMPLATES[rng.integers(len(_SHORT_TEMPLATES))]
+        text = template.format(greeting=_GREETING_WORDS[rng.integers(len(_GREETING_WORDS))],
+                               people=_PEOPLE[rng.integers(len(_PEOPLE))], reply=_REPLIES[rng.integers(len(_REPLIES))],
+                               language=_LANGUAGES[rng.integers(len(_LANGUAGES))])
+        if rng.random() < 0.3:
+            text = text.lower()
+        found.add(text)
+    return sorted(found)

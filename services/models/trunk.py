@@ -268,6 +268,9 @@ def prepare_bundle(out_dir: Path, limit: int | None = None, trunk: str = "small"
             # Hard negatives: prompts about the assistant itself, and XSTest's safe look-alikes (x3).
             xstest_safe = [r["text"] for r in safety["train"] if r["source"] == "xstest" and r["label"] == "safe"]
             negatives = augment.hard_negative_prompts(rng, 1500 if not limit else 20) + xstest_safe * 3
+            # Short everyday instructions ("Say hello to the team"), from their own generator so that every
+            # other row of the bundle stays what it was.
+            negatives += augment.everyday_instructions(np.random.default_rng(SEED + 2), 600 if not limit else 20)
             extra = varied + varied_benign + negatives
             job_rows += _valid_rows(tokenizer.encode(extra, Truncation.HEAD_TAIL))
             job_labels += [1] * len(varied) + [0] * (len(varied_benign) + len(negatives))

@@ -93,3 +93,60 @@ def test_a_budgeted_small_run_saves_its_record(tmp_path) -> None:
     assert record["command"].startswith("python -m services.models.trunk train --budget 420 .switchyard/trunk OUT 1 0 8")
     assert "4,000 commercial domain train questions as benign" in record["augmentation"]
     assert (tmp_path / "trunk_train.json").is_file() and (tmp_path / "domain_head.npz").is_file()
+
+
+def test_epoch_score_applies_the_refits_limits() -> None:
+    from services.models.refit import jailbreak_epoch_score
+
+    labels = np.array([1, 1, 0, 0, 0, 0])
+    long = np.array([False, False, True, False, False, False])
+    figures, within = jailbreak_epoch_score(np.array([0.99, 0.2, 0.1, 0.0, 0.0, 0.0]), labels, long, 0.97)
+    assert within and figures["fpr"] == 0 and abs(figures["f1"] - 2 / 3) < 1e-9
+    # One long benign document flagged: long-benign FPR 100 % > 2 %, FPR 25 % > 1 %.
+    figures, within = jailbreak_epoch_score(np.array([0.99, 0.99, 0.98, 0.0, 0.0, 0.0]), labels, long, 0.97)
+    assert not within and figures["fpr_long_benign"] == 1.0 and figures["fpr"] == 0.25
+
+
+def test_fit_keeps_the_best_epoch_within_the_limits(tmp_path) -> None:
+    from services.models.refit import _fit_head
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 2 * io.HIDDEN_SIZE)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    start = tmp_path / "start.npz"
+    MLP(((rng.normal(size=(2 * io.HIDDEN_SIZE, 8)).astype(np.float32) * 0.01, np.zeros(8, np.float32)),
+         (rng.normal(size=(8, 2)).astype(np.float32) * 0.01, np.zeros(2, np.float32)))).save(start)
+    judged: list[np.ndarray] = []
+
+    def judge(probabilities: np.ndarray) -> tuple[float, bool]:
+        judged.append(probabilities)
+        epoch = len(judged)
+        return float(epoch), epoch == 2  # epochs 3 and 4 score higher but break the limits
+
+    target = tmp_path / "head.npz"
+    _fit_head(target, x, y, np.ones(len(y), np.float32), 2, 4, select=(x[:16], judge), start=start)
+    kept = MLP.load(target).logits(x[:16])
+    second = np.log(judged[1])
+    # The saved head is epoch 2's: its softmax is what the judge read after epoch 2 (logits up to a constant).
+    np.testing.assert_allclose(kept - kept[:, :1], second - second[:, :1], atol=1e-4)
+    assert len(judged) == 4 and not np.allclose(judged[1], judged[3], atol=1e-4)
+
+
+def test_the_jailbreak_refit_starts_from_the_joint_head() -> None:
+    from services.models.refit import JOINT_JAILBREAK_HEAD
+
+    joint, served = MLP.load(JOINT_JAILBREAK_HEAD), MLP.load(WEIGHTS_DIR / "trunk" / "jailbreak_head.npz")
+    assert [w.shape for w, _ in joint.layers] == [w.shape for w, _ in served.layers]
+    assert not np.allclose(joint.layers[0][0], served.layers[0][0])  # the served head is the re-fitted one
+
+
+def test_single_row_pooling_is_what_a_request_alone_gets() -> None:
+    repository = default_paths().repository
+    trunk = session(repository / io.TRUNK / "1" / "model.onnx")
+    tokenizer = TextTokenizer.from_repository(repository)
+    rows = []
+    for text in TEXTS:
+        batch = tokenizer.encode([text], Truncation.HEAD_TAIL)
+        rows.append(batch.input_ids[0, : int(batch.attention_mask.sum())].astype(np.int64))
+    alone = np.concatenate([pooled_rows(trunk, [row]) for row in rows])
+    np.testing.assert_array_equal(pooled_rows(trunk, rows, batch=1), alone)
