@@ -278,6 +278,7 @@ def evaluate_cache_pair(pipeline: OnnxPipeline, paths: ModelPaths) -> dict:
             "same_accepted_at_1pct_wrong": round(recall, 4), "threshold_at_1pct_wrong": round(float(threshold), 4),
         },
         "per_kind_accuracy_at_0.5": {k: round(float(((scores[kind == k] >= 0.5) == same[kind == k]).mean()), 4) for k in kinds},
+        "per_kind_pairs": {k: int((kind == k).sum()) for k in kinds},
     }
 
 
