@@ -15,12 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from services.common.config import JailbreakPolicy
-from services.models import augment, metrics
-from services.models.data import load_rows
-from services.models.evaluate import BURIED_PROBES, PROBE_SEED, SHORT_INSTRUCTIONS, OnnxPipeline
+from services.models import metrics
+from services.models.evaluate import SHORT_INSTRUCTIONS, OnnxPipeline, score_jailbreak_dev, share_flagged
 from services.models.paths import default_paths
 
 THRESHOLDS = (0.5, 0.8, 0.9, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 0.999)
@@ -29,51 +26,27 @@ RESULTS = Path(__file__).resolve().parent / "results" / "jailbreak_threshold.jso
 MAX_FPR, MAX_FPR_LONG = 0.01, 0.02
 
 
-def _rate(scores: np.ndarray, threshold: float) -> float:
-    return round(float((scores >= threshold).mean()), 4) if len(scores) else 0.0
-
-
 def sweep(repository: Path, thresholds: tuple[float, ...] = THRESHOLDS) -> dict:
-    paths = default_paths()
-    pipeline = OnnxPipeline(repository)
     started = time.time()
-    rows, _ = load_rows(paths.data_dir, "jailbreak", "dev", False)
-    texts = [r["text"] for r in rows]
-    y = np.array([r["label"] == "jailbreak" for r in rows], dtype=np.int64)
-    lengths = np.array([len(t) for t in texts])
-    commercial = np.array([r["commercial_ok"] for r in rows])
-    userchat = np.array(["toxicchat" in r["source"] for r in rows]) & (y == 0)
-    scores = pipeline.jailbreak_scores(texts)
-    rng = np.random.default_rng(PROBE_SEED)
-    benign_long = [t for t, label, c in zip(texts, y, commercial) if not label and c and len(t) > 1000]
-    attacks = [t for t, label, c in zip(texts, y, commercial) if label and c and len(t) <= 800]
-    buried = [t for t, _, _ in augment.buried(benign_long, attacks, BURIED_PROBES, rng)]
-    # The card's evasion probe (evaluate.evaluate_jailbreak), drawn the same way: the commercial dev jailbreaks
-    # blocked at the default threshold, each with harmless text added; at that threshold the sweep gives the card's.
-    default = JailbreakPolicy().threshold
-    owners = [i for i, (label, c) in enumerate(zip(y, commercial)) if label and c and scores[i] >= default]
-    sentences = augment.harmless_sentences([t for t, label in zip(texts, y) if not label], rng=rng)
-    varied = pipeline.jailbreak_scores([augment.with_harmless_text(texts[i], rng, sentences) for i in owners])
-    long_windows = pipeline.jailbreak_guard_scores(benign_long)
-    buried_scores = pipeline.jailbreak_guard_scores(buried)
-    domain_rows, _ = load_rows(paths.data_dir, "domain", "dev", False)
-    subject = pipeline.jailbreak_guard_scores([r["text"] for r in domain_rows])
-    short = pipeline.jailbreak_guard_scores(list(SHORT_INSTRUCTIONS))
+    # The card's rows and probes (evaluate.score_jailbreak_dev), so at the default threshold the sweep gives the
+    # card's figures; the evasion probes are the jailbreaks blocked at the default, and at t the share of those
+    # still blocked at t that stay blocked with harmless text added.
+    d = score_jailbreak_dev(OnnxPipeline(repository), default_paths(), JailbreakPolicy().threshold)
     print(f"[sweep] scored in {time.time() - started:.0f} s", file=sys.stderr, flush=True)
+    c = d.commercial
     table = []
     for t in thresholds:
-        report = metrics.binary_report(y[commercial], scores[commercial], lengths[commercial], t)
-        caught = scores[owners] >= t
+        report = metrics.binary_report(d.labels[c], d.scores[c], d.lengths[c], t)
         table.append({
             "threshold": t, "f1": report["f1"], "recall": report["recall"], "fpr": report["fpr"],
-            "fpr_long_benign": report["fpr_long_benign"], "fpr_long_benign_windows": _rate(long_windows, t),
-            "fpr_real_user_chats": _rate(scores[userchat], t), "fpr_subject_questions": _rate(subject, t),
-            "fpr_short_instructions": _rate(short, t), "buried_recall": _rate(buried_scores, t),
-            "evasion_kept": _rate(varied[caught], t),  # of the probes still blocked at t
+            "fpr_long_benign": report["fpr_long_benign"], "fpr_long_benign_windows": share_flagged(d.long_windows, t),
+            "fpr_real_user_chats": share_flagged(d.scores[d.userchat], t), "fpr_subject_questions": share_flagged(d.subject, t),
+            "fpr_short_instructions": share_flagged(d.short, t), "buried_recall": share_flagged(d.buried, t),
+            "evasion_kept": share_flagged(d.evasion[d.scores[d.evasion_owners] >= t], t),
         })
     within = [row["threshold"] for row in table if row["fpr"] <= MAX_FPR and row["fpr_long_benign"] <= MAX_FPR_LONG
               and row["fpr_long_benign_windows"] <= MAX_FPR_LONG]
-    flagged = {text: round(float(s), 4) for text, s in zip(SHORT_INSTRUCTIONS, short) if s >= min(thresholds)}
+    flagged = {text: round(float(s), 4) for text, s in zip(SHORT_INSTRUCTIONS, d.short) if s >= min(thresholds)}
     return {"repository": str(repository), "thresholds": table,
             "lowest_within_limits": min(within) if within else None,
             "limits": {"fpr": MAX_FPR, "fpr_long_benign": MAX_FPR_LONG, "fpr_long_benign_windows": MAX_FPR_LONG},

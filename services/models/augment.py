@@ -15,6 +15,7 @@ Three weaknesses of a jailbreak head trained on the raw rows, each with its reme
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import numpy as np
 
@@ -109,22 +110,32 @@ _TEMPLATES = (
 )
 
 
-def hard_negative_prompts(rng: np.random.Generator, count: int) -> list[str]:
-    """Distinct benign prompts about the assistant itself, other chatbots, limits and role play."""
+def _distinct_prompts(rng: np.random.Generator, count: int, templates: tuple[str, ...],
+                      fields: Callable[[np.random.Generator], dict[str, str]]) -> list[str]:
+    """Up to `count` distinct prompts: a random template filled with `fields(rng)`, lower-cased 30 % of the time."""
     found: set[str] = set()
     attempts = 0
     while len(found) < count and attempts < count * 20:
         attempts += 1
-        template = _TEMPLATES[rng.integers(len(_TEMPLATES))]
-        topic, topic2 = rng.choice(len(_TOPICS), 2, replace=False)
-        text = template.format(ai=_AIS[rng.integers(len(_AIS))], lang=_LANGS[rng.integers(len(_LANGS))],
-                               role=_ROLES[rng.integers(len(_ROLES))], task=_TASKS[rng.integers(len(_TASKS))],
-                               topic=_TOPICS[topic], topic2=_TOPICS[topic2],
-                               language=_LANGUAGES[rng.integers(len(_LANGUAGES))])
+        template = templates[rng.integers(len(templates))]
+        text = template.format(**fields(rng))
         if rng.random() < 0.3:
             text = text.lower()
         found.add(text)
     return sorted(found)
+
+
+def _assistant_fields(rng: np.random.Generator) -> dict[str, str]:
+    topic, topic2 = rng.choice(len(_TOPICS), 2, replace=False)
+    # Drawn in this order (the bundle's rows depend on it): AI, language, role, task, answer language.
+    return {"ai": _AIS[rng.integers(len(_AIS))], "lang": _LANGS[rng.integers(len(_LANGS))],
+            "role": _ROLES[rng.integers(len(_ROLES))], "task": _TASKS[rng.integers(len(_TASKS))],
+            "topic": _TOPICS[topic], "topic2": _TOPICS[topic2], "language": _LANGUAGES[rng.integers(len(_LANGUAGES))]}
+
+
+def hard_negative_prompts(rng: np.random.Generator, count: int) -> list[str]:
+    """Distinct benign prompts about the assistant itself, other chatbots, limits and role play."""
+    return _distinct_prompts(rng, count, _TEMPLATES, _assistant_fields)
 
 
 def mix_pii_examples(
@@ -174,17 +185,11 @@ _SHORT_TEMPLATES = (
 )
 
 
+def _everyday_fields(rng: np.random.Generator) -> dict[str, str]:
+    return {"greeting": _GREETING_WORDS[rng.integers(len(_GREETING_WORDS))], "people": _PEOPLE[rng.integers(len(_PEOPLE))],
+            "reply": _REPLIES[rng.integers(len(_REPLIES))], "language": _LANGUAGES[rng.integers(len(_LANGUAGES))]}
+
+
 def everyday_instructions(rng: np.random.Generator, count: int) -> list[str]:
     """Distinct short benign instructions to say, repeat or reply something harmless."""
-    found: set[str] = set()
-    attempts = 0
-    while len(found) < count and attempts < count * 20:
-        attempts += 1
-        template = _SHORT_TEMPLATES[rng.integers(len(_SHORT_TEMPLATES))]
-        text = template.format(greeting=_GREETING_WORDS[rng.integers(len(_GREETING_WORDS))],
-                               people=_PEOPLE[rng.integers(len(_PEOPLE))], reply=_REPLIES[rng.integers(len(_REPLIES))],
-                               language=_LANGUAGES[rng.integers(len(_LANGUAGES))])
-        if rng.random() < 0.3:
-            text = text.lower()
-        found.add(text)
-    return sorted(found)
+    return _distinct_prompts(rng, count, _SHORT_TEMPLATES, _everyday_fields)

@@ -35,8 +35,9 @@ REFITS = {
     "jailbreak": "re-fitted from the joint training's head on the served (7-bit int8) trunk's pooled states of "
                  "the joint training's jailbreak rows, with 4,000 commercial domain train questions (it read 4.3 % "
                  "of the domain dev questions, 27 % of philosophy, as jailbreaks) and 600 short everyday "
-                 "instructions (it blocked \"Say hello to the team\") added as benign; the epoch kept is the best "
-                 "commercial-dev F1 within FPR <= 1 % and long-benign FPR <= 2 %: "
+                 "instructions (it blocked \"Say hello to the team\") added as benign; the epoch kept is, among "
+                 "those within FPR <= 1 % and long-benign FPR <= 2 %, the one that keeps the most evasion probes "
+                 "blocked (then the best commercial-dev F1): "
                  "`python -m services.models.refit jailbreak`",
 }
 BASE = (

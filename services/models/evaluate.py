@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -171,53 +172,84 @@ SHORT_INSTRUCTIONS = (
 )
 
 
-def evaluate_jailbreak(pipeline: OnnxPipeline, paths: ModelPaths) -> dict:
-    """The head on the dev rows at the guard's default threshold, and the guard's view (whole text + windows)
-    of long benign documents, buried injections, harmless additions and real user chats."""
-    from services.common.config import JailbreakPolicy
+@dataclass(frozen=True)
+class JailbreakDevScores:
+    """Every score the jailbreak card reads, computed once (the threshold sweep reads them at many thresholds)."""
+
+    labels: np.ndarray  # 1 = jailbreak, per dev row (every licence)
+    scores: np.ndarray  # the head on each whole dev row
+    lengths: np.ndarray  # characters per dev row
+    commercial: np.ndarray
+    userchat: np.ndarray  # benign real user chats (ToxicChat, evaluation-only licence)
+    long_windows: np.ndarray  # the guard's view (whole + windows) of each long benign commercial document
+    buried: np.ndarray  # the guard's view of injections buried in those documents
+    subject: np.ndarray  # the guard's view of the domain dev questions (every one benign)
+    short: np.ndarray  # the guard's view of SHORT_INSTRUCTIONS
+    evasion_owners: np.ndarray  # dev rows of the commercial jailbreaks blocked at `threshold`
+    evasion: np.ndarray  # the head on each of them with harmless text added
+
+
+def score_jailbreak_dev(pipeline: OnnxPipeline, paths: ModelPaths, threshold: float) -> JailbreakDevScores:
+    """The jailbreak dev rows and the card's probes, scored; the evasion probes vary the jailbreaks blocked at
+    `threshold` (the guard's default for the card)."""
     from services.models import augment
 
-    threshold = JailbreakPolicy().threshold
     rows, _ = load_rows(paths.data_dir, "jailbreak", "dev", False)
-    y = np.array([r["label"] == "jailbreak" for r in rows], dtype=np.int64)
-    lengths = np.array([len(r["text"]) for r in rows])
-    commercial = np.array([r["commercial_ok"] for r in rows])
     texts = [r["text"] for r in rows]
+    y = np.array([r["label"] == "jailbreak" for r in rows], dtype=np.int64)
+    commercial = np.array([r["commercial_ok"] for r in rows])
     scores = pipeline.jailbreak_scores(texts)
-    report = {
-        "dev_commercial": metrics.binary_report(y[commercial], scores[commercial], lengths[commercial], threshold),
-        "dev_all": metrics.binary_report(y, scores, lengths, threshold),
-    }
-    userchat = np.array(["toxicchat" in r["source"] for r in rows]) & (y == 0)
     rng = np.random.default_rng(PROBE_SEED)
     benign_long = [t for t, label, c in zip(texts, y, commercial) if not label and c and len(t) > 1000]
     attacks = [t for t, label, c in zip(texts, y, commercial) if label and c and len(t) <= 800]
     buried = [t for t, _, _ in augment.buried(benign_long, attacks, BURIED_PROBES, rng)]
-    blocked = [t for t, label, c, s in zip(texts, y, commercial, scores) if label and c and s >= threshold]
+    owners = np.array([i for i, (label, c, s) in enumerate(zip(y, commercial, scores)) if label and c and s >= threshold],
+                      dtype=np.int64)
     sentences = augment.harmless_sentences([t for t, label in zip(texts, y) if not label], rng=rng)
-    varied = [augment.with_harmless_text(t, rng, sentences) for t in blocked]
-    long_scores = pipeline.jailbreak_guard_scores(benign_long)
+    varied = [augment.with_harmless_text(texts[i], rng, sentences) for i in owners]
     # Exam questions (the domain dev split, every row benign): what a subject question risks being refused.
     domain_rows, _ = load_rows(paths.data_dir, "domain", "dev", False)
-    subject_scores = pipeline.jailbreak_guard_scores([r["text"] for r in domain_rows])
-    report["guard"] = {
-        "threshold": threshold,
-        "fpr_real_user_chats": round(float((scores[userchat] >= threshold).mean()), 4),
-        "real_user_chats": int(userchat.sum()),
-        "recall_all_dev": round(float((scores[y == 1] >= threshold).mean()), 4),
-        "fpr_long_benign_windows": round(float((long_scores >= threshold).mean()), 4),
-        "fpr_subject_questions": round(float((subject_scores >= threshold).mean()), 4),
-        "subject_questions": len(domain_rows),
-        "fpr_short_instructions": round(float((pipeline.jailbreak_guard_scores(list(SHORT_INSTRUCTIONS))
-                                               >= threshold).mean()), 4),
-        "short_instructions": len(SHORT_INSTRUCTIONS),
-        "long_benign": len(benign_long),
-        "buried_recall": round(float((pipeline.jailbreak_guard_scores(buried) >= threshold).mean()), 4),
-        "buried_probes": len(buried),
-        "evasion_kept": round(float((pipeline.jailbreak_scores(varied) >= threshold).mean()), 4) if varied else 0.0,
-        "evasion_probes": len(varied),
+    return JailbreakDevScores(
+        labels=y, scores=scores, lengths=np.array([len(t) for t in texts]), commercial=commercial,
+        userchat=np.array(["toxicchat" in r["source"] for r in rows]) & (y == 0),
+        long_windows=pipeline.jailbreak_guard_scores(benign_long), buried=pipeline.jailbreak_guard_scores(buried),
+        subject=pipeline.jailbreak_guard_scores([r["text"] for r in domain_rows]),
+        short=pipeline.jailbreak_guard_scores(list(SHORT_INSTRUCTIONS)), evasion_owners=owners,
+        evasion=pipeline.jailbreak_scores(varied) if varied else np.zeros(0, np.float32))
+
+
+def share_flagged(scores: np.ndarray, threshold: float) -> float:
+    return round(float((scores >= threshold).mean()), 4) if len(scores) else 0.0
+
+
+def evaluate_jailbreak(pipeline: OnnxPipeline, paths: ModelPaths) -> dict:
+    """The head on the dev rows at the guard's default threshold, and the guard's view (whole text + windows)
+    of long benign documents, buried injections, harmless additions and real user chats."""
+    from services.common.config import JailbreakPolicy
+
+    threshold = JailbreakPolicy().threshold
+    d = score_jailbreak_dev(pipeline, paths, threshold)
+    c = d.commercial
+    return {
+        "dev_commercial": metrics.binary_report(d.labels[c], d.scores[c], d.lengths[c], threshold),
+        "dev_all": metrics.binary_report(d.labels, d.scores, d.lengths, threshold),
+        "guard": {
+            "threshold": threshold,
+            "fpr_real_user_chats": share_flagged(d.scores[d.userchat], threshold),
+            "real_user_chats": int(d.userchat.sum()),
+            "recall_all_dev": share_flagged(d.scores[d.labels == 1], threshold),
+            "fpr_long_benign_windows": share_flagged(d.long_windows, threshold),
+            "fpr_subject_questions": share_flagged(d.subject, threshold),
+            "subject_questions": len(d.subject),
+            "fpr_short_instructions": share_flagged(d.short, threshold),
+            "short_instructions": len(d.short),
+            "long_benign": len(d.long_windows),
+            "buried_recall": share_flagged(d.buried, threshold),
+            "buried_probes": len(d.buried),
+            "evasion_kept": share_flagged(d.evasion, threshold),
+            "evasion_probes": len(d.evasion),
+        },
     }
-    return report
 
 
 def evaluate_safety(pipeline: OnnxPipeline, paths: ModelPaths) -> dict:
