@@ -32,6 +32,9 @@ TRUNK_WEIGHTS = {"small": TRUNK_DIR, "base": "trunk_base"}
 VARIANT_FILE = "variant"
 TRUNK_ADAPTER = "trunk_lora.npz"
 EMBED_HEAD = "embed_head.npz"
+# The domain head's neighbour vote (heads.NeighbourVote; `python -m services.models.refit domain-neighbours`):
+# when a trunk's weights hold it, the served domain head blends it in.
+DOMAIN_NEIGHBOURS = "domain_neighbours.npz"
 
 
 class BuildError(RuntimeError):
@@ -118,6 +121,10 @@ def head_models(trunk_dir: Path) -> tuple[dict[str, onnx.ModelProto], list[Path]
         mlp = heads.MLP.load(source)
         if head.name == io.POOL_NORMALIZE:
             model = heads.pool_normalize_model(head.name, mlp)
+        elif head.name == io.DOMAIN_HEAD and (trunk_dir / DOMAIN_NEIGHBOURS).is_file():
+            vote = heads.NeighbourVote.load(trunk_dir / DOMAIN_NEIGHBOURS)
+            model = heads.voting_head_model(head.name, mlp, heads.MLP.load(trunk_dir / EMBED_HEAD), vote)
+            sources += [trunk_dir / DOMAIN_NEIGHBOURS, trunk_dir / EMBED_HEAD]
         elif head.name == io.PII_HEAD:
             model = heads.token_head_model(head.name, mlp)
         else:

@@ -96,6 +96,11 @@ class OnnxPipeline:
     def domain_probabilities(self, texts: list[str]) -> np.ndarray:
         return np.stack(self._run(io.DOMAIN_CLASSIFIER, texts, Truncation.HEAD_TAIL))
 
+    def domain_row_embeddings(self, texts: list[str]) -> np.ndarray:
+        """[n, 384] the embedder head's vectors of the rows the domain head reads (head+tail): the space
+        of the domain head's neighbour vote."""
+        return np.stack(self._run(io.EMBEDDER, texts, Truncation.HEAD_TAIL))
+
     def jailbreak_scores(self, texts: list[str]) -> np.ndarray:
         probs = np.stack(self._run(io.JAILBREAK_CLASSIFIER, texts, Truncation.HEAD_TAIL))
         return probs[:, io.JAILBREAK_LABELS.index("jailbreak")]

@@ -130,6 +130,106 @@ def pooled_head_model(name: str, mlp: MLP) -> onnx.ModelProto:
     return _model(name, pool_nodes + mlp_nodes, pool_init + mlp_init, [_hidden_input(), _mask_input()], [output])
 
 
+@dataclass(frozen=True)
+class NeighbourVote:
+    """The domain head's second opinion: a vote of the k train rows nearest to the text in the trunk's own
+    embedding space (the embedder head's vector), blended into the MLP's distribution.
+
+    The MLP and a nearest-neighbour vote err on different questions (a k-NN over frozen embeddings holds up
+    as well as the fine-tuned head on unseen questions, each right where the other is not), so the blend
+    is better than either; it costs one [1 x 384] x [384 x N] product per row, inside the same trunk
+    execution. Weights: exp((similarity - best) / temperature) per neighbour; output
+    (1 - weight) * MLP + weight * vote, still a distribution.
+    """
+
+    vectors: np.ndarray  # [N, HIDDEN_SIZE], unit rows (float16 on disk)
+    labels: np.ndarray  # [N] class index
+    k: int
+    temperature: float
+    weight: float
+
+    def save(self, path: Path, **metadata: np.ndarray) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, vectors=self.vectors.astype(np.float16), labels=self.labels.astype(np.int16),
+                            k=np.int64(self.k), temperature=np.float32(self.temperature),
+                            weight=np.float32(self.weight), **metadata)
+
+    @classmethod
+    def load(cls, path: Path) -> NeighbourVote:
+        data = np.load(path)
+        return cls(data["vectors"], data["labels"].astype(np.int64), int(data["k"]), float(data["temperature"]),
+                   float(data["weight"]))
+
+    def votes(self, embeddings: np.ndarray, n_classes: int) -> np.ndarray:
+        """[B, n_classes] soft votes for unit embeddings [B, HIDDEN_SIZE] (the numpy twin of the graph)."""
+        sims = embeddings.astype(np.float32) @ self.vectors.astype(np.float32).T
+        nearest = np.argsort(-sims, axis=1, kind="stable")[:, : self.k]
+        top = np.take_along_axis(sims, nearest, axis=1)
+        w = np.exp((top - top[:, :1]) / self.temperature)
+        out = np.zeros((len(sims), n_classes), dtype=np.float64)
+        for j in range(self.k):
+            np.add.at(out, (np.arange(len(sims)), self.labels[nearest[:, j]]), w[:, j])
+        return (out / out.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def blend(self, probabilities: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
+        votes = self.votes(embeddings, probabilities.shape[1])
+        return ((1 - self.weight) * probabilities + self.weight * votes).astype(np.float32)
+
+
+def _neighbour_vote_nodes(vote: NeighbourVote, projection: MLP, n_classes: int,
+                          mlp_probabilities: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
+    """Nodes from the token states to the blended distribution (the MLP's probabilities already computed)."""
+    (w, b), = projection.layers
+    onehot = np.eye(n_classes, dtype=np.float32)[vote.labels]
+    init = [
+        numpy_helper.from_array(w.astype(np.float32), "nv_proj_w"),
+        numpy_helper.from_array(b.astype(np.float32), "nv_proj_b"),
+        # float16 in the file (half the size); onnxruntime folds the Cast once, at load.
+        numpy_helper.from_array(np.ascontiguousarray(vote.vectors.astype(np.float16).T), "nv_index_t16"),
+        numpy_helper.from_array(onehot, "nv_onehot"),
+        numpy_helper.from_array(np.array([vote.k], dtype=np.int64), "nv_k"),
+        numpy_helper.from_array(np.array(1.0 / vote.temperature, dtype=np.float32), "nv_inv_temp"),
+        numpy_helper.from_array(np.array(vote.weight, dtype=np.float32), "nv_weight"),
+        numpy_helper.from_array(np.array(1.0 - vote.weight, dtype=np.float32), "nv_keep"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "nv_axis1"),
+        numpy_helper.from_array(np.array([-1], dtype=np.int64), "nv_axis_last"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["mean_pooled", "nv_proj_w"], ["nv_proj_mm"]),
+        helper.make_node("Add", ["nv_proj_mm", "nv_proj_b"], ["nv_projected"]),
+        helper.make_node("LpNormalization", ["nv_projected"], ["nv_embedding"], axis=-1, p=2),
+        helper.make_node("Cast", ["nv_index_t16"], ["nv_index_t"], to=TensorProto.FLOAT),
+        helper.make_node("MatMul", ["nv_embedding", "nv_index_t"], ["nv_sims"]),
+        helper.make_node("TopK", ["nv_sims", "nv_k"], ["nv_top", "nv_nearest"], axis=-1, largest=1, sorted=1),
+        helper.make_node("ReduceMax", ["nv_top"], ["nv_best"], axes=[1], keepdims=1),
+        helper.make_node("Sub", ["nv_top", "nv_best"], ["nv_gap"]),
+        helper.make_node("Mul", ["nv_gap", "nv_inv_temp"], ["nv_scaled"]),
+        helper.make_node("Exp", ["nv_scaled"], ["nv_w"]),
+        helper.make_node("Gather", ["nv_onehot", "nv_nearest"], ["nv_labels"], axis=0),
+        helper.make_node("Unsqueeze", ["nv_w", "nv_axis_last"], ["nv_w3"]),
+        helper.make_node("Mul", ["nv_labels", "nv_w3"], ["nv_weighted"]),
+        helper.make_node("ReduceSum", ["nv_weighted", "nv_axis1"], ["nv_tally"], keepdims=0),
+        helper.make_node("ReduceSum", ["nv_w", "nv_axis1"], ["nv_total"], keepdims=1),
+        helper.make_node("Div", ["nv_tally", "nv_total"], ["nv_votes"]),
+        helper.make_node("Mul", [mlp_probabilities, "nv_keep"], ["nv_mlp_part"]),
+        helper.make_node("Mul", ["nv_votes", "nv_weight"], ["nv_vote_part"]),
+        helper.make_node("Add", ["nv_mlp_part", "nv_vote_part"], [PROBABILITIES]),
+    ]
+    return nodes, init, PROBABILITIES
+
+
+def voting_head_model(name: str, mlp: MLP, projection: MLP, vote: NeighbourVote) -> onnx.ModelProto:
+    """pooled_head_model with the neighbour vote blended in (the domain head with `domain_neighbours.npz`)."""
+    pool_nodes, pool_init, pooled = _pooling_nodes(with_max=True)
+    mlp_nodes, mlp_init, _ = _mlp_nodes(mlp, pooled)
+    # The MLP's softmax feeds the blend instead of being the output.
+    mlp_nodes[-1].output[:] = ["mlp_probabilities"]
+    vote_nodes, vote_init, _ = _neighbour_vote_nodes(vote, projection, mlp.n_outputs, "mlp_probabilities")
+    output = helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, ["batch", mlp.n_outputs])
+    return _model(name, pool_nodes + mlp_nodes + vote_nodes, pool_init + mlp_init + vote_init,
+                  [_hidden_input(), _mask_input()], [output])
+
+
 def token_head_model(name: str, mlp: MLP) -> onnx.ModelProto:
     """last_hidden_state -> probabilities [B, T, labels], one distribution per token."""
     nodes, init, _ = _mlp_nodes(mlp, HIDDEN_STATES)

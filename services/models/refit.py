@@ -21,6 +21,11 @@ team", augment.everyday_instructions), which the head had scored up to 1.0. The 
 from the joint training's head (JOINT_JAILBREAK_HEAD), so it reproduces the committed head, and it keeps
 the epoch that resists evasion best among those within FPR <= 1 % and long-benign FPR <= 2 % at the guard's
 threshold (JAILBREAK_MAX_FPR says more).
+
+`python -m services.models.refit domain-neighbours [REPOSITORY] [WEIGHTS]` writes the domain head's neighbour
+vote (heads.NeighbourVote): the served trunk's embeddings of the commercial domain train rows, read from the
+same head+tail row the domain head reads, with their labels. Nothing is trained; the next `switchyard models
+build` blends the vote into the served domain head (NEIGHBOUR_K says why and how much).
 """
 
 from __future__ import annotations
@@ -55,6 +60,13 @@ JAILBREAK_MAX_FPR = 0.01
 JOINT_JAILBREAK_HEAD = WEIGHTS_DIR / "trunk" / "joint" / "jailbreak_head.npz"
 JAILBREAK_MAX_FPR_LONG = 0.02
 SEED = 13
+# The neighbour vote (heads.NeighbourVote) over the commercial domain train rows: k = 10 (the yardstick's k),
+# similarity weights exp((s - best) / 0.05), 30 % of the served distribution. On the small trunk's dev rows
+# the blend reads 0.831 against the head's 0.813 and the vote's 0.801 alone; every setting of k in 10/20/50,
+# temperature 0.05 and weight 0.2-0.5 gains 1.2-1.8 points, so the choice is not a peak of the dev split.
+NEIGHBOUR_K = 10
+NEIGHBOUR_TEMPERATURE = 0.05
+NEIGHBOUR_WEIGHT = 0.3
 # Rows per onnxruntime run when pooling token-id rows (length-sorted, each batch padded to its bucket).
 POOL_BATCH = 32
 
@@ -260,6 +272,26 @@ def refit_safety(fp32_repository: Path, paths: ModelPaths | None = None, target:
     return _fit_head(target, x, labels, weights, len(io.SAFETY_LABELS), SAFETY_EPOCHS)
 
 
+def build_domain_neighbours(repository: Path, weights_dir: Path, paths: ModelPaths | None = None) -> Path:
+    """weights_dir/domain_neighbours.npz from the repository's embedder (the trunk those weights build)."""
+    from services.models.build import DOMAIN_NEIGHBOURS
+    from services.models.evaluate import OnnxPipeline
+    from services.models.heads import NeighbourVote
+
+    paths = paths or default_paths()
+    rows, selection = load_rows(paths.data_dir, "domain", "train", True)
+    started = time.time()
+    vectors = OnnxPipeline(repository).domain_row_embeddings([r["text"] for r in rows])
+    index = {label: i for i, label in enumerate(io.DOMAIN_LABELS)}
+    vote = NeighbourVote(vectors, np.array([index[r["label"]] for r in rows]), NEIGHBOUR_K,
+                         NEIGHBOUR_TEMPERATURE, NEIGHBOUR_WEIGHT)
+    target = weights_dir / DOMAIN_NEIGHBOURS
+    vote.save(target, source=np.array(selection.describe()))
+    print(f"[refit] {len(rows)} domain train rows embedded in {time.time() - started:.0f} s -> {target}",
+          file=sys.stderr, flush=True)
+    return target
+
+
 if __name__ == "__main__":
     head = sys.argv[1] if len(sys.argv) > 1 else ""
     if head == "safety":
@@ -271,5 +303,9 @@ if __name__ == "__main__":
         paths = default_paths()
         bundle = Path(sys.argv[2]) if len(sys.argv) > 2 else prepare_bundle(paths.work_dir / "trunk")
         print(refit_jailbreak(paths.repository, bundle))
+    elif head == "domain-neighbours":
+        repository = Path(sys.argv[2]) if len(sys.argv) > 2 else default_paths().repository
+        print(build_domain_neighbours(repository, Path(sys.argv[3]) if len(sys.argv) > 3 else WEIGHTS_DIR / "trunk"))
     else:
-        raise SystemExit("usage: python -m services.models.refit safety [FP32_REPOSITORY] | jailbreak [BUNDLE]")
+        raise SystemExit("usage: python -m services.models.refit safety [FP32_REPOSITORY] | jailbreak [BUNDLE] | "
+                         "domain-neighbours [REPOSITORY] [WEIGHTS_DIR]")
