@@ -113,6 +113,21 @@ def _mlp_nodes(mlp: MLP, source: str) -> tuple[list[onnx.NodeProto], list[onnx.T
     return nodes, init, PROBABILITIES
 
 
+def _embedding_nodes(pooled: str, projection: MLP | None, output: str,
+                     prefix: str = "") -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Pooled states -> (linear map, with the embedder head's projection) -> L2 normalisation."""
+    nodes, init = [], []
+    if projection is not None:
+        (w, b), = projection.layers
+        init += [numpy_helper.from_array(w.astype(np.float32), f"{prefix}proj_w"),
+                 numpy_helper.from_array(b.astype(np.float32), f"{prefix}proj_b")]
+        nodes += [helper.make_node("MatMul", [pooled, f"{prefix}proj_w"], [f"{prefix}proj_mm"]),
+                  helper.make_node("Add", [f"{prefix}proj_mm", f"{prefix}proj_b"], [f"{prefix}projected"])]
+        pooled = f"{prefix}projected"
+    nodes.append(helper.make_node("LpNormalization", [pooled], [output], axis=-1, p=2))
+    return nodes, init
+
+
 def _model(name: str, nodes, init, inputs, outputs) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, name, inputs, outputs, initializer=init)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="switchyard")
@@ -179,11 +194,10 @@ class NeighbourVote:
 def _neighbour_vote_nodes(vote: NeighbourVote, projection: MLP, n_classes: int,
                           mlp_probabilities: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
     """Nodes from the token states to the blended distribution (the MLP's probabilities already computed)."""
-    (w, b), = projection.layers
+    # The same embedding as the embedder head's (its projection of the same mean-pooled row).
+    nodes, init = _embedding_nodes("mean_pooled", projection, "nv_embedding", prefix="nv_")
     onehot = np.eye(n_classes, dtype=np.float32)[vote.labels]
-    init = [
-        numpy_helper.from_array(w.astype(np.float32), "nv_proj_w"),
-        numpy_helper.from_array(b.astype(np.float32), "nv_proj_b"),
+    init += [
         # float16 in the file (half the size); onnxruntime folds the Cast once, at load.
         numpy_helper.from_array(np.ascontiguousarray(vote.vectors.astype(np.float16).T), "nv_index_t16"),
         numpy_helper.from_array(onehot, "nv_onehot"),
@@ -194,10 +208,7 @@ def _neighbour_vote_nodes(vote: NeighbourVote, projection: MLP, n_classes: int,
         numpy_helper.from_array(np.array([1], dtype=np.int64), "nv_axis1"),
         numpy_helper.from_array(np.array([-1], dtype=np.int64), "nv_axis_last"),
     ]
-    nodes = [
-        helper.make_node("MatMul", ["mean_pooled", "nv_proj_w"], ["nv_proj_mm"]),
-        helper.make_node("Add", ["nv_proj_mm", "nv_proj_b"], ["nv_projected"]),
-        helper.make_node("LpNormalization", ["nv_projected"], ["nv_embedding"], axis=-1, p=2),
+    nodes += [
         helper.make_node("Cast", ["nv_index_t16"], ["nv_index_t"], to=TensorProto.FLOAT),
         helper.make_node("MatMul", ["nv_embedding", "nv_index_t"], ["nv_sims"]),
         helper.make_node("TopK", ["nv_sims", "nv_k"], ["nv_top", "nv_nearest"], axis=-1, largest=1, sorted=1),
@@ -244,12 +255,9 @@ def pool_normalize_model(name: str, projection: MLP | None = None) -> onnx.Model
     into the base model's embedding space.
     """
     nodes, init, pooled = _pooling_nodes(with_max=False)
-    if projection is not None:
-        (w, b), = projection.layers
-        init += [numpy_helper.from_array(w.astype(np.float32), "proj_w"), numpy_helper.from_array(b.astype(np.float32), "proj_b")]
-        nodes += [helper.make_node("MatMul", [pooled, "proj_w"], ["proj_mm"]), helper.make_node("Add", ["proj_mm", "proj_b"], ["projected"])]
-        pooled = "projected"
-    nodes.append(helper.make_node("LpNormalization", [pooled], [EMBEDDING], axis=-1, p=2))
+    embed_nodes, embed_init = _embedding_nodes(pooled, projection, EMBEDDING)
+    nodes += embed_nodes
+    init += embed_init
     output = helper.make_tensor_value_info(EMBEDDING, TensorProto.FLOAT, ["batch", HIDDEN_SIZE])
     return _model(name, nodes, init, [_hidden_input(), _mask_input()], [output])
 
